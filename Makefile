@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make run` (train LeNet on Fashion-MNIST) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cnnlab-installed
+
+.PHONY: run test setup data system-deps lint bench clean
+
+run: setup
+	$(BIN)/cnnlab train
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP) data
+
+# torch is pinned to the CPU wheel this kind of machine keeps on disk; an unpinned torch pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	@bash scripts/get-data.sh $(BIN)/cnnlab
+
+# Headless Chromium for the HTML report test (Debian's package); skipped quietly where apt is unavailable.
+system-deps:
+	@bash scripts/get-chromium.sh
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/ops.py
+	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

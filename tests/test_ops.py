@@ -1,0 +1,225 @@
+"""cnnlab.ops against the seed's printed outputs (d2l §7.2-7.5) and against torch.nn.functional."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnlab import ops
+
+
+def seed_corr2d(X, K):
+    """The book's loop, kept as the oracle for the vectorized version."""
+    h, w = K.shape
+    Y = torch.zeros((X.shape[0] - h + 1, X.shape[1] - w + 1))
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] = (X[i:i + h, j:j + w] * K).sum()
+    return Y
+
+
+# --- seed §7.2: the edge map -------------------------------------------------------------------------
+
+def test_corr2d_edge_map_matches_seed():
+    X = torch.ones((6, 8))
+    X[:, 2:6] = 0
+    Y = ops.corr2d(X, torch.tensor([[1.0, -1.0]]))
+    row = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0])
+    assert torch.equal(Y, row.expand(6, 7))
+    # the transposed image has no vertical edges left for this kernel
+    assert torch.equal(ops.corr2d(X.t(), torch.tensor([[1.0, -1.0]])), torch.zeros(8, 5))
+
+
+def test_corr2d_matches_seed_loop_on_random_input():
+    g = torch.Generator().manual_seed(0)
+    X, K = torch.randn(9, 7, generator=g), torch.randn(3, 2, generator=g)
+    torch.testing.assert_close(ops.corr2d(X, K), seed_corr2d(X, K))
+
+
+# --- seed §7.3: output shapes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kernel, padding, stride, expected",
+    [(3, 1, 1, (8, 8)), ((5, 3), (2, 1), 1, (8, 8)), (3, 1, 2, (4, 4)), ((3, 5), (0, 1), (3, 4), (2, 2))],
+)
+def test_conv_output_shape_matches_seed_examples(kernel, padding, stride, expected):
+    assert ops.conv_output_shape((8, 8), kernel, padding, stride) == expected
+    # and the real layers agree with the formula
+    conv = torch.nn.Conv2d(1, 1, kernel_size=kernel, padding=padding, stride=stride)
+    assert tuple(conv(torch.rand(1, 1, 8, 8)).shape[2:]) == expected
+    W = torch.rand(1, 1, *ops.pair(kernel))
+    assert tuple(ops.conv2d(torch.rand(1, 1, 8, 8), W, stride=stride, padding=padding).shape[2:]) == expected
+
+
+# --- seed §7.4: channels ------------------------------------------------------------------------------
+
+def seed_channel_inputs():
+    X = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]],
+                      [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]])
+    K = torch.tensor([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 2.0], [3.0, 4.0]]])
+    return X, K
+
+
+def test_corr2d_multi_in_matches_book():
+    X, K = seed_channel_inputs()
+    assert torch.equal(ops.corr2d_multi_in(X, K), torch.tensor([[56.0, 72.0], [104.0, 120.0]]))
+
+
+def test_corr2d_multi_in_out_matches_seed():
+    X, K = seed_channel_inputs()
+    K = torch.stack((K, K + 1, K + 2), 0)
+    assert K.shape == (3, 2, 2, 2)
+    expected = torch.tensor([[[56.0, 72.0], [104.0, 120.0]],
+                             [[76.0, 100.0], [148.0, 172.0]],
+                             [[96.0, 128.0], [192.0, 224.0]]])
+    assert torch.equal(ops.corr2d_multi_in_out(X, K), expected)
+
+
+def test_1x1_convolution_equals_matrix_product():
+    g = torch.Generator().manual_seed(1)
+    X = torch.normal(0, 1, (3, 3, 3), generator=g)
+    K = torch.normal(0, 1, (2, 3, 1, 1), generator=g)
+    Y1 = ops.corr2d_multi_in_out_1x1(X, K)
+    Y2 = ops.corr2d_multi_in_out(X, K)
+    assert float(torch.abs(Y1 - Y2).sum()) < 1e-6
+    assert Y1.shape == (2, 3, 3)
+
+
+# --- seed §7.5: pooling -------------------------------------------------------------------------------
+
+def test_pool2d_matches_seed():
+    X = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]])
+    assert torch.equal(ops.pool2d(X, (2, 2)), torch.tensor([[4.0, 5.0], [7.0, 8.0]]))
+    assert torch.equal(ops.pool2d(X, (2, 2), "avg"), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
+
+
+def test_max_pool2d_padding_and_stride_match_seed():
+    X = torch.arange(16, dtype=torch.float32).reshape((1, 1, 4, 4))
+    assert torch.equal(ops.max_pool2d(X, 3), torch.tensor([[[[10.0]]]]))
+    expected = torch.tensor([[[[5.0, 7.0], [13.0, 15.0]]]])
+    assert torch.equal(ops.max_pool2d(X, 3, padding=1, stride=2), expected)
+    assert torch.equal(ops.max_pool2d(X, (2, 3), stride=(2, 3), padding=(0, 1)), expected)
+
+
+def test_max_pool2d_multi_channel_matches_seed():
+    X = torch.arange(16, dtype=torch.float32).reshape((1, 1, 4, 4))
+    X = torch.cat((X, X + 1), 1)
+    expected = torch.tensor([[[[5.0, 7.0], [13.0, 15.0]], [[6.0, 8.0], [14.0, 16.0]]]])
+    assert torch.equal(ops.max_pool2d(X, 3, padding=1, stride=2), expected)
+
+
+def test_avg_pool2d_counts_padding_zeros():
+    X = torch.ones(1, 1, 2, 2)
+    # each 2x2 window at the border covers one real 1 and three padded zeros
+    assert torch.equal(ops.avg_pool2d(X, 2, stride=1, padding=1)[0, 0, 0, 0], torch.tensor(0.25))
+
+
+# --- properties against torch.nn.functional -----------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    k_h, k_w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    p_h, p_w = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, k_h - 2 * p_h), 9))
+    w = draw(st.integers(max(1, k_w - 2 * p_w), 9))
+    return dict(n=draw(st.integers(1, 3)), c_in=draw(st.integers(1, 3)), c_out=draw(st.integers(1, 4)),
+                hw=(h, w), kernel=(k_h, k_w), padding=(p_h, p_w),
+                stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def _tensors(case, dtype):
+    g = torch.Generator().manual_seed(case["seed"])
+    X = torch.randn(case["n"], case["c_in"], *case["hw"], generator=g, dtype=dtype).requires_grad_()
+    W = torch.randn(case["c_out"], case["c_in"], *case["kernel"], generator=g, dtype=dtype).requires_grad_()
+    b = torch.randn(case["c_out"], generator=g, dtype=dtype).requires_grad_() if case["bias"] else None
+    return X, W, b
+
+
+def _grads(out, inputs, seed):
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    live = [t for t in inputs if t is not None]
+    return torch.autograd.grad(out, live, upstream)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_conv2d_matches_torch_values_and_gradients(case):
+    X, W, b = _tensors(case, torch.float32)
+    kw = dict(stride=case["stride"], padding=case["padding"])
+    ours, ref = ops.conv2d(X, W, b, **kw), F.conv2d(X, W, b, **kw)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for g_ours, g_ref in zip(_grads(ours, (X, W, b), 7), _grads(ref, (X, W, b), 7), strict=True):
+        torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.sampled_from(["max", "avg"]))
+def test_pooling_matches_torch_values_and_gradients(case, mode):
+    X, _, _ = _tensors(case, torch.float32)
+    k = case["kernel"]
+    padding = (min(case["padding"][0], k[0] // 2), min(case["padding"][1], k[1] // 2))
+    if k[0] > case["hw"][0] + 2 * padding[0] or k[1] > case["hw"][1] + 2 * padding[1]:
+        return
+    ours_fn, ref_fn = (ops.max_pool2d, F.max_pool2d) if mode == "max" else (ops.avg_pool2d, F.avg_pool2d)
+    ours, ref = ours_fn(X, k, case["stride"], padding), ref_fn(X, k, case["stride"], padding)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_grads(ours, (X,), 3)[0], _grads(ref, (X,), 3)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_default_stride_is_kernel_size_like_torch():
+    X = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(ops.max_pool2d(X, 3), F.max_pool2d(X, 3))
+    torch.testing.assert_close(ops.avg_pool2d(X, (2, 3)), F.avg_pool2d(X, (2, 3)))
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(3, 2, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding=1), (X, W, b))
+    assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1), (X,))
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, 2, 1), (X,))
+    K = torch.randn(2, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.corr2d, (X[0, 0].detach().requires_grad_(), K))
+
+
+def test_float64_is_kept():
+    X = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    assert ops.conv2d(X, torch.randn(3, 2, 3, 3, dtype=torch.float64)).dtype == torch.float64
+    assert ops.max_pool2d(X, 2).dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_torch():
+    X, W = torch.randn(4, 3, 16, 16, device="cuda"), torch.randn(8, 3, 3, 3, device="cuda")
+    torch.testing.assert_close(ops.conv2d(X, W, padding=1), F.conv2d(X, W, padding=1), atol=1e-4, rtol=1e-4)
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: ops.corr2d(torch.ones(1, 4, 4), torch.ones(2, 2)), "(1, 4, 4)"),
+        (lambda: ops.corr2d(torch.ones(2, 2), torch.ones(3, 3)), "larger than the input"),
+        (lambda: ops.corr2d_multi_in(torch.ones(2, 4, 4), torch.ones(3, 2, 2)), "3"),
+        (lambda: ops.conv2d(torch.ones(1, 3, 5, 5), torch.ones(4, 2, 3, 3)), "(4, 2, 3, 3)"),
+        (lambda: ops.conv2d(torch.ones(3, 5, 5), torch.ones(4, 3, 3, 3)), "(3, 5, 5)"),
+        (lambda: ops.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 5, 5), padding=0), "larger than the padded"),
+        (lambda: ops.conv2d(torch.ones(1, 1, 5, 5), torch.ones(1, 1, 3, 3), stride=0), "stride"),
+        (lambda: ops.conv2d(torch.ones(1, 1, 5, 5), torch.ones(1, 1, 3, 3), padding=-1), "padding"),
+        (lambda: ops.conv2d(torch.ones(1, 1, 5, 5), torch.ones(2, 1, 3, 3), bias=torch.ones(3)), "bias"),
+        (lambda: ops.pool2d(torch.ones(3, 3), (2, 2), mode="median"), "median"),
+        (lambda: ops.max_pool2d(torch.ones(1, 1, 4, 4), 2, padding=2), "half"),
+        (lambda: ops.avg_pool2d(torch.ones(4, 4), 2), "(4, 4)"),
+        (lambda: ops.conv_output_shape((8, 8), 3, stride=(1, 0)), "stride"),
+        (lambda: ops.pair(2.5, "kernel_size"), "kernel_size"),
+    ],
+)
+def test_invalid_input_raises_clear_value_error(call, words):
+    with pytest.raises(ValueError, match=None) as info:
+        call()
+    assert words in str(info.value)
