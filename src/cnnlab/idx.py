@@ -1,0 +1,405 @@
+"""Fashion-MNIST's files: reading IDX, finding, verifying and downloading them.
+
+IDX is the format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/, "file formats"): a 4-byte
+magic ``0x00 0x00 <type> <ndim>``, ``ndim`` big-endian uint32 sizes, then the values in C order. Only unsigned
+bytes (type ``0x08``) are read, which is all Fashion-MNIST uses.
+
+The reader is written for hostile input: anything wrong raises :class:`DataError`, and no buffer is ever
+larger than what the file on disk can actually produce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import struct
+import tempfile
+import urllib.request
+import zlib
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ARCHIVE_MD5",
+    "FILE_MD5",
+    "FILE_NAMES",
+    "GET_DATA_HINT",
+    "MIRROR_URL",
+    "DataError",
+    "cache_dir",
+    "data_file",
+    "default_data_dirs",
+    "download",
+    "file_md5",
+    "find_data_dir",
+    "is_verified",
+    "read_idx",
+    "remember_verified",
+]
+
+FILE_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# MD5 of the decompressed files: the data itself, whoever compressed it (Debian recompressed the archives).
+FILE_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+# MD5 of the official .gz archives, as Zalando publishes them.
+ARCHIVE_MD5 = {
+    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+GET_DATA_HINT = (
+    "install it with `sudo apt-get install dataset-fashion-mnist` or download it with `cnnlab data download`"
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UBYTE = 0x08
+_MAX_NDIM = 8  # Fashion-MNIST needs 1 and 3; a cap keeps a fuzzed header from asking torch for 255 dims.
+# Deflate cannot expand data by more than 1032:1 (a 258-byte match in 2 bits), so a header promising more than
+# 1032 bytes per compressed byte is a lie we can reject before decompressing anything.
+_MAX_GZIP_RATIO = 1032
+# Even an empty array (one size 0) must have strides torch can compute, so the other sizes are bounded too.
+_MAX_ELEMENTS = 1 << 48
+_CHUNK = 1 << 20
+_MAX_DOWNLOAD = 64 << 20  # the largest archive is 26 MB; a mirror sending more is broken
+
+
+class DataError(ValueError):
+    """A data file is missing, corrupt or not what it claims; the message names the file and what to do."""
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read an IDX file of unsigned bytes, gzip-compressed or raw (detected from the content, not the name).
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        A ``uint8`` tensor shaped as the header says, e.g. ``(60000, 28, 28)`` for training images.
+
+    Raises:
+        DataError: the file is missing, truncated, not IDX, not unsigned bytes, or its size disagrees with its
+            header. Nothing else is raised, whatever the bytes.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            is_gzip = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            if is_gzip:
+                with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                    dims, payload = _read_gzip(gz, path, file_size)
+            else:
+                dims, payload = _read_raw(f, path, file_size)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; {GET_DATA_HINT}") from None
+    except (OSError, EOFError, zlib.error) as e:
+        # BadGzipFile is an OSError; EOFError means the gzip stream stops early.
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); it is truncated or corrupt, "
+                        "replace it") from None
+    if not payload:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(dims, dtype=torch.uint8)
+    return torch.frombuffer(payload, dtype=torch.uint8).reshape(dims)
+
+
+def _read_gzip(gz, path: Path, file_size: int) -> tuple[tuple[int, ...], bytearray]:
+    dims, _ = _read_header(gz, path)
+    expected = _product(dims)
+    if expected > _MAX_GZIP_RATIO * file_size:
+        raise DataError(f"{path}: the header promises {expected:,} bytes but a {file_size:,}-byte gzip file "
+                        f"cannot hold more than {_MAX_GZIP_RATIO * file_size:,}; the file is corrupt, "
+                        "replace it")
+    # Read in chunks up to one byte past the promise: memory follows what the stream really yields, and the
+    # extra byte tells a file with trailing data from an exact one.
+    payload = bytearray()
+    while len(payload) <= expected:
+        chunk = gz.read(min(_CHUNK, expected + 1 - len(payload)))
+        if not chunk:
+            break
+        payload += chunk
+    if len(payload) != expected:
+        held = "more" if len(payload) > expected else f"{len(payload):,}"
+        raise DataError(f"{path}: the header promises {expected:,} bytes of data but the decompressed file "
+                        f"holds {held}; the file is truncated or corrupt, replace it")
+    return dims, payload
+
+
+def _read_raw(f, path: Path, file_size: int) -> tuple[tuple[int, ...], bytearray]:
+    dims, header_size = _read_header(f, path)
+    expected = _product(dims)
+    # Compare with the size on disk before allocating, so a lying header costs nothing.
+    if header_size + expected != file_size:
+        raise DataError(f"{path}: the header promises {expected:,} bytes of data but the file holds "
+                        f"{file_size - header_size:,}; the file is truncated or corrupt, replace it")
+    payload = bytearray(expected)
+    if f.readinto(payload) != expected:
+        raise DataError(f"{path} shrank while it was being read; replace it and try again")
+    return dims, payload
+
+
+def _read_header(f, path: Path) -> tuple[tuple[int, ...], int]:
+    """Parse the magic and sizes from the start of ``f``; returns (dims, header size in bytes)."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00":
+        raise DataError(f"{path} is not an IDX file (it starts with {magic.hex() or 'nothing'}, not 0000); "
+                        "replace it with the original file")
+    if magic[2] != _UBYTE:
+        raise DataError(f"{path} holds IDX data type 0x{magic[2]:02x}, not unsigned bytes (0x08); "
+                        "only Fashion-MNIST's byte files can be read")
+    ndim = magic[3]
+    if not 1 <= ndim <= _MAX_NDIM:
+        raise DataError(f"{path} declares {ndim} dimensions; an IDX file here has 1 to {_MAX_NDIM}, "
+                        "so the file is corrupt, replace it")
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(f"{path} ends inside its header; the file is truncated, replace it")
+    dims = struct.unpack(f">{ndim}I", raw)
+    if _product(max(d, 1) for d in dims) > _MAX_ELEMENTS:
+        raise DataError(f"{path} declares sizes {dims}, too large for any real file; the file is corrupt, "
+                        "replace it")
+    return dims, 4 + 4 * ndim
+
+
+def _product(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d  # Python ints: a fuzzed 2**32-sized header cannot overflow
+    return n
+
+
+def cache_dir() -> Path:
+    """cnnlab's cache directory: ``$CNNLAB_CACHE`` if set, else ``~/.cache/cnnlab``."""
+    env = os.environ.get("CNNLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnlab"
+
+
+def default_data_dirs() -> tuple[Path, ...]:
+    """The places searched after an explicit root, in order, read from the environment at call time.
+
+    Returns:
+        ``$CNNLAB_DATA`` and its torchvision layout ``FashionMNIST/raw`` (when set),
+        ``<cache_dir()>/fashion-mnist``, and the Debian package's ``/usr/share/datasets/fashion-mnist``.
+    """
+    places = []
+    env = os.environ.get("CNNLAB_DATA")
+    if env:
+        places += [Path(env).expanduser(), Path(env).expanduser() / "FashionMNIST" / "raw"]
+    places += [cache_dir() / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+    return tuple(places)
+
+
+def data_file(data_dir: Path, name: str) -> Path | None:
+    """The file for ``name`` in ``data_dir``, the uncompressed copy first (faster to read); None if absent."""
+    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_data_dir(root: str | os.PathLike | None = None) -> Path:
+    """Find a directory holding all four Fashion-MNIST files (each either ``.gz`` or uncompressed).
+
+    Args:
+        root: searched first, then its torchvision layout ``root/FashionMNIST/raw``, then
+            :func:`default_data_dirs`.
+
+    Returns:
+        The first directory that holds all four files.
+
+    Raises:
+        DataError: no place holds them; the message lists every place searched and how to get the data.
+    """
+    places: list[Path] = []
+    if root is not None:
+        places += [Path(root).expanduser(), Path(root).expanduser() / "FashionMNIST" / "raw"]
+    places += default_data_dirs()
+    notes = []
+    for place in places:
+        missing = [name for name in FILE_NAMES if data_file(place, name) is None]
+        if not missing:
+            return place
+        if len(missing) < len(FILE_NAMES):
+            notes.append(f"{place} (lacks {', '.join(missing)})")
+        else:
+            notes.append(str(place))
+    raise DataError(f"Fashion-MNIST was not found in any of: {'; '.join(notes)}; {GET_DATA_HINT}")
+
+
+# -- verification cache: hashing 47 MB costs time on every start, so a success is remembered per file version.
+
+def _verified_file() -> Path:
+    return cache_dir() / "verified.json"
+
+
+def _read_verified() -> dict:
+    try:
+        entries = json.loads(_verified_file().read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: hashing again is the safe answer
+    return entries if isinstance(entries, dict) else {}
+
+
+def _stamp(path: Path, md5: str) -> tuple[str, dict]:
+    st = path.stat()
+    return str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
+
+
+def is_verified(path: Path, md5: str) -> bool:
+    """Whether this very version of ``path`` (same absolute path, size and mtime) was seen to have ``md5``."""
+    try:
+        key, stamp = _stamp(path, md5)
+    except OSError:
+        return False
+    return _read_verified().get(key) == stamp
+
+
+def remember_verified(path: Path, md5: str) -> None:
+    """Record in ``<cache_dir()>/verified.json`` that ``path``, as it is now, has ``md5``."""
+    # Only a cache: if it cannot be written (read-only home), the next process simply hashes again.
+    with contextlib.suppress(OSError):
+        key, stamp = _stamp(path, md5)
+        entries = _read_verified()
+        entries[key] = stamp
+        target = _verified_file()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".verified.", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1, sort_keys=True)
+            os.replace(tmp, target)  # atomic: parallel ranks never read half a file
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file's content, decompressed first if it is gzip; streamed, so memory stays small.
+
+    Raises:
+        DataError: the file cannot be read or is a corrupt gzip file.
+    """
+    h = hashlib.md5()
+    try:
+        with open(path, "rb") as raw:
+            is_gzip = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else contextlib.nullcontext(raw) as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); it is truncated or corrupt, "
+                        "replace it") from None
+    return h.hexdigest()
+
+
+def _is_valid(path: Path, name: str) -> bool:
+    if is_verified(path, FILE_MD5[name]):
+        return True
+    try:
+        valid = file_md5(path) == FILE_MD5[name]
+    except DataError:
+        return False
+    if valid:
+        remember_verified(path, FILE_MD5[name])
+    return valid
+
+
+def download(dest_dir: str | os.PathLike | None = None, base_url: str = MIRROR_URL, *,
+             check_archive: bool = True, timeout: float = 30.0) -> Path:
+    """Download the four Fashion-MNIST archives, each verified before it takes its final name.
+
+    Files already present and valid are skipped. Each archive is written to a temporary file in ``dest_dir``,
+    checked, then renamed with ``os.replace``, so a failed or interrupted download never leaves a file behind.
+
+    Args:
+        dest_dir: where to put the files; default ``<cache_dir()>/fashion-mnist``, a place
+            :func:`find_data_dir` searches.
+        base_url: the mirror: the URL of the directory holding ``train-images-idx3-ubyte.gz`` and the others.
+        check_archive: also require the official MD5 of each ``.gz`` (turn off for a mirror that recompressed
+            them; the MD5 of the decompressed data is always checked).
+        timeout: seconds to wait for the server before giving up.
+
+    Returns:
+        The directory holding the four files.
+
+    Raises:
+        DataError: the server cannot be reached, or it sends a file that fails its checks.
+    """
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir() / "fashion-mnist"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download directory {dest} ({e}); choose a writable place") \
+            from None
+    for name in FILE_NAMES:
+        present = data_file(dest, name)
+        if present is not None and _is_valid(present, name):
+            continue
+        _fetch(f"{base_url.rstrip('/')}/{name}.gz", dest / f"{name}.gz", name, check_archive, timeout)
+        if present is not None and present.suffix != ".gz":
+            # data_file prefers uncompressed files: this bad one would shadow the fresh archive.
+            with contextlib.suppress(FileNotFoundError):
+                present.unlink()
+    return dest
+
+
+def _fetch(url: str, final: Path, name: str, check_archive: bool, timeout: float) -> None:
+    """Download ``url`` to a temporary file next to ``final``, check both MD5s, then rename it ``final``."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(f"cannot write to {final.parent} ({e}); choose a writable place") from None
+    try:
+        archive_md5 = hashlib.md5()
+        received = 0
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(_CHUNK):
+                    received += len(chunk)
+                    if received > _MAX_DOWNLOAD:
+                        raise DataError(f"{url} sends more than {_MAX_DOWNLOAD:,} bytes, far more than the "
+                                        "archive's size; the mirror is broken, try another base_url")
+                    archive_md5.update(chunk)
+                    out.write(chunk)
+        except DataError:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            # URLError and timeouts are OSErrors; ValueError is a malformed URL.
+            raise DataError(f"could not download {url} ({e}); check the network connection and base_url, "
+                            "or install the data with `sudo apt-get install dataset-fashion-mnist`") from None
+        if check_archive and archive_md5.hexdigest() != ARCHIVE_MD5[name]:
+            raise DataError(f"{url} has MD5 {archive_md5.hexdigest()}, expected {ARCHIVE_MD5[name]}; the "
+                            "mirror serves a different archive, so try again, or pass check_archive=False "
+                            "for a mirror that recompressed the files")
+        with open(tmp, "rb") as f:
+            if f.read(2) != _GZIP_MAGIC:
+                raise DataError(f"{url} is not a gzip archive; check that base_url points at the data "
+                                "directory")
+        try:
+            got = file_md5(Path(tmp))
+        except DataError:
+            raise DataError(f"{url} is a corrupt gzip archive (it stops early or fails its CRC); try "
+                            "again or another base_url") from None
+        if got != FILE_MD5[name]:
+            raise DataError(f"{url} decompresses to data with MD5 {got}, expected {FILE_MD5[name]}; the "
+                            "mirror serves a corrupt file, so try again or another base_url")
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

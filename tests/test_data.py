@@ -1,0 +1,466 @@
+"""Tests for cnnlab.data and cnnlab.idx: real Fashion-MNIST, corrupted copies, batching, download."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnlab import data, idx
+from cnnlab.data import (
+    CLASS_NAMES,
+    BatchLoader,
+    DataError,
+    FashionMNIST,
+    download,
+    find_data_dir,
+    load_fashion_mnist,
+    read_idx,
+)
+
+T10K_IMAGES, T10K_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep the verification cache and the default data dir out of the user's home."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+
+
+@pytest.fixture(scope="module")
+def real_dir(data_dir) -> Path:
+    # conftest's data_dir fails (not skips) without the real files: `make test` installs them.
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def fmnist(real_dir, tmp_path_factory) -> FashionMNIST:
+    """The full data set, decoded once for the whole module (later FashionMNIST objects reuse the decode)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("module-cache")))
+        return FashionMNIST(batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def t10k(real_dir) -> dict[str, bytes]:
+    """The decompressed bytes of the test split, to corrupt copies of."""
+    return {name: gzip.decompress((real_dir / f"{name}.gz").read_bytes()) if not (real_dir / name).exists()
+            else (real_dir / name).read_bytes() for name in (T10K_IMAGES, T10K_LABELS)}
+
+
+def write_t10k_dir(root: Path, images: bytes, labels: bytes, gz: bool = False) -> Path:
+    """A data dir whose test split holds the given bytes; the training files are empty placeholders."""
+    root.mkdir(exist_ok=True)
+    for name, content in ((T10K_IMAGES, images), (T10K_LABELS, labels)):
+        if gz:
+            (root / f"{name}.gz").write_bytes(gzip.compress(content, compresslevel=1))
+        else:
+            (root / name).write_bytes(content)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (root / name).touch()
+    return root
+
+
+def idx_header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+# -- the real files ------------------------------------------------------------------------------------------
+
+def test_real_data_counts_dtypes_and_classes(fmnist):
+    assert fmnist.train_images.shape == (60000, 28, 28) and fmnist.val_images.shape == (10000, 28, 28)
+    assert fmnist.train_images.dtype == torch.uint8 and fmnist.train_labels.dtype == torch.int64
+    assert fmnist.train_labels.bincount().tolist() == [6000] * 10
+    assert fmnist.val_labels.bincount().tolist() == [1000] * 10
+    assert fmnist.train_images.min() == 0 and fmnist.train_images.max() == 255
+    assert fmnist.num_classes == 10 and fmnist.classes == CLASS_NAMES and fmnist.image_shape == (1, 28, 28)
+
+
+def test_real_data_known_labels(fmnist):
+    assert fmnist.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert fmnist.val_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+
+
+def test_mean_and_std_constants_match_the_training_set(fmnist):
+    x = fmnist.train_images.float() / 255
+    assert abs(x.mean().item() - data.MEAN) < 1e-4 and abs(x.std().item() - data.STD) < 1e-4
+
+
+def test_checksums_are_verified_then_remembered(real_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(data, "_DECODED", {})  # as in a fresh process
+    images, labels = load_fashion_mnist(train=False)
+    entries = (tmp_path / "verified.json").read_text()
+    assert data.FILE_MD5[T10K_IMAGES] in entries and data.FILE_MD5[T10K_LABELS] in entries
+
+    def no_hashing(tensor):
+        raise AssertionError("a verified file was hashed again")
+
+    monkeypatch.setattr(data, "_DECODED", {})
+    monkeypatch.setattr(data, "_md5", no_hashing)
+    again, _ = load_fashion_mnist(train=False)
+    assert torch.equal(images, again)
+
+
+def test_split_is_decoded_once_per_process(fmnist):
+    assert FashionMNIST(num_train=10).train_images.data_ptr() == fmnist.train_images.data_ptr()
+
+
+def test_gzip_is_detected_by_content_not_name(t10k, tmp_path):
+    (tmp_path / "labels.gz").write_bytes(t10k[T10K_LABELS])  # raw bytes behind a .gz name
+    (tmp_path / "labels").write_bytes(gzip.compress(t10k[T10K_LABELS]))  # gzip behind a plain name
+    assert torch.equal(read_idx(tmp_path / "labels.gz"), read_idx(tmp_path / "labels"))
+
+
+# -- finding the files ---------------------------------------------------------------------------------------
+
+def test_default_places_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "c"))
+    assert idx.default_data_dirs() == (
+        tmp_path / "d", tmp_path / "d" / "FashionMNIST" / "raw", tmp_path / "c" / "fashion-mnist",
+        Path("/usr/share/datasets/fashion-mnist"),
+    )
+
+
+def test_torchvision_layout_and_env_var_are_found(real_dir, monkeypatch, tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in idx.FILE_NAMES:
+        (raw / f"{name}.gz").symlink_to(idx.data_file(real_dir, name))
+    assert find_data_dir(tmp_path) == raw
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    assert find_data_dir() == raw
+
+
+def test_missing_files_name_every_place_and_both_remedies(monkeypatch, tmp_path):
+    partial = write_t10k_dir(tmp_path / "partial", b"", b"")
+    (partial / T10K_LABELS).unlink()
+    monkeypatch.setattr(idx, "default_data_dirs", lambda: (tmp_path / "elsewhere",))
+    with pytest.raises(DataError) as err:
+        find_data_dir(partial)
+    message = str(err.value)
+    for text in (str(partial), T10K_LABELS, str(tmp_path / "elsewhere"), "FashionMNIST/raw",
+                 "sudo apt-get install dataset-fashion-mnist", "cnnlab data download"):
+        assert text in message
+    with pytest.raises(DataError, match="does not exist"):
+        read_idx(tmp_path / "nothing-here")
+
+
+# -- corrupted copies ----------------------------------------------------------------------------------------
+
+def test_truncated_gzip(real_dir, tmp_path):
+    bad = tmp_path / f"{T10K_IMAGES}.gz"
+    bad.write_bytes(idx.data_file(real_dir, T10K_IMAGES).read_bytes()[:1_000_000])
+    with pytest.raises(DataError, match=f"{bad}.*truncated"):
+        read_idx(bad)
+
+
+@pytest.mark.parametrize("byte, value, message", [(0, 0x01, "not an IDX file"), (2, 0x0D, "data type 0x0d"),
+                                                  (3, 0x00, "0 dimensions")])
+def test_bad_magic(t10k, tmp_path, byte, value, message):
+    content = bytearray(t10k[T10K_LABELS])
+    content[byte] = value
+    root = write_t10k_dir(tmp_path / "d", t10k[T10K_IMAGES], bytes(content))
+    with pytest.raises(DataError, match=message) as err:
+        load_fashion_mnist(root, train=False)
+    assert T10K_LABELS in str(err.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_header_count_disagrees_with_size(t10k, tmp_path, gz):
+    content = idx_header(9999) + t10k[T10K_LABELS][8:]  # one label more than the header says
+    root = write_t10k_dir(tmp_path / "d", t10k[T10K_IMAGES], content, gz=gz)
+    with pytest.raises(DataError, match=f"{T10K_LABELS}.*header promises 9,999 bytes") as err:
+        load_fashion_mnist(root, train=False)
+    assert ("more" if gz else "10,000") in str(err.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_huge_header_is_rejected_before_allocating(tmp_path, gz):
+    content = idx_header(2**31, 28, 28) + bytes(784 * 10)
+    path = tmp_path / "huge"
+    path.write_bytes(gzip.compress(content) if gz else content)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=f"{path}.*header promises 1,683,627,180,032 bytes"):
+        read_idx(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0 and peak < 1 << 20
+
+
+def test_image_and_label_counts_must_agree(t10k, tmp_path):
+    labels = idx_header(9000) + t10k[T10K_LABELS][8:9008]
+    root = write_t10k_dir(tmp_path / "d", t10k[T10K_IMAGES], labels)
+    with pytest.raises(DataError, match="10,000 images but .* 9,000 labels") as err:
+        load_fashion_mnist(root, train=False, verify=False)
+    assert T10K_IMAGES in str(err.value) and T10K_LABELS in str(err.value)
+
+
+def test_labels_out_of_range(t10k, tmp_path):
+    labels = bytearray(t10k[T10K_LABELS])
+    labels[100] = 10
+    root = write_t10k_dir(tmp_path / "d", t10k[T10K_IMAGES], bytes(labels))
+    with pytest.raises(DataError, match=f"{T10K_LABELS} holds label 10"):
+        load_fashion_mnist(root, train=False, verify=False)
+
+
+def test_checksum_mismatch_names_file_and_both_md5s(t10k, tmp_path):
+    images = bytearray(t10k[T10K_IMAGES])
+    images[16 + 784 * 5000 + 400] ^= 0xFF  # one pixel of one image
+    root = write_t10k_dir(tmp_path / "d", bytes(images), t10k[T10K_LABELS])
+    got, expected = hashlib.md5(images).hexdigest(), data.FILE_MD5[T10K_IMAGES]
+    with pytest.raises(DataError) as err:
+        load_fashion_mnist(root, train=False)
+    assert all(text in str(err.value) for text in (str(root / T10K_IMAGES), got, expected, "verify=False"))
+    loaded, _ = load_fashion_mnist(root, train=False, verify=False)  # a deliberately edited copy still loads
+    assert loaded.view(-1)[784 * 5000 + 400] == images[16 + 784 * 5000 + 400]
+
+
+header_strategy = st.builds(
+    lambda dtype, dims: bytes([0, 0, dtype, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims),
+    st.sampled_from([0x08, 0x08, 0x0D]),
+    st.lists(st.one_of(st.integers(0, 4), st.integers(0, 2**32 - 1)), max_size=9),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(header=header_strategy, body=st.binary(max_size=64), gz=st.booleans(), cut=st.integers(0, 200),
+       junk=st.binary(max_size=8))
+def test_read_idx_raises_only_data_error(tmp_path_factory, header, body, gz, cut, junk):
+    content = header + body
+    if gz:
+        packed = gzip.compress(content)
+        content = packed[:cut] + junk if cut < len(packed) else packed + junk
+    path = tmp_path_factory.mktemp("fuzz") / "f"
+    path.write_bytes(content)
+    try:
+        result = read_idx(path)
+    except DataError:
+        return
+    assert result.dtype == torch.uint8
+
+
+# -- batches -------------------------------------------------------------------------------------------------
+
+def test_batches_shapes_dtypes_and_range(fmnist):
+    assert len(fmnist.train_dataloader()) == 469  # 468 full batches of 128 and one of 96
+    sizes = []
+    for X, y in FashionMNIST(batch_size=7000).train_dataloader():  # few batches: fast on a busy machine
+        assert X.dtype == torch.float32 and y.dtype == torch.int64 and X.shape[1:] == (1, 28, 28)
+        assert 0 <= X.min() and X.max() <= 1
+        sizes.append(len(y))
+    assert sizes == [7000] * 8 + [4000]
+    val = FashionMNIST(batch_size=128, val_batch_size=3000).val_dataloader()
+    assert [len(y) for _, y in val] == [3000, 3000, 3000, 1000]
+    X, y = next(iter(val))
+    torch.testing.assert_close(X[:, 0], fmnist.val_images[:3000] / 255, atol=1e-7, rtol=0)  # in order, as is
+
+
+def test_normalize(fmnist):
+    total = squares = 0.0
+    for X, _ in FashionMNIST(batch_size=4096, normalize=True).train_dataloader():
+        total, squares = total + X.double().sum(), squares + X.double().square().sum()
+    mean = total / fmnist.train_images.numel()
+    assert abs(mean) < 1e-3 and abs((squares / fmnist.train_images.numel() - mean**2).sqrt() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("resize, size", [(96, (96, 96)), ((32, 40), (32, 40)), (14, (14, 14))])
+def test_resize_matches_interpolate(fmnist, resize, size):
+    small = FashionMNIST(batch_size=50, resize=resize, num_train=100, num_val=100)
+    assert small.image_shape == (1, *size)
+    X, _ = next(iter(small.val_dataloader()))
+    expected = F.interpolate(fmnist.val_images[:50, None].float() / 255, size=size, mode="bilinear",
+                             antialias=True, align_corners=False)
+    assert X.shape == (50, 1, *size)
+    torch.testing.assert_close(X, expected, atol=1e-5, rtol=0)
+
+
+def index_loader(n: int, batch_size: int, **kwargs) -> BatchLoader:
+    """A loader whose labels are the example indices and whose images are the index mod 256."""
+    images = (torch.arange(n) % 256).to(torch.uint8)[:, None, None].expand(n, 6, 6).contiguous()
+    return BatchLoader(images, torch.arange(n), batch_size, **kwargs)
+
+
+@pytest.mark.parametrize("chunk", [None, 3 * 64 * 36])  # one op for the whole pass, or 3 batches per op
+def test_every_index_once_per_epoch(monkeypatch, chunk):
+    if chunk:
+        monkeypatch.setattr(data, "_CHUNK_ELEMENTS", chunk)
+    loader = index_loader(1000, 64, shuffle=True)
+    assert len(loader) == 16
+    for _ in range(2):
+        batches = list(loader)
+        ys = torch.cat([y for _, y in batches])
+        assert [len(y) for _, y in batches] == [64] * 15 + [40]
+        assert torch.equal(ys.sort().values, torch.arange(1000))
+        assert all(torch.equal((X[:, 0, 0, 0] * 255).round(), (y % 256).float()) for X, y in batches)
+    assert len(index_loader(1000, 64, drop_last=True)) == 15
+
+
+def test_real_slice_is_covered_once(fmnist):
+    loader = FashionMNIST(batch_size=64, num_train=1000).train_dataloader()
+    ys = torch.cat([y for _, y in loader])
+    assert len(loader) == 16 and len(ys) == 1000
+    assert torch.equal(ys.bincount(minlength=10), fmnist.train_labels[:1000].bincount(minlength=10))
+
+
+def test_order_is_seeded_per_epoch():
+    def order(loader):
+        return torch.cat([y for _, y in loader])
+
+    a, b = index_loader(500, 64, shuffle=True, seed=3), index_loader(500, 64, shuffle=True, seed=3)
+    first = order(a)
+    assert torch.equal(first, order(b))
+    assert torch.equal(first, torch.randperm(500, generator=torch.Generator().manual_seed(3 * 1_000_003)))
+    second = order(a)  # the next pass advances to epoch 1 by itself
+    assert a.epoch == 2 and not torch.equal(first, second)
+    b.set_epoch(1)
+    assert torch.equal(order(b), second)
+    assert not torch.equal(first, order(index_loader(500, 64, shuffle=True, seed=4)))
+
+
+def test_shards_are_disjoint_equal_and_form_the_global_batches():
+    n, world_size = 1000, 3
+    full = index_loader(n, 96, shuffle=True)
+    full.set_epoch(7)
+    global_batches = [y for _, y in full]
+    shards = [index_loader(n, 96, shuffle=True) for rank in range(world_size)]
+    for rank, loader in enumerate(shards):
+        assert loader.shard(rank, world_size) is loader  # in place, as the Trainer calls it
+    per_rank = []
+    for loader in shards:
+        loader.set_epoch(7)
+        per_rank.append([y for _, y in loader])
+    assert len({len(batches) for batches in per_rank}) == 1 == len({len(s) for s in shards})
+    assert all(len(y) == 32 for y in per_rank[0][:-1])
+    everything = torch.cat([torch.cat(batches) for batches in per_rank])
+    assert len(everything) == n - n % world_size == len(everything.unique())
+    for step, batch in enumerate(global_batches[:-1]):
+        together = torch.cat([batches[step] for batches in per_rank])
+        assert torch.equal(together.sort().values, batch.sort().values)
+    with pytest.raises(ValueError, match="does not split evenly"):
+        index_loader(n, 100).shard(0, 3)
+    with pytest.raises(ValueError, match="rank must be"):
+        index_loader(n, 96).shard(3, 3)
+
+
+def test_augmentation_is_a_reproducible_crop_and_flip(fmnist):
+    aug = FashionMNIST(batch_size=32, num_train=64, augment=True, seed=1)
+    plain = FashionMNIST(batch_size=32, num_train=64, seed=1)
+    X, y = next(iter(aug.train_dataloader()))
+    X0, y0 = next(iter(plain.train_dataloader()))
+    assert torch.equal(y, y0) and X.shape == X0.shape and 0 <= X.min() and X.max() <= 1
+    assert not torch.equal(X, X0)
+    padded = F.pad(X0[:, 0], (2, 2, 2, 2))
+    for i in range(len(X)):  # each image is one of the 25 crops of its padded original, maybe flipped
+        crops = torch.stack([padded[i, dy:dy + 28, dx:dx + 28] for dy in range(5) for dx in range(5)])
+        candidates = torch.cat([crops, crops.flip(-1)])
+        assert (candidates == X[i, 0]).flatten(1).all(1).any()
+    again, _ = next(iter(FashionMNIST(batch_size=32, num_train=64, augment=True, seed=1).train_dataloader()))
+    assert torch.equal(X, again)
+    loader = aug.train_dataloader()
+    loader.set_epoch(1)
+    assert not torch.equal(X, next(iter(loader))[0])
+    X96, _ = next(iter(FashionMNIST(batch_size=32, num_train=64, augment=True, resize=96).train_dataloader()))
+    assert X96.shape == (32, 1, 96, 96) and 0 <= X96.min() and X96.max() <= 1
+
+
+def test_batches_do_not_depend_on_how_many_are_built_at_once(fmnist, monkeypatch):
+    small = FashionMNIST(batch_size=32, num_train=300, augment=True, normalize=True, resize=(30, 36))
+    whole = list(small.train_dataloader())
+    monkeypatch.setattr(data, "_CHUNK_ELEMENTS", 2 * 32 * 30 * 36)  # two batches per op
+    for (X, y), (X2, y2) in zip(whole, small.train_dataloader(), strict=True):
+        assert torch.equal(y, y2)
+        torch.testing.assert_close(X, X2, atol=1e-6, rtol=0)
+
+
+def test_settings_rebuild_the_same_batches(fmnist):
+    original = FashionMNIST(batch_size=32, resize=(32, 40), augment=True, seed=5, num_train=100, num_val=50)
+    rebuilt = FashionMNIST(**original.settings())
+    assert original.settings() == rebuilt.settings()
+    for (X, y), (X2, y2) in zip(original.train_dataloader(), rebuilt.train_dataloader(), strict=True):
+        assert torch.equal(X, X2) and torch.equal(y, y2)
+    assert original.to("cpu") is original and original.train_images.device.type == "cpu"
+    with pytest.raises(ValueError, match="num_train must be between 1 and 60000"):
+        FashionMNIST(num_train=60001)
+
+
+def test_text_labels_and_describe(fmnist, real_dir):
+    assert fmnist.text_labels([0, 9]) == ["t-shirt", "ankle boot"]
+    assert data.text_labels(torch.tensor([5, 8])) == ["sandal", "bag"]
+    summary = data.describe()
+    assert str(real_dir) in summary and "60,000 images of 28x28, 6,000 to 6,000 per class" in summary
+
+
+def test_visualize_saves_a_png(fmnist, tmp_path):
+    batch = next(iter(fmnist.val_dataloader()))
+    fig = fmnist.visualize(batch, nrows=2, ncols=4, path=tmp_path / "batch.png")
+    assert (tmp_path / "batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["ankle boot", "pullover"]
+
+
+def test_import_has_no_side_effects(tmp_path):
+    env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", "import cnnlab.data, cnnlab.idx, cnnlab.plotting"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "cache").exists()
+
+
+# -- download ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def mirror(real_dir, tmp_path) -> Path:
+    """A file:// mirror holding copies of the installed (Debian-recompressed) archives."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    for name in idx.FILE_NAMES:
+        source = idx.data_file(real_dir, name)
+        if source.suffix == ".gz":
+            shutil.copyfile(source, root / f"{name}.gz")
+        else:
+            (root / f"{name}.gz").write_bytes(gzip.compress(source.read_bytes(), compresslevel=1))
+    return root
+
+
+def test_download_from_a_mirror(mirror, tmp_path):
+    dest = download(tmp_path / "dest", base_url=mirror.as_uri(), check_archive=False)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in idx.FILE_NAMES)
+    assert find_data_dir(dest) == dest
+    images, labels = load_fashion_mnist(dest, train=False)
+    assert images.shape == (10000, 28, 28) and labels[:3].tolist() == [9, 2, 1]
+    # Everything present and valid: nothing is fetched, so even a dead mirror is fine.
+    assert download(dest, base_url=(tmp_path / "gone").as_uri()) == dest
+    # A corrupt uncompressed copy (which would be read first) is replaced by a fresh archive.
+    (dest / T10K_LABELS).write_bytes(idx_header(3) + b"\x00\x01\x02")
+    download(dest, base_url=mirror.as_uri(), check_archive=False)
+    assert not (dest / T10K_LABELS).exists() and (dest / f"{T10K_LABELS}.gz").exists()
+
+
+def test_download_failures_leave_no_files(mirror, tmp_path):
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="could not download .*network connection"):
+        download(dest, base_url=(tmp_path / "gone").as_uri())
+    with pytest.raises(DataError, match="could not download http://127.0.0.1:9/"):
+        download(dest, base_url="http://127.0.0.1:9/", timeout=5)
+    with pytest.raises(DataError, match="MD5 .* expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d.*check_archive"):
+        download(dest, base_url=mirror.as_uri())  # Debian's archives are not byte-identical to Zalando's
+    archive = mirror / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:100_000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is a corrupt gzip archive"):
+        download(dest, base_url=mirror.as_uri(), check_archive=False)
+    assert list(dest.iterdir()) == []
