@@ -1,0 +1,104 @@
+"""Layers built on cnnlab's operators and the blocks of d2l's models (§7.2, §8.2, §8.6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.ops import corr2d
+
+
+class Conv2D(nn.Module):
+    """A learnable single-channel 2-D convolution over :func:`cnnlab.ops.corr2d` (d2l §7.2.3).
+
+    Args:
+        kernel_size: (kh, kw) of the kernel; the weight starts uniform in [0, 1) as in the book.
+
+    Shape:
+        x: (H, W) -> (H - kh + 1, W - kw + 1).
+    """
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(kernel_size))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return corr2d(x, self.weight) + self.bias
+
+
+# --- blocks ---
+
+
+def vgg_block(num_convs: int, out_channels: int, in_channels: int | None = None) -> nn.Sequential:
+    """`num_convs` 3x3 convs with ReLU, then a 2x2 max pool (d2l §8.2.1; Simonyan & Zisserman 2014).
+
+    Args:
+        num_convs: number of conv + ReLU pairs.
+        out_channels: channels of every conv in the block.
+        in_channels: channels of the block's input; None makes the first conv lazy, as in the book.
+
+    Shape:
+        (N, C_in, H, W) -> (N, out_channels, ceil(H / 2), ceil(W / 2)).
+    """
+    # The seed writes nn.Conv2d(out_channels, out_channels) for every conv, which breaks on the first conv
+    # of each block (its input has the previous block's width). What it means is: the first conv takes the
+    # block's input, the others take `out_channels`.
+    first = (
+        nn.LazyConv2d(out_channels, kernel_size=3, padding=1)
+        if in_channels is None
+        else nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+    )
+    layers: list[nn.Module] = [first, nn.ReLU()]
+    for _ in range(num_convs - 1):
+        layers += [nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1), nn.ReLU()]
+    # ceil_mode=True only differs from the book's floor on odd sizes, so 224 -> 7 and 96 -> 3 are unchanged,
+    # while a native 28x28 Fashion-MNIST image survives five blocks (28, 14, 7, 4, 2, 1) instead of
+    # shrinking to zero at the fifth (7 -> 3 -> 1 -> 0).
+    layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    """The residual block of ResNet: two 3x3 conv + BN, plus the input (d2l §8.6.2; He et al. 2016).
+
+    As in the book, the convs keep their biases and the optional 1x1 projection shortcut has no BN, so
+    parameter counts match d2l, not torchvision.
+
+    Args:
+        num_channels: output channels of both 3x3 convs.
+        use_1x1conv: project the shortcut with a strided 1x1 conv; needed when the shape changes.
+        strides: stride of the first 3x3 conv (and of the 1x1 shortcut).
+        in_channels: channels of the input; None makes the input-facing convs lazy, as in the book.
+
+    Shape:
+        (N, C_in, H, W) -> (N, num_channels, ceil(H / strides), ceil(W / strides)).
+    """
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, in_channels: int | None = None):
+        super().__init__()
+        if not use_1x1conv and (strides != 1 or (in_channels is not None and in_channels != num_channels)):
+            raise ValueError(
+                f"Residual(num_channels={num_channels}, strides={strides}, in_channels={in_channels}) "
+                "changes the input's shape, so the shortcut cannot be added; pass use_1x1conv=True."
+            )
+
+        def conv(out_channels: int, kernel_size: int, stride: int) -> nn.Module:
+            padding = kernel_size // 2
+            if in_channels is None:
+                return nn.LazyConv2d(out_channels, kernel_size, stride=stride, padding=padding)
+            return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+
+        self.conv1 = conv(num_channels, 3, strides)
+        # conv2 and both BNs see `num_channels` channels whatever the input, so they need not be lazy.
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
+        self.conv3 = conv(num_channels, 1, strides) if use_1x1conv else None
+        self.bn1 = nn.BatchNorm2d(num_channels)
+        self.bn2 = nn.BatchNorm2d(num_channels)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = torch.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        return torch.relu(Y + X)

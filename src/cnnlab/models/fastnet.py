@@ -1,0 +1,78 @@
+"""FastNet: a small BatchNorm VGG-style net for the best time to accuracy on a CPU (``--recipe fast``).
+
+After the speed-run CIFAR-10 trainers (Keller Jordan's airbench, tysam-code's hlb-CIFAR10): a 3x3 stem, then
+groups of ``conv -> max-pool -> BN -> ReLU -> conv -> BN -> ReLU`` that halve the size and double the width,
+global max pooling and a linear classifier. Pooling right after the group's first conv puts most of the
+work at the lower resolution, and no residual connections are needed at this depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from cnnlab.classifier import Classifier
+from cnnlab.models.registry import prepare_model, register_model
+
+__all__ = ["FASTNET_WIDTHS", "FastNet", "fastnet"]
+
+FASTNET_WIDTHS = (32, 64, 128, 256)  # stem, then one conv group per further width
+
+
+def _conv_bn(in_channels: int, out_channels: int, pool: bool) -> list[nn.Module]:
+    # No conv bias: the BatchNorm that follows has its own shift.
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))  # 28 -> 14 -> 7 -> 4
+    return layers + [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class FastNet(Classifier):
+    """A BatchNorm VGG-style net from a table of widths: ``widths[0]`` for the stem, one group per later width.
+
+    Args:
+        widths: channels of the stem and of each conv group.
+        lr: learning rate for ``configure_optimizers``.
+        num_classes: number of output logits.
+        in_channels: image channels.
+
+    Shape:
+        (N, in_channels, H, W) -> (N, num_classes); each group halves H and W (rounding up).
+    """
+
+    def __init__(
+        self, widths: Sequence[int] = FASTNET_WIDTHS, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        layers = _conv_bn(in_channels, widths[0], pool=False)
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
+            layers += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
+        self.net = nn.Sequential(
+            *layers,
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),  # (N, widths[-1])
+            nn.Linear(widths[-1], num_classes),
+        )  # fmt: skip
+
+
+@register_model("fastnet")
+def fastnet(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 28,
+    lr: float = 0.1,
+    widths: Sequence[int] = FASTNET_WIDTHS,
+) -> FastNet:
+    """FastNet for ``in_channels`` x ``image_size`` inputs (28x28 Fashion-MNIST in ``--recipe fast``)."""
+    model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels)
+    return prepare_model(
+        model,
+        "fastnet",
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        lr=lr,
+        widths=tuple(widths),
+    )
