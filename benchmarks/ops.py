@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
-
 from cnnlab import ops  # noqa: E402
 
 
@@ -40,9 +39,11 @@ def main(argv=None) -> int:
     print(f"{'case':<34} {'naive loop':>12} {'cnnlab':>12} {'F.conv2d':>12} {'loop/cnnlab':>12} {'cnnlab/F':>9}")
     for size, k in ((28, 5), (224, 3)):
         X, K = torch.randn(size, size), torch.randn(k, k)
-        naive = median_seconds(lambda: naive_corr2d(X, K), repeats=3 if size > 100 else args.repeats, warmup=1)
-        ours = median_seconds(lambda: ops.corr2d(X, K), repeats=args.repeats, number=20)
-        ref = median_seconds(lambda: F.conv2d(X[None, None], K[None, None]), repeats=args.repeats, number=20)
+        naive = median_seconds(lambda X=X, K=K: naive_corr2d(X, K), repeats=3 if size > 100 else args.repeats,
+                               warmup=1)
+        ours = median_seconds(lambda X=X, K=K: ops.corr2d(X, K), repeats=args.repeats, number=20)
+        ref = median_seconds(lambda X=X, K=K: F.conv2d(X[None, None], K[None, None]), repeats=args.repeats,
+                             number=20)
         print(f"{f'corr2d {size}x{size}, {k}x{k} kernel':<34} {naive * 1e3:>10.2f}ms {ours * 1e3:>10.3f}ms "
               f"{ref * 1e3:>10.3f}ms {naive / ours:>11.0f}x {ours / ref:>8.2f}x")
 

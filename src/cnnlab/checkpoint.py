@@ -1,0 +1,218 @@
+"""Checkpoints: atomic writes, safe loads, and the model rebuilt from its registry name.
+
+A checkpoint is a plain dict of tensors and plain values (state dicts, the model's registry name and
+constructor kwargs, the run's settings, the epoch, the metrics so far). It is loaded with
+``torch.load(weights_only=True)``, which refuses any pickled object other than tensors and containers of
+plain values, so a crafted file cannot run code. It is written to a temporary file that is flushed,
+fsynced and then renamed over the old one: a crash at any moment leaves either the old or the new
+checkpoint, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "resolve_checkpoint", "model_from_checkpoint"]
+
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("version", "model_state")
+# Bounds on what a checkpoint may ask the model builder for, far beyond any real cnnlab model (training
+# allows --resize up to 512) yet small enough that a crafted file cannot exhaust memory.
+MAX_INPUT_SIDE = 1024
+MAX_IN_CHANNELS = 16
+MAX_CLASSES = 100_000
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, read or trusted; the message says which file and why."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself lives in the directory entry: sync it too so the new name survives a power cut.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, flush, fsync, rename).
+
+    Temporary files that killed writers left next to ``path`` are removed once the new file is in place.
+
+    Raises:
+        CheckpointError: the folder is missing, unwritable or full; any earlier file at ``path`` is intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{_temp_prefix(path)}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {reason}; free some space or choose another --out folder "
+            "(the previous checkpoint, if any, is intact)"
+        ) from None
+    except BaseException:  # e.g. a state holding something torch cannot save, or Ctrl-C: leave no litter
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    _remove_stale_temps(path)
+    return path
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    # A writer killed mid-save (SIGKILL, power cut) leaves ".last.pt.tmp-<pid>"; the final name was never
+    # touched, so the file is garbage. Only files of processes that no longer exist are removed.
+    prefix = _temp_prefix(path)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            pid = entry.name[len(prefix):]
+            if entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def resolve_checkpoint(run_or_file: str | os.PathLike, prefer: str = "best") -> Path:
+    """Map a run folder to its checkpoint (``best.pt``, else ``last.pt``); a file is returned as is."""
+    path = Path(run_or_file)
+    if path.is_dir():
+        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in order:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run folder {path} holds no checkpoint (best.pt or last.pt); train into it first")
+    if not path.exists():
+        raise CheckpointError(f"no such run folder or checkpoint: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a cnnlab checkpoint safely with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: missing, empty, truncated, not a checkpoint, or holding objects other than tensors
+            and plain values (a file crafted to run code when unpickled is refused here, before any of it runs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); use another checkpoint or train again")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols mean nothing to a user
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's text advises weights_only=False, the one thing never to do with an untrusted file;
+        # keep only its reason.
+        reason = next((line.split("error:", 1)[1].strip() for line in str(exc).splitlines()
+                       if "WeightsUnpickler error:" in line), "")
+        if "Unsupported global" in reason or "Unsupported class" in reason:
+            culprit = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+?)\.? ", reason + " ")
+            what = f"a reference to {culprit.group(1)}" if culprit else "an object"
+            raise CheckpointError(
+                f"refusing to load {path}: it holds {what}, not only tensors and plain values, and "
+                "unpickling it could run code; only load checkpoints written by cnnlab from sources you trust"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a torch checkpoint ({reason or 'unreadable pickle'}); "
+            "use another checkpoint (last.pt or best.pt) or train again"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a torch checkpoint ({type(exc).__name__}); "
+            "use another checkpoint (last.pt or best.pt) or train again"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a hostile file must never surface as a traceback
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is a torch file but not a cnnlab checkpoint (no model_state/version)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state['version']}, this cnnlab reads {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def model_from_checkpoint(state: dict):
+    """Rebuild the model through the registry from the name and kwargs stored with it, then load its weights.
+
+    The kwargs are checked first: building runs a dry forward pass, so a crafted ``image_size`` or
+    ``in_channels`` could otherwise ask for terabytes before a single weight is compared.
+    """
+    from cnnlab.models import create_model
+
+    name, kwargs = state.get("model_name"), state.get("model_kwargs") or {}
+    if not name or not isinstance(name, str):
+        raise CheckpointError("checkpoint does not name a registered model, so it cannot be rebuilt")
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"checkpoint's model_kwargs is a {type(kwargs).__name__}, not a dict; "
+                              "the file is corrupt or not cnnlab's")
+    _check_model_kwargs(name, kwargs)
+    try:
+        model = create_model(name, **kwargs)
+        model.load_state_dict(state["model_state"])
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted state dict provokes, one clear sentence
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint's weights do not fit model {name!r}: {first_line}") from None
+    return model
+
+
+def _check_model_kwargs(name: str, kwargs: dict) -> None:
+    def count(value, low, high):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    size = kwargs.get("image_size", 28)
+    sides = (size, size) if not isinstance(size, (list, tuple)) else tuple(size)
+    lr = kwargs.get("lr", 0.1)
+    problems = [
+        (count(kwargs.get("in_channels", 1), 1, MAX_IN_CHANNELS), f"in_channels 1 to {MAX_IN_CHANNELS}"),
+        (count(kwargs.get("num_classes", 10), 1, MAX_CLASSES), f"num_classes 1 to {MAX_CLASSES:,}"),
+        (len(sides) == 2 and all(count(s, 1, MAX_INPUT_SIDE) for s in sides),
+         f"image_size 1 to {MAX_INPUT_SIDE} pixels a side"),
+        (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr), "lr a finite number"),
+    ]
+    for ok, rule in problems:
+        if not ok:
+            raise CheckpointError(f"checkpoint's model_kwargs for {name!r} are out of range ({rule} expected, "
+                                  f"got {kwargs!r:.200}); the file is corrupt or not cnnlab's")

@@ -1,0 +1,411 @@
+"""The ``cnnlab`` command line: ``main(argv=None) -> int``, one small function per subcommand.
+
+User mistakes (bad numbers, unknown models, missing files, corrupt data) print one line on stderr and
+return 2; a diverging run returns 3; a distributed run whose other process died or timed out returns 4;
+nothing a user can cause ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class CliError(Exception):
+    """A user mistake found by the CLI itself (exit code 2)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,1,28,28, got {text!r}") from None
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected 4 positive sizes N,C,H,W, got {text!r}")
+    return dims
+
+
+# ---- parser --------------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    from cnnlab.recipes import OPTIMIZERS, RECIPES, SCHEDULES
+
+    p = sub.add_parser("train", help="train a model on Fashion-MNIST (no options: the seed's LeNet recipe)",
+                       description="Train a model on Fashion-MNIST. With no options: the seed's LeNet "
+                       "(sigmoid, xavier init, SGD lr 0.1, batch 128, 10 epochs). Options left unset take the "
+                       "model's recipe defaults. Under torchrun, --batch-size is the global batch, split "
+                       "evenly across processes.")
+    p.add_argument("--model", default="lenet", help="registered model name (see `cnnlab models`)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe: 'fast' is the best time to accuracy")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size (all processes together)")
+    p.add_argument("--lr", type=_finite_float, help="(peak) learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, momentum (SGD+Nesterov 0.9), adam, adamw")
+    p.add_argument("--momentum", type=_finite_float)
+    p.add_argument("--weight-decay", type=_finite_float)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--label-smoothing", type=_finite_float)
+    p.add_argument("--resize", type=_positive_int, help="input side in pixels (28 is native)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop and horizontal flip, batched")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (tens of seconds to compile; pays on long runs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--data-dir", help="folder holding the four Fashion-MNIST IDX files")
+    p.add_argument("--num-train", type=_positive_int, help="train on the first N training images only")
+    p.add_argument("--num-val", type=_positive_int, help="validate on the first N test images only")
+    p.add_argument("--out", help="the run folder itself (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN", help="continue this run folder with its saved settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true", help="write report.html into the run folder at the end")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnlab", description="Convolutional networks from their "
+                                     "operators up (d2l.ai chapters 7-8), trained on Fashion-MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+
+    p = sub.add_parser("evaluate", help="test accuracy, per-class table and confusion matrix of a run")
+    p.add_argument("run", metavar="RUN|CKPT")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="confusion-matrix PNG (default: <run>/confusion.png)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="classify image files or test images with a trained model")
+    p.add_argument("run", metavar="RUN|CKPT")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--test-index", type=_nonneg_int, nargs="+", default=[], metavar="N")
+    p.add_argument("--grid", help="write the images with true/predicted labels to this PNG")
+    p.add_argument("--data-dir")
+    p.add_argument("--top", type=_positive_int, default=3)
+
+    p = sub.add_parser("data", help="Fashion-MNIST: info, show, download")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("info", help="where the data is, counts, per-class counts, checksums")
+    d.add_argument("--data-dir")
+    d = dsub.add_parser("show", help="write a labelled grid of images")
+    d.add_argument("--split", choices=("train", "test"), default="train")
+    d.add_argument("--n", type=_positive_int, default=18)
+    d.add_argument("--out", default="fashion-mnist.png")
+    d.add_argument("--data-dir")
+    d = dsub.add_parser("download", help="fetch the four files from the official mirror, verified")
+    d.add_argument("--dir", help="destination (default ~/.cache/cnnlab/fashion-mnist, or $CNNLAB_CACHE/fashion-mnist)")
+
+    p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs of a model")
+    p.add_argument("model")
+    p.add_argument("--input", type=_shape, default=None, metavar="N,C,H,W",
+                   help="input shape (default 1,1,S,S with the model's recipe size)")
+
+    sub.add_parser("models", help="list the registered models")
+
+    p = sub.add_parser("demo", help="the book's small experiments")
+    demo_sub = p.add_subparsers(dest="demo_command", required=True, metavar="DEMO")
+    e = demo_sub.add_parser("edge", help="d2l §7.2: learn the edge kernel [1, -1] back from its output")
+    e.add_argument("--plot", help="also write X, the learned kernel and Y side by side to this PNG")
+
+    p = sub.add_parser("viz", help="what a trained model learned: kernels, feature maps, mistakes (PNG)")
+    viz_sub = p.add_subparsers(dest="viz_command", required=True, metavar="FIGURE")
+    v = viz_sub.add_parser("kernels", help="a grid of one conv layer's kernels on a zero-centred colour scale")
+    v.add_argument("run", metavar="RUN|CKPT")
+    v.add_argument("--layer", metavar="NAME", help="a conv layer's name from model.named_modules() "
+                   "(default: the first conv); a wrong name lists the conv layers")
+    v.add_argument("--out", help="PNG to write (default: <run>/kernels.png)")
+    v = viz_sub.add_parser("features", help="one test image and the feature maps after each conv stage")
+    v.add_argument("run", metavar="RUN|CKPT")
+    v.add_argument("--test-index", type=_nonneg_int, required=True, metavar="N")
+    v.add_argument("--out", help="PNG to write (default: <run>/features-N.png)")
+    v.add_argument("--data-dir")
+    v = viz_sub.add_parser("mistakes", help="the most confident wrong predictions on the test set")
+    v.add_argument("run", metavar="RUN|CKPT")
+    v.add_argument("--n", type=_positive_int, default=24, help="how many to show (default 24)")
+    v.add_argument("--out", help="PNG to write (default: <run>/mistakes.png)")
+    v.add_argument("--data-dir")
+    v.add_argument("--device", default="auto")
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run (settings, curves, metrics, "
+                       "figures)")
+    p.add_argument("run", metavar="RUN|CKPT")
+    p.add_argument("--out", help="HTML file to write (default: <run>/report.html)")
+    p.add_argument("--test-index", type=_nonneg_int, default=0, metavar="N",
+                   help="the test image whose feature maps are shown (default 0)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+
+    from cnnlab.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="training speed: the book's pipeline, a plain loop and "
+                                       "cnnlab's Trainer, side by side, against the CPU's matmul FLOP/s"))
+    return parser
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from cnnlab.recipes import TrainConfig, resolve_config, run_training
+
+    if args.resume:
+        summary = run_training(None, resume=args.resume)
+    else:
+        config = TrainConfig(
+            model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+            schedule=args.schedule, label_smoothing=args.label_smoothing, resize=args.resize,
+            augment=args.augment, normalize=args.normalize, bf16=args.bf16, channels_last=args.channels_last,
+            compile=args.compile,
+            device=args.device, seed=args.seed, data_dir=args.data_dir, num_train=args.num_train,
+            num_val=args.num_val, out=args.out, progress=not args.no_progress,
+        )
+        summary = run_training(resolve_config(config, args.recipe))
+    if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
+        return 0
+    if summary["finished_already"]:
+        print(f"run {summary['run_dir']} had already finished all {summary['config'].epochs} epochs; "
+              "nothing to do")
+    print(f"test accuracy {summary['test_accuracy']:.4f} on {summary['test_count']:,} images; "
+          f"total time {summary['seconds']:.1f} s; files in {summary['run_dir']}/ "
+          "(metrics.csv, curves.png, last.pt, best.pt)")
+    if args.report:
+        from cnnlab.report import write_report
+
+        print(f"report: {write_report(summary['run_dir'])}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cnnlab.data import CLASS_NAMES, FashionMNIST
+    from cnnlab.inference import load_trained
+    from cnnlab.plotting import plot_confusion
+    from cnnlab.train import evaluate, pick_device
+
+    device = pick_device(args.device)
+    loaded = load_trained(args.run, device)
+    data = FashionMNIST(batch_size=1024, resize=loaded.image_size, root=args.data_dir,
+                        normalize=loaded.normalize)
+    result = evaluate(loaded.model, data.val_dataloader(), device)
+    print(f"checkpoint {loaded.checkpoint}")
+    print(f"test accuracy {result.accuracy:.4f} ({result.count:,} images), test loss {result.loss:.4f}")
+    print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
+    for name, acc, n in zip(CLASS_NAMES, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
+                            strict=True):
+        print(f"{name:<12} {acc:>8.4f} {n:>7,}")
+    run_dir = loaded.checkpoint.parent
+    out = Path(args.out) if args.out else run_dir / "confusion.png"
+    plot_confusion(result.confusion, CLASS_NAMES, out, title=f"Confusion matrix (accuracy {result.accuracy:.4f})")
+    print(f"confusion matrix: {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
+    from cnnlab.inference import load_image, load_trained, top_k
+
+    if not args.images and not args.test_index:
+        raise CliError("give IMAGE files and/or --test-index N...")
+    loaded = load_trained(args.run)
+    names, images, truths = [], [], []
+    for path in args.images:
+        images.append(load_image(path))
+        names.append(str(path))
+        truths.append(None)
+    if args.test_index:
+        test_images, test_labels = load_fashion_mnist(args.data_dir, train=False)
+        for index in args.test_index:
+            if index >= len(test_images):
+                raise CliError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
+                               f"images (0..{len(test_images) - 1})")
+            images.append(test_images[index])
+            names.append(f"test[{index}]")
+            truths.append(int(test_labels[index]))
+    probs, classes = top_k(loaded, torch.stack(images), k=args.top)
+    for name, truth, p_row, c_row in zip(names, truths, probs.tolist(), classes.tolist(), strict=True):
+        ranked = ", ".join(f"{CLASS_NAMES[c]} {p:.3f}" for p, c in zip(p_row, c_row, strict=True))
+        label = f" (true: {CLASS_NAMES[truth]})" if truth is not None else ""
+        print(f"{name}{label}: {ranked}")
+    if args.grid:
+        from cnnlab.plotting import show_images
+
+        titles = [(f"{CLASS_NAMES[t]}\n" if t is not None else "") + CLASS_NAMES[c[0]]
+                  for t, c in zip(truths, classes.tolist(), strict=True)]
+        cols = min(8, len(images))
+        show_images(torch.stack(images).float() / 255, (len(images) + cols - 1) // cols, cols, titles=titles,
+                    path=args.grid)
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from cnnlab import data as data_mod
+
+    if args.data_command == "download":
+        print(f"Fashion-MNIST ready in {data_mod.download(args.dir)}")
+        return 0
+    if args.data_command == "info":
+        print(data_mod.describe(args.data_dir))
+        return 0
+    images, labels = data_mod.load_fashion_mnist(args.data_dir, train=args.split == "train")
+    n = min(args.n, len(images))
+    cols = min(9, n)
+    from cnnlab.plotting import show_images
+
+    show_images(images[:n].float() / 255, (n + cols - 1) // cols, cols,
+                titles=data_mod.text_labels(labels[:n]), path=args.out)
+    print(f"wrote {n} {args.split} images to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from cnnlab.models import create_model, list_models
+    from cnnlab.recipes import BASE, MODEL_DEFAULTS
+    from cnnlab.summary import model_summary
+
+    if args.model not in list_models():
+        raise CliError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
+    shape = args.input or (1, 1, *(2 * (MODEL_DEFAULTS[args.model].get("resize", BASE["resize"]),)))
+    model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
+    print(model_summary(model, shape))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from cnnlab.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from cnnlab.demo import edge_image, learn_edge_kernel
+
+    kernel, _ = learn_edge_kernel()
+    print(f"learned kernel: {kernel}")
+    if args.plot:
+        from cnnlab.ops import corr2d
+        from cnnlab.plotting import plot_edge_demo
+
+        X = edge_image()
+        plot_edge_demo(X, kernel, corr2d(X, kernel), args.plot)
+        print(f"figure: {args.plot}")
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from cnnlab import viz
+    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
+    from cnnlab.inference import load_trained
+
+    if args.viz_command == "kernels":
+        loaded = load_trained(args.run)
+        out = Path(args.out) if args.out else loaded.checkpoint.parent / "kernels.png"
+        fig = viz.plot_layer_kernels(loaded.model, out, layer=args.layer)
+        print(f"{fig.tiles} kernels of {fig.layer} (weight {'x'.join(map(str, fig.weight_shape))}): {out}")
+        return 0
+    if args.viz_command == "features":
+        loaded = load_trained(args.run)
+        images, labels = load_fashion_mnist(args.data_dir, train=False)
+        out = Path(args.out) if args.out else loaded.checkpoint.parent / f"features-{args.test_index}.png"
+        fig = viz.plot_test_features(loaded, images, labels, args.test_index, out)
+        stages = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in fig.stages)
+        print(f"test[{fig.index}] (true: {CLASS_NAMES[fig.true_class]}): predicted "
+              f"{CLASS_NAMES[fig.predicted_class]} {fig.probability:.3f}; stages {stages}: {out}")
+        return 0
+    from cnnlab.train import pick_device
+
+    loaded = load_trained(args.run, pick_device(args.device))
+    images, labels = load_fashion_mnist(args.data_dir, train=False)
+    out = Path(args.out) if args.out else loaded.checkpoint.parent / "mistakes.png"
+    fig = viz.plot_test_mistakes(loaded, images, labels, out, n=args.n)
+    print(f"{len(fig.indices)} most confident of {fig.wrong:,} mistakes on {fig.total:,} test images: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cnnlab.report import write_report
+
+    out = write_report(args.run, args.out, args.data_dir, test_index=args.test_index, device=args.device)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from cnnlab.bench import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+            "summary": cmd_summary, "models": cmd_models, "demo": cmd_demo, "viz": cmd_viz,
+            "report": cmd_report, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``cnnlab`` command line; returns the process exit code."""
+    from cnnlab.distributed import DistributedRunFailed
+    from cnnlab.train import TrainingDiverged
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingDiverged as exc:
+        print(f"cnnlab: {exc}", file=sys.stderr)
+        return 3
+    except DistributedRunFailed as exc:
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return 4
+    except (CliError, ValueError, OSError) as exc:
+        # DataError, CheckpointError, ImageError and config errors are ValueErrors with one clear sentence.
+        message = str(exc) if not isinstance(exc, OSError) or not exc.strerror else \
+            f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        print(f"cnnlab: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted; the last finished epoch is saved in last.pt (resume with --resume RUN)",
+              file=sys.stderr)
+        return 130
+    finally:
+        from cnnlab import distributed
+
+        distributed.shutdown()

@@ -1,0 +1,181 @@
+"""Using a trained model: load it from a run, read user images safely, classify them.
+
+Images are read with Pillow (a dependency of matplotlib, so nothing new to install), converted to
+greyscale and resized to the model's input the way Fashion-MNIST was made: a white-background photo is
+inverted so that the garment is bright on black, as in the data set. Image files and checkpoints are
+treated as hostile: a size limit is checked before decoding, and every failure is an :class:`ImageError`
+or a :class:`~cnnlab.checkpoint.CheckpointError` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cnnlab.checkpoint import (
+    MAX_INPUT_SIDE,
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint,
+)
+
+__all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
+
+# Refuse decompression bombs before decoding: 40 megapixels is far beyond any garment photo.
+MAX_PIXELS = 40_000_000
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and why."""
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with the input settings it was trained with."""
+
+    model: torch.nn.Module
+    image_size: tuple[int, int]
+    normalize: bool
+    checkpoint: Path
+    state: dict
+
+    def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) uint8 -> (N, 1, h, w) float in the model's input scale."""
+        X = images_uint8.float().div_(255).unsqueeze(1)
+        if tuple(X.shape[-2:]) != self.image_size:
+            X = torch.nn.functional.interpolate(X, size=self.image_size, mode="bilinear", antialias=True,
+                                                align_corners=False)
+        if self.normalize:
+            X = (X - FASHION_MEAN) / FASHION_STD
+        return X
+
+
+def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
+    path = resolve_checkpoint(run_or_ckpt)
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state).to(device).eval()
+    data = state.get("data_settings") or {}
+    resize = data.get("resize") or (state.get("model_kwargs") or {}).get("image_size") or 28
+    size = tuple(resize) if isinstance(resize, (list, tuple)) else (resize, resize)
+    # Every input is interpolated to this size: a crafted checkpoint must not make that a huge allocation.
+    if len(size) != 2 or not all(type(s) is int and 1 <= s <= MAX_INPUT_SIDE for s in size):
+        raise CheckpointError(f"checkpoint {path} asks for input images of size {resize!r}; a cnnlab model "
+                              f"takes 1 to {MAX_INPUT_SIDE} pixels a side, so the file is corrupt or not cnnlab's")
+    return LoadedModel(model=model, image_size=size, normalize=bool(data.get("normalize", False)),
+                       checkpoint=path, state=state)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as a 28x28 uint8 image in Fashion-MNIST's style: a light garment on black.
+
+    Any mode Pillow opens is accepted: 1-bit, greyscale (8, 16 or 32 bits, float), palette, RGB, CMYK,
+    and alpha (RGBA, LA, palette or ``tRNS`` transparency). The steps follow the data set's own conversion
+    (Xiao et al. 2017, "Fashion-MNIST"): greyscale, a light background inverted to black, padded to a centred
+    square, resized to 28x28. EXIF orientation is applied first, so phone photos stand upright.
+
+    Raises:
+        ImageError: missing, empty, not an image, truncated or corrupt, or larger than ``MAX_PIXELS``
+            (checked from the header, before any pixel is decoded).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image {path} does not exist")
+    if not path.is_file():
+        raise ImageError(f"image {path} is not a file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"image {path} is empty (0 bytes)")
+    too_big = (f"over the {MAX_PIXELS:,}-pixel limit (a decompression bomb or a needlessly huge photo); "
+               "shrink it first")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx and refuses from 179 Mpx; our own, lower limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f"image {path} is {width}x{height} pixels, {too_big}")
+                img.load()
+                grey = _to_grey(_upright(img))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"image {path} declares more pixels than Pillow will decode, {too_big}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image file cnnlab can read (use PNG or JPEG)") from None
+    except (OSError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"image {path} is damaged or truncated ({exc}); export it again") from None
+    except Exception as exc:  # noqa: BLE001 - a hostile file must never surface as a traceback
+        raise ImageError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return _fashion_style(grey)
+
+
+def _upright(img):
+    """Apply the EXIF orientation tag (phone photos are stored sideways); a broken tag is ignored."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - the pixels are fine; only the optional tag is damaged
+        return img
+
+
+def _to_grey(img):
+    """Any Pillow mode -> 8-bit greyscale ('L'); transparency becomes background, of whichever shade
+    keeps the drawing visible (a white shirt on transparency must not vanish onto white)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        # 16/32-bit integer or float greyscale: stretch the real range to 0-255 rather than clip it.
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)  # (H, W, 2): luminance, alpha
+        lum, alpha = la[..., 0], la[..., 1] / 255
+        coverage = float(alpha.sum())
+        drawing_is_light = coverage > 0 and float((lum * alpha).sum()) / coverage > 127
+        background = 0.0 if drawing_is_light else 255.0
+        out = lum * alpha + background * (1 - alpha)
+        return Image.fromarray(out.round().astype(np.uint8), mode="L")
+    if img.mode not in ("1", "L", "P", "RGB", "CMYK"):
+        img = img.convert("RGB")  # YCbCr, LAB, HSV...: Pillow converts these to L only through RGB
+    return img.convert("L")
+
+
+def _fashion_style(grey) -> torch.Tensor:
+    """'L' image of any size -> (28, 28) uint8, light on dark, centred in a square as Fashion-MNIST's were."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    arr = np.asarray(grey)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    if float(border.mean()) > 127:  # photos are usually dark-on-light; the data set is light-on-dark
+        grey = ImageOps.invert(grey)
+    # Longest side to 28, then centred on a black 28x28 canvas: a 4:3 photo is not squashed, and a
+    # 40,000,000x1 strip costs a 28x1 image, not a square 40,000,000 pixels wide.
+    width, height = grey.size
+    scale = 28 / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = grey.resize(size, Image.Resampling.BILINEAR)  # Pillow's resize filters over the whole support
+    canvas = Image.new("L", (28, 28), 0)
+    canvas.paste(small, ((28 - size[0]) // 2, (28 - size[1]) // 2))
+    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).reshape(28, 28)
+
+@torch.inference_mode()
+def top_k(loaded: LoadedModel, images_uint8: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and class indices of the ``k`` likeliest classes for each (H, W) uint8 image."""
+    device = next(loaded.model.parameters()).device
+    logits = loaded.model(loaded.preprocess(images_uint8).to(device))
+    probs = torch.softmax(logits.float(), dim=1)
+    return probs.topk(min(k, probs.shape[1]), dim=1)

@@ -1,0 +1,60 @@
+"""Test-only stand-in for ``python -m cnnlab``: ``cnnlab train`` plus hooks that only tests need.
+
+Environment:
+    CNNLAB_TEST_DUMP: a folder; after every epoch each rank saves its model's state dict there as rank{r}.pt.
+    CNNLAB_TEST_DIE_STEP: after this many training steps the rank CNNLAB_TEST_DIE_RANK (default 1) stops:
+        it exits with status 1, or sleeps for an hour when CNNLAB_TEST_DIE_HOW=hang.
+"""
+
+import os
+import sys
+import time
+
+import torch
+
+import cnnlab.recipes as recipes
+from cnnlab.cli import main
+
+RANK = int(os.environ.get("RANK", "0"))
+
+
+def _dump(trainer, row):
+    folder = os.environ.get("CNNLAB_TEST_DUMP")
+    if folder:
+        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+                   os.path.join(folder, f"rank{RANK}.pt"))
+
+
+def _die_after(steps: int):
+    count = 0
+
+    def hook(module, args):
+        nonlocal count
+        if module.training:
+            count += 1
+            if count > steps:
+                if os.environ.get("CNNLAB_TEST_DIE_HOW") == "hang":
+                    time.sleep(3600)
+                os._exit(1)
+
+    return hook
+
+
+_run_training, _build_model = recipes.run_training, recipes.build_model
+
+
+def run_training(config, resume=None, log=print, on_epoch_end=None):
+    return _run_training(config, resume, log=log, on_epoch_end=_dump)
+
+
+def build_model(config):
+    model = _build_model(config)
+    die_step = int(os.environ.get("CNNLAB_TEST_DIE_STEP", "0"))
+    if die_step and RANK == int(os.environ.get("CNNLAB_TEST_DIE_RANK", "1")):
+        model.register_forward_pre_hook(_die_after(die_step))
+    return model
+
+
+if __name__ == "__main__":
+    recipes.run_training, recipes.build_model = run_training, build_model
+    sys.exit(main(sys.argv[1:]))

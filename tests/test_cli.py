@@ -1,0 +1,146 @@
+"""The `cnnlab` command line: a tiny real run through a subprocess, then evaluate, predict and the errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+
+TINY = ["--num-train", "1000", "--num-val", "300", "--no-progress"]
+
+
+def _run(*args, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = _run("train", "--model", "lenet-relu", "--epochs", "2", "--seed", "5", *TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout and str(out) in proc.stdout
+    assert "epoch 2/2" in proc.stdout
+    return out
+
+
+def test_train_writes_the_run_folder(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "metrics.csv", "metrics.jsonl", "curves.png", "last.pt", "best.pt"} <= names
+
+
+def test_resume_of_a_finished_run_is_a_no_op(run_dir):
+    before = (run_dir / "last.pt").stat().st_mtime_ns
+    proc = _run("train", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "already finished" in proc.stdout
+    assert (run_dir / "last.pt").stat().st_mtime_ns == before
+
+
+def test_evaluate_prints_accuracy_table_and_writes_confusion(run_dir, tmp_path, capsys):
+    out = tmp_path / "confusion.png"
+    assert main(["evaluate", str(run_dir), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy" in text and "ankle boot" in text and "t-shirt" in text
+    accuracy = float(text.split("test accuracy ")[1].split()[0])
+    assert 0.5 < accuracy <= 1.0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_a_png_written_here(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from cnnlab.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist(train=False)
+    # A trouser from the test set, saved as a light-background photo would be (inverted, 3x larger, RGB).
+    index = int((labels == 1).nonzero()[0])
+    picture = Image.fromarray((255 - images[index]).numpy()).resize((84, 84)).convert("RGB")
+    picture.save(tmp_path / "trouser.png")
+    assert main(["predict", str(run_dir), str(tmp_path / "trouser.png"), "--test-index", "0", "1",
+                 "--grid", str(tmp_path / "grid.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(str(tmp_path / "trouser.png") + ": trouser")
+    probs = [float(part.rsplit(" ", 1)[1]) for part in lines[0].split(": ", 1)[1].split(", ")]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    assert lines[1].startswith("test[0] (true: ankle boot)")
+    assert (tmp_path / "grid.png").exists()
+
+
+def test_python_dash_m_and_help():
+    proc = _run("--help")
+    assert proc.returncode == 0 and "train" in proc.stdout and "evaluate" in proc.stdout
+    proc = _run("train", "--help")
+    assert "global batch" in proc.stdout
+
+
+def test_summary_and_models(capsys):
+    assert main(["models"]) == 0
+    assert "resnet18" in capsys.readouterr().out.split()
+    assert main(["summary", "lenet", "--input", "1,1,28,28"]) == 0
+    assert "61,706" in capsys.readouterr().out
+
+
+def test_demo_edge(capsys, tmp_path):
+    assert main(["demo", "edge", "--plot", str(tmp_path / "edge.png")]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 10, loss" in out and "learned kernel" in out
+    assert (tmp_path / "edge.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--model", "alexnet"], "known models:"),
+        (["train", "--epochs", "0"], "positive integer"),
+        (["train", "--lr", "abc"], "expected a number"),
+        (["train", "--lr", "nan"], "finite"),
+        (["train", "--lr", "-1", "--epochs", "1"], "--lr must be a positive"),
+        (["train", "--batch-size", "-4"], "positive integer"),
+        (["train", "--optimizer", "rmsprop"], "invalid choice"),
+        (["train", "--resume", "/nonexistent/run"], "no such run folder"),
+        (["evaluate", "/nonexistent/run"], "no such run folder"),
+        (["predict", "/nonexistent/run", "x.png"], "no such run folder"),
+        (["summary", "alexnet"], "known models"),
+        (["summary", "lenet", "--input", "1,1,28"], "N,C,H,W"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err
+    assert "Traceback" not in err
+
+
+def test_missing_data_lists_places_and_remedies(tmp_path, capsys, monkeypatch):
+    import cnnlab.idx
+
+    monkeypatch.setattr(cnnlab.idx, "default_data_dirs", lambda: (tmp_path / "nowhere",))
+    assert main(["train", "--data-dir", str(tmp_path / "empty"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "empty") in err and str(tmp_path / "nowhere") in err
+    assert "apt-get install dataset-fashion-mnist" in err and "cnnlab data download" in err
+    assert err.count("\n") == 1
+
+
+def test_predict_errors(run_dir, tmp_path, capsys):
+    assert main(["predict", str(run_dir)]) == 2
+    assert "IMAGE" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), "--test-index", "10000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(run_dir), str(tmp_path / "notes.png")]) == 2
+    assert "not an image" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), str(tmp_path / "missing.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_file_works_where_run_folder_does(run_dir, capsys):
+    assert main(["predict", str(run_dir / "last.pt"), "--test-index", "3"]) == 0
+    assert capsys.readouterr().out.startswith("test[3]")
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["config"]["model"] == "lenet-relu" and state["epoch"] == 2

@@ -1,0 +1,167 @@
+"""DistributedDataParallel under torchrun, on the CPU with gloo over loopback: 2 processes against 1.
+
+Two ranks at a global batch of 64 see, step by step, exactly the batch one process sees (the same seeded
+permutation, split by position), and DDP averages their gradients, so losses and weights must match
+single-process training to float rounding. The slow part is starting processes (~5 s each on 2 cores).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cnnlab import distributed
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.cli import main
+
+WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
+RUN_FILES = {"config.json", "metrics.csv", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}
+FAILED = "another process of this distributed run failed or timed out"
+
+
+def _args(data_dir, *extra):
+    return ["train", "--model", "lenet-relu", "--num-train", "1024", "--num-val", "256", "--batch-size", "64",
+            "--epochs", "2", "--device", "cpu", "--no-progress", "--data-dir", str(data_dir), *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    return {**env, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in extra.items()}}
+
+
+def _spawn(argv, world_size=2, cwd=None, **env):
+    """Start the ranks by hand, as torchrun would but with no agent to kill the survivors when one dies."""
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, WORKER, *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             env=_env(RANK=r, WORLD_SIZE=world_size, LOCAL_RANK=r, LOCAL_WORLD_SIZE=world_size,
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env))
+            for r in range(world_size)]
+
+
+def _losses(run_dir) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in open(Path(run_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """CNNLAB_CACHE for module-scoped runs (conftest's per-test one is not set up yet for them)."""
+    return str(tmp_path_factory.getbasetemp() / "cnnlab-cache")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, data_dir, cache):
+    """The same run in one process (in-process, through the CLI): its folder."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE", cache)
+        assert main(_args(data_dir, "--out", str(out))) == 0
+    assert not dist.is_initialized()  # plain `cnnlab train` never joins a process group
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, data_dir, cache):
+    """Two ranks started by hand (no torchrun agent to kill the survivor); rank 1 exits early in epoch 2.
+
+    No --out: the default runs/<model>-<timestamp> is rank 0's choice, which rank 1 must learn.
+    """
+    cwd = tmp_path_factory.mktemp("interrupted")
+    # 16 steps per epoch: rank 1 exits in epoch 2, after epoch 1 is checkpointed.
+    ranks = _spawn(_args(data_dir), cwd=cwd, CNNLAB_CACHE=cache, CNNLAB_DIST_TIMEOUT=20, CNNLAB_TEST_DIE_STEP=20)
+    outputs = [r.communicate(timeout=120) for r in ranks]
+    runs = list((cwd / "runs").iterdir()) if (cwd / "runs").is_dir() else []
+    run = runs[0] if len(runs) == 1 else None
+    return SimpleNamespace(
+        cwd=cwd, runs=runs, codes=[r.returncode for r in ranks], stdout=[o[0] for o in outputs],
+        stderr=[o[1] for o in outputs], files={p.name for p in run.iterdir()} if run else set(),
+        epoch=load_checkpoint(run / "last.pt")["epoch"] if run and (run / "last.pt").is_file() else None)
+
+
+def test_a_rank_that_dies_stops_the_other_with_a_clear_message(interrupted):
+    assert interrupted.codes[1] == 1
+    assert interrupted.codes[0] == 4, interrupted.stderr[0][-3000:]
+    assert len(interrupted.runs) == 1 and interrupted.files == RUN_FILES
+    message = interrupted.stderr[0].strip().splitlines()[-1]
+    run = interrupted.runs[0].relative_to(interrupted.cwd)
+    assert message.startswith(f"cnnlab: error: {FAILED} (") and f"cnnlab train --resume {run}`" in message
+    # gloo sees the dead peer's sockets close: the survivor stops at once instead of waiting for the timeout.
+    assert "Connection reset by peer" in message or "Connection closed by peer" in message, message
+    assert interrupted.epoch == 1 and interrupted.stdout[1] == ""
+
+
+def test_torchrun_resume_trains_like_one_process(tmp_path, interrupted, single):
+    assert interrupted.epoch == 1
+    run = interrupted.runs[0].relative_to(interrupted.cwd)
+    port = _free_port()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", WORKER,
+                           "train", "--resume", str(run)], cwd=interrupted.cwd, env=_env(CNNLAB_TEST_DUMP=tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = interrupted.cwd / run
+    assert {p.name for p in run.iterdir()} == RUN_FILES and len(list(run.parent.iterdir())) == 1
+    assert proc.stdout.count("resuming at epoch 2/2") == 1 and proc.stdout.count("test accuracy") == 1  # rank 0
+    # Every rank restored last.pt, and DDP kept them in step: identical weights, equal to the checkpoint.
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]) and torch.equal(value, last["model_state"][name]), name
+    # Same global batches, averaged gradients: the losses and weights of one process, to float rounding.
+    assert _losses(run) == pytest.approx(_losses(single), abs=1e-4)
+    reference = load_checkpoint(single / "last.pt")["model_state"]
+    for name, value in rank0.items():
+        torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4)
+    print(f"torchrun, 2 processes, resumed epoch 2: {seconds:.1f} s")
+
+
+def test_a_rank_that_hangs_makes_the_others_time_out(tmp_path, data_dir):
+    ranks = _spawn(_args(data_dir, "--out", str(tmp_path / "run")), CNNLAB_DIST_TIMEOUT=5,
+                   CNNLAB_TEST_DIE_STEP=3, CNNLAB_TEST_DIE_HOW="hang")
+    try:
+        _, err = ranks[0].communicate(timeout=60)
+    finally:
+        ranks[1].kill()
+        ranks[1].communicate()
+    assert ranks[0].returncode == 4, err[-3000:]
+    assert FAILED in err and "Timed out" in err
+
+
+def test_batch_size_must_split_over_the_processes(monkeypatch, capsys, data_dir):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(_args(data_dir, "--batch-size", "64")) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 64 is the global batch" in err and "3 processes" in err and "63 or 66" in err
+    assert err.count("\n") == 1 and not dist.is_initialized()
+
+
+def test_threads_and_timeout_settings(monkeypatch):
+    assert distributed.threads_per_process(16, 4) == 4
+    assert distributed.threads_per_process(2, 4) == 1
+    assert distributed.threads_per_process(8, 3) == 2
+    monkeypatch.delenv("CNNLAB_DIST_TIMEOUT", raising=False)
+    assert distributed.timeout_from_env() == distributed.DEFAULT_TIMEOUT_S
+    monkeypatch.setenv("CNNLAB_DIST_TIMEOUT", "20")
+    assert distributed.timeout_from_env() == 20.0
+    for bad in ("0", "-5", "soon", "inf"):
+        monkeypatch.setenv("CNNLAB_DIST_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="CNNLAB_DIST_TIMEOUT"):
+            distributed.timeout_from_env()

@@ -1,0 +1,133 @@
+"""The Trainer on small slices of the real Fashion-MNIST: learning, files, resume, divergence."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cnnlab import FashionMNIST, Trainer, TrainingDiverged, create_model, load_checkpoint
+from cnnlab.train import evaluate, pick_device
+
+
+def _data(data_dir, **kw):
+    return FashionMNIST(batch_size=32, root=data_dir, num_train=2000, num_val=1000, seed=0, **kw)
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=3e-3)
+
+
+def test_one_epoch_on_2k_images_is_far_above_chance(data_dir):
+    torch.manual_seed(0)
+    model = create_model("lenet-relu")
+    data = _data(data_dir)
+    before = evaluate(model, data.val_dataloader()).accuracy
+    history = Trainer(max_epochs=1, seed=0, optimizer=_adam, progress=False, log=None).fit(model, data)
+    after = evaluate(model, data.val_dataloader()).accuracy
+    assert before < 0.25
+    assert after >= 0.6
+    assert history[0]["val_acc"] == pytest.approx(after)
+    assert history[0]["train_loss"] < 2.3 and history[0]["images_per_s"] > 0
+
+
+def test_run_folder_files(tmp_path, data_dir):
+    model = create_model("lenet-relu")
+    Trainer(max_epochs=2, seed=0, optimizer=_adam, run_dir=tmp_path, progress=False, log=None).fit(
+        model, _data(data_dir))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds"}
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
+    assert last["epoch"] == 2 and last["model_name"] == "lenet-relu"
+    assert best["best_val_acc"] == max(r["val_acc"] for r in lines)
+    assert "optimizer_state" in last and last["data_settings"]["num_train"] == 2000
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(epochs):
+    def callback(trainer, row):
+        if row["epoch"] == epochs:
+            raise _Crash
+
+    return callback
+
+
+def _final_weights(run_dir, data_dir, epochs=3, resume=False, crash_after=None):
+    torch.manual_seed(3)  # the initial weights, as `cnnlab train --seed 3` draws them
+    model = create_model("lenet-relu")
+    trainer = Trainer(max_epochs=epochs, seed=3, optimizer=_adam, run_dir=run_dir, progress=False, log=None,
+                      scheduler=lambda opt, steps, ep: torch.optim.lr_scheduler.OneCycleLR(
+                          opt, max_lr=3e-3, total_steps=steps * ep),
+                      on_epoch_end=_crash_after(crash_after) if crash_after else None)
+    try:
+        trainer.fit(model, _data(data_dir, augment=True), resume_from=run_dir / "last.pt" if resume else None)
+    except _Crash:
+        pass
+    return model.state_dict(), trainer.history
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_dir):
+    straight, straight_history = _final_weights(tmp_path / "a", data_dir)
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 3
+    # run c stops after epoch 1 (its files are what a crash leaves), then resumes to epoch 3
+    _final_weights(tmp_path / "c", data_dir, crash_after=1)
+    assert load_checkpoint(tmp_path / "c" / "last.pt")["epoch"] == 1
+    resumed, resumed_history = _final_weights(tmp_path / "c", data_dir, resume=True)
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert [r["val_acc"] for r in resumed_history] == [r["val_acc"] for r in straight_history]
+    rows = list(csv.DictReader(open(tmp_path / "c" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    def exploding_after_epoch_2(optimizer, steps_per_epoch, epochs):
+        # a sane LR for two epochs, then one that must blow the loss up
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 2 * steps_per_epoch else 1e9)
+
+    torch.manual_seed(0)
+    model = create_model("lenet-relu")
+    trainer = Trainer(max_epochs=5, seed=0, run_dir=tmp_path, progress=False, log=None,
+                      optimizer=lambda p: torch.optim.SGD(p, lr=1e-2), scheduler=exploding_after_epoch_2)
+    with pytest.raises(TrainingDiverged, match="lower --lr") as info:
+        trainer.fit(model, _data(data_dir))
+    assert "epoch 3" in str(info.value) and "last.pt" in str(info.value)
+    good = load_checkpoint(tmp_path / "last.pt")
+    assert good["epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in good["model_state"].values())
+    assert [r["epoch"] for r in good["history"]] == [1, 2]
+
+
+def test_seed_style_lenet_learns_with_bare_trainer(data_dir):
+    # The book's exact call sequence: Trainer(max_epochs, num_gpus=1) falls back to the CPU here.
+    from cnnlab import LeNet, init_cnn
+
+    data = FashionMNIST(batch_size=128, root=data_dir, num_train=2000, num_val=500)
+    model = LeNet(lr=0.1)
+    model.apply_init([next(iter(data.get_dataloader(True)))[0]], init_cnn)
+    trainer = Trainer(max_epochs=1, num_gpus=1, progress=False, log=None)
+    history = trainer.fit(model, data)
+    assert len(history) == 1 and history[0]["train_loss"] == history[0]["train_loss"]  # finite
+    assert trainer.device == pick_device("auto")
+
+
+def test_pick_device_errors():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device(None, num_gpus=0).type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            pick_device("cuda")
+
+
+def test_trainer_rejects_bad_epochs():
+    with pytest.raises(ValueError, match="max_epochs"):
+        Trainer(max_epochs=0)
