@@ -1,0 +1,257 @@
+"""What a trained network learned: its conv kernels, the feature maps of one image, its worst mistakes.
+
+Each function takes a model rebuilt by :func:`cnnlab.inference.load_trained`, writes one PNG through
+:mod:`cnnlab.plotting` and returns a small record of what it drew (the counts the tests check and the CLI
+prints). ``cnnlab viz kernels|features|mistakes`` and the HTML report (:mod:`cnnlab.report`) call them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.data import CLASS_NAMES, MEAN, STD, BatchLoader
+from cnnlab.inference import LoadedModel
+
+__all__ = ["KernelFigure", "FeatureFigure", "MistakesFigure", "conv_layers", "find_conv", "feature_stages",
+           "predict_probabilities", "plot_layer_kernels", "plot_test_features", "plot_test_mistakes",
+           "MAX_KERNEL_TILES"]
+
+# Above this many (out, in) pairs a layer is drawn as one mean-over-inputs tile per output channel, and above
+# it output channels are cut to the first MAX_KERNEL_TILES: a grid larger than that is unreadable anyway.
+MAX_KERNEL_TILES = 256
+
+
+@dataclass(frozen=True)
+class KernelFigure:
+    """What :func:`plot_layer_kernels` drew: ``tiles`` kernels of ``layer`` (weight ``weight_shape``)."""
+
+    path: Path
+    layer: str
+    weight_shape: tuple[int, ...]
+    mode: str  # "single" (one input channel), "pairs" (every (out, in) pair) or "mean" (mean over inputs)
+    tiles: int
+
+
+@dataclass(frozen=True)
+class FeatureFigure:
+    """What :func:`plot_test_features` drew: the maps after each stage (name, output shape) for one image."""
+
+    path: Path
+    index: int
+    true_class: int
+    predicted_class: int
+    probability: float
+    stages: list[tuple[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class MistakesFigure:
+    """What :func:`plot_test_mistakes` drew: ``indices`` (test-set positions), out of ``wrong`` of ``total``."""
+
+    path: Path
+    indices: list[int]
+    wrong: int
+    total: int
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every 2-D convolution of ``model`` with its name from ``model.named_modules()``, in order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def find_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Conv2d]:
+    """The conv layer called ``layer`` (the first conv when None).
+
+    Raises:
+        ValueError: no such layer, or not a conv; the message lists the conv layers there are.
+    """
+    convs = conv_layers(model)
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer whose kernels could be drawn")
+    if layer is None:
+        return convs[0]
+    names = ", ".join(name for name, _ in convs)
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; its conv layers are: {names}")
+    if not isinstance(modules[layer], nn.Conv2d):
+        raise ValueError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not a convolution; "
+                         f"its conv layers are: {names}")
+    return layer, modules[layer]
+
+
+def plot_layer_kernels(model: nn.Module, path: str | os.PathLike, layer: str | None = None) -> KernelFigure:
+    """Draw the kernels of one conv layer (the first by default) as a grid of tiles.
+
+    A layer with one input channel gets one tile per output channel. With several input channels every
+    ``(out, in)`` pair gets its own tile (rows: output channels, columns: input channels) while there are
+    at most ``MAX_KERNEL_TILES`` pairs; beyond that each output channel's kernel is averaged over its input
+    channels (which can hide structure: opposite-signed slices cancel), and the title says so.
+    """
+    from cnnlab.plotting import plot_kernels
+
+    name, conv = find_conv(model, layer)
+    weight = conv.weight.detach().float().cpu()  # (out, in / groups, kh, kw)
+    out_ch, in_ch, kh, kw = weight.shape
+    what = f"{name} ({type(conv).__name__}, weight {out_ch}x{in_ch}x{kh}x{kw})"
+    if in_ch == 1 or out_ch * in_ch > MAX_KERNEL_TILES:
+        mode = "single" if in_ch == 1 else "mean"
+        kernels = weight.mean(dim=1) if in_ch > 1 else weight[:, 0]  # (out, kh, kw)
+        shown = min(out_ch, MAX_KERNEL_TILES)
+        tiles = list(kernels[:shown])
+        ncols = min(shown, 16)
+        what_tile = ("one tile per output channel" if mode == "single"
+                     else f"each tile the mean of an output channel's kernel over its {in_ch} input channels")
+        cut = f"; first {shown} of {out_ch} output channels" if shown < out_ch else ""
+        title = f"Kernels of {what}:\n{what_tile}{cut}"
+        plot_kernels(tiles, path, title, ncols=ncols, tile_titles=[f"out {i}" for i in range(shown)])
+    else:
+        mode = "pairs"
+        # One column per output channel (its whole stack of input slices) while that fits a screen's width;
+        # otherwise rows are output channels and columns input channels.
+        if out_ch <= 20:
+            tiles = [weight[o, i] for i in range(in_ch) for o in range(out_ch)]
+            ncols, rows, cols = out_ch, [f"in {i}" for i in range(in_ch)], [f"out {o}" for o in range(out_ch)]
+        else:
+            tiles = [weight[o, i] for o in range(out_ch) for i in range(in_ch)]
+            ncols, rows, cols = in_ch, [f"out {o}" for o in range(out_ch)], [f"in {i}" for i in range(in_ch)]
+        title = f"Kernels of {what}:\none tile per (output, input) channel pair"
+        plot_kernels(tiles, path, title, ncols=ncols, row_labels=rows, col_labels=cols)
+    return KernelFigure(path=Path(path), layer=name, weight_shape=tuple(weight.shape), mode=mode,
+                        tiles=len(tiles))
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return type(module).__module__ == "torch.nn.modules.activation"
+
+
+def feature_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The top-level stages of ``model.net`` whose outputs are the feature maps worth drawing.
+
+    In a flat net (LeNet) a stage ends at the activation after each conv (at the conv itself when no
+    activation follows); in a net of blocks (VGG's ``vgg_block``, ResNet's ``b1``...) each block holding a
+    conv is a stage. Names are as in ``model.named_modules()``.
+    """
+    net = getattr(model, "net", None)
+    prefix = "net." if isinstance(net, nn.Module) else ""
+    children = list((net if isinstance(net, nn.Module) else model).named_children())
+    stages = []
+    for i, (name, module) in enumerate(children):
+        if isinstance(module, nn.Conv2d):
+            after = children[i + 1] if i + 1 < len(children) else None
+            chosen = after if after is not None and _is_activation(after[1]) else (name, module)
+            stages.append((prefix + chosen[0], chosen[1]))
+        elif any(isinstance(m, nn.Conv2d) for m in module.modules()):
+            stages.append((prefix + name, module))
+    return stages
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, index: int,
+                       path: str | os.PathLike, max_channels: int = 16) -> FeatureFigure:
+    """Run test image ``index`` through the model and draw the maps after each stage (forward hooks).
+
+    Each row shows the ``max_channels`` channels with the largest mean activation, labelled with their
+    channel index, the stage's name, its class and its output shape.
+
+    Raises:
+        ValueError: ``index`` is outside the test set.
+    """
+    from cnnlab.plotting import plot_feature_maps
+
+    if not 0 <= index < len(images):
+        raise ValueError(f"test index {index} is out of range: the test set has {len(images):,} images "
+                         f"(0..{len(images) - 1})")
+    model = loaded.model
+    stages = feature_stages(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            captured[name] = output.detach()
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in stages]
+    try:
+        was_training = model.training
+        model.eval()
+        X = loaded.preprocess(images[index:index + 1]).to(_device(model))  # (1, 1, h, w)
+        probs = torch.softmax(model(X).float(), dim=1)[0].cpu()
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows, shapes = [], []
+    for name, module in stages:
+        out = captured.get(name)
+        if out is None or out.ndim != 4:
+            continue  # a stage the input never reached, or one that no longer has maps
+        maps = out[0].float().cpu()  # (C, H, W)
+        order = maps.mean(dim=(1, 2)).argsort(descending=True)[:max_channels].sort().values
+        shape = tuple(maps.shape)
+        shown = (f"all {shape[0]} channels" if len(order) == shape[0]
+                 else f"the {len(order)} most active of {shape[0]} channels")
+        rows.append((f"after {name} ({type(module).__name__}): {'x'.join(map(str, shape))}; {shown}",
+                     maps[order], order.tolist()))
+        shapes.append((name, shape))
+    truth, pred = int(labels[index]), int(probs.argmax())
+    verdict = "right" if pred == truth else "wrong"
+    h, w = loaded.image_size
+    image_title = (f"input: test image {index}, 1x{h}x{w}; true {CLASS_NAMES[truth]}, "
+                   f"predicted {CLASS_NAMES[pred]} {float(probs[pred]):.2f} ({verdict})")
+    title = f"Feature maps of {loaded.state.get('model_name') or type(model).__name__} for test image {index}"
+    plot_feature_maps(images[index], image_title, rows, path, title, max_channels=max_channels)
+    return FeatureFigure(path=Path(path), index=index, true_class=truth, predicted_class=pred,
+                         probability=float(probs[pred]), stages=shapes)
+
+
+@torch.inference_mode()
+def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
+                       batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities ``(N, num_classes)`` of every image, batched as ``cnnlab evaluate`` batches them.
+
+    The images are prepared by the same :class:`BatchLoader` (resize, normalization, batch size) that
+    evaluation uses, so the predictions are those behind the accuracy ``cnnlab evaluate`` prints.
+    """
+    model = loaded.model
+    device = _device(model)
+    loader = BatchLoader(images, labels, batch_size, size=loaded.image_size,
+                         normalize=(MEAN, STD) if loaded.normalize else None)
+    was_training = model.training
+    model.eval()
+    probs = [torch.softmax(model(X.to(device)).float(), dim=1).cpu() for X, _ in loader]
+    model.train(was_training)
+    return torch.cat(probs)
+
+
+def plot_test_mistakes(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
+                       path: str | os.PathLike, n: int = 24, probs: torch.Tensor | None = None) -> MistakesFigure:
+    """Draw the ``n`` wrong predictions the model was surest of, with true and predicted class.
+
+    Args:
+        probs: the probabilities from :func:`predict_probabilities`, if already computed.
+    """
+    from cnnlab.plotting import plot_mistakes
+
+    if probs is None:
+        probs = predict_probabilities(loaded, images, labels)
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels.cpu()).nonzero().flatten()
+    ranked = wrong[confidence[wrong].argsort(descending=True, stable=True)][:n].tolist()
+    titles = [f"#{i}  true: {CLASS_NAMES[int(labels[i])]}\npred: {CLASS_NAMES[int(predicted[i])]} "
+              f"{float(confidence[i]):.2f}" for i in ranked]
+    total = len(labels)
+    title = (f"The {len(ranked)} most confident mistakes of {loaded.state.get('model_name') or 'the model'} "
+             f"({len(wrong):,} wrong of {total:,} test images; pred = predicted class and its probability)")
+    plot_mistakes([images[i] for i in ranked], titles, path, title)
+    return MistakesFigure(path=Path(path), indices=ranked, wrong=len(wrong), total=total)
