@@ -26,7 +26,8 @@ from torch import nn
 from cnnlab import distributed as dist_utils
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
-__all__ = ["Trainer", "TrainingDiverged", "pick_device", "evaluate", "EvalResult", "seed_everything"]
+__all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "evaluate", "EvalResult",
+           "seed_everything"]
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
 
@@ -59,6 +60,23 @@ def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device} was asked for but MPS is not available here; use --device cpu")
     return device
+
+
+def bf16_is_fast(device: str | torch.device) -> bool:
+    """Whether bfloat16 autocast speeds training up on ``device``.
+
+    True on a CUDA GPU with native bf16 (Ampere or later) and on a CPU with AVX512-BF16 or AMX (Intel since
+    Cooper Lake / Sapphire Rapids, AMD since Zen 4), where oneDNN runs bf16 convolutions 2-4x faster than fp32;
+    False elsewhere, where bf16 is emulated and slower.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return False
 
 
 def seed_everything(seed: int) -> None:
@@ -182,6 +200,9 @@ class Trainer:
         if self.device.type == "cpu" and self.seed is not None:
             # Same seed, same machine, same weights: CPU kernels are deterministic once asked to be.
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also fills every new tensor with NaN, a debugging aid that exposes reads of
+            # uninitialized memory; results never depend on it, and on small models it costs ~5% of a step.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

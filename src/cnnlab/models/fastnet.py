@@ -17,7 +17,7 @@ from cnnlab.models.registry import prepare_model, register_model
 
 __all__ = ["FASTNET_WIDTHS", "FastNet", "fastnet"]
 
-FASTNET_WIDTHS = (32, 64, 128, 256)  # stem, then one conv group per further width
+FASTNET_WIDTHS = (24, 48, 96)  # stem, then one conv group per further width
 
 
 def _conv_bn(in_channels: int, out_channels: int, pool: bool) -> list[nn.Module]:

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Full training runs on one NVIDIA GPU (written for an H200): the seed's ResNet-18 on 96x96 images for 10
+# epochs and its small VGG on 224x224 images for 8 epochs, with bf16 autocast, channels_last and
+# cudnn.benchmark, the data moved to the GPU once and every batch built there. Prints seconds per epoch,
+# training images/s and test accuracy of each. Goal: ResNet-18 >= 0.93 test accuracy in <= 60 s of training.
+#
+#   bash benchmarks/gpu.sh                         # from anywhere; it works in the repository root
+#   RESNET_EPOCHS=1 VGG_EPOCHS=1 bash benchmarks/gpu.sh   # a quick check of the set-up
+#   COMPILE=1 bash benchmarks/gpu.sh               # also torch.compile the model (costs its compile time)
+#   EXTRA="--batch-size 256 --lr 0.1" bash ...     # more options for both `cnnlab train` runs
+#   DEVICE=cpu EXTRA="--num-train 512 --num-val 512" RESNET_EPOCHS=1 VGG_EPOCHS=1 bash ...  # test the script
+#
+# Python: the first of $PYTHON, .venv/bin/python and python3 whose torch sees a CUDA GPU; cnnlab is imported
+# from src/ when it is not installed. With no such Python it makes .venv (`pip install torch -e .`), which
+# needs a network. Data: the four Fashion-MNIST files in $CNNLAB_DATA, data/, data/fashion-mnist,
+# /usr/share/datasets/fashion-mnist or ~/.cache/cnnlab/fashion-mnist; where none has them it says how to
+# bring them along.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RESNET_EPOCHS=${RESNET_EPOCHS:-10}
+VGG_EPOCHS=${VGG_EPOCHS:-8}
+EXTRA=${EXTRA:-}
+DEVICE=${DEVICE:-cuda}
+[ "${COMPILE:-0}" = 1 ] && EXTRA="$EXTRA --compile"
+
+# ---- Python with a CUDA torch --------------------------------------------------------------------------
+has_cuda_torch() {
+  "$1" -c "import sys, torch; sys.exit(0 if '$DEVICE' == 'cpu' or torch.cuda.is_available() else 1)" 2>/dev/null
+}
+PY=""
+for candidate in "${PYTHON:-}" .venv/bin/python python3; do
+  if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && has_cuda_torch "$candidate"; then
+    PY=$candidate
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "no Python here has a CUDA build of torch; making .venv with one (this needs a network) ..."
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check torch -e .
+  PY=.venv/bin/python
+  has_cuda_torch "$PY" || { echo "gpu.sh: torch in .venv sees no CUDA GPU; is this a GPU machine?" >&2; exit 1; }
+fi
+if ! "$PY" -c 'import cnnlab' 2>/dev/null; then
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # cnnlab needs only torch, numpy, tqdm, matplotlib
+fi
+
+# ---- data ----------------------------------------------------------------------------------------------
+have_all() {
+  local d=$1 f
+  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    [ -f "$d/$f.gz" ] || [ -f "$d/$f" ] || return 1
+  done
+}
+DATA=""
+for d in "${CNNLAB_DATA:-}" data data/fashion-mnist /usr/share/datasets/fashion-mnist \
+         "$HOME/.cache/cnnlab/fashion-mnist"; do
+  if [ -n "$d" ] && have_all "$d"; then DATA=$d; break; fi
+done
+if [ -z "$DATA" ]; then
+  cat >&2 <<'EOF'
+gpu.sh: Fashion-MNIST is not on this machine. Bring it along in the repository's data/ folder (30 MB):
+  on a machine that has it, in the repository root:
+    mkdir -p data && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/    # or ~/.cache/cnnlab/fashion-mnist
+    echo /data/ >> .git/info/exclude      # keep it out of git; carry it instead (device runs: carry ["data"])
+  or, where there is a network: `cnnlab data download --dir data`
+EOF
+  exit 2
+fi
+
+# ---- the runs ------------------------------------------------------------------------------------------
+echo "== $(date -u +%FT%TZ)  $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not found')"
+"$PY" - "$DEVICE" <<'EOF'
+import sys, torch
+from cnnlab.bench import matmul_flops
+device = sys.argv[1]
+name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+n = 8192 if device.startswith("cuda") else 1024
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {name}; matmul {n}^3: "
+      f"bf16 {matmul_flops(n, torch.bfloat16, device=device) / 1e12:.1f} TFLOP/s, "
+      f"fp32 {matmul_flops(n, torch.float32, device=device) / 1e12:.1f} TFLOP/s")
+EOF
+echo "data: $DATA"
+
+summarize() {  # $1: name, $2: run folder, $3 and $4: start and end of the whole command in ns
+  "$PY" - "$@" <<'EOF'
+import json, statistics, sys
+name, run_dir, wall = sys.argv[1], sys.argv[2], (int(sys.argv[4]) - int(sys.argv[3])) / 1e9
+rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+seconds = [r["seconds"] for r in rows]
+print(f"{name}: {len(rows)} epochs, {statistics.median(seconds):.2f} s per epoch (median; first "
+      f"{seconds[0]:.2f} s), {sum(seconds):.1f} s training+validation, {wall:.1f} s whole command; "
+      f"{statistics.median(r['images_per_s'] for r in rows):,.0f} training images/s; "
+      f"test accuracy {rows[-1]['val_acc']:.4f}")
+EOF
+}
+
+train() {  # $1: name, then `cnnlab train` options
+  local name=$1 out="runs/gpu-$1"
+  shift
+  rm -rf "$out"
+  echo
+  echo "== $name: cnnlab train $* --device $DEVICE --bf16 --channels-last $EXTRA"
+  local start end
+  start=$(date +%s%N)
+  # shellcheck disable=SC2086  # EXTRA holds several options
+  "$PY" -m cnnlab train "$@" --device "$DEVICE" --bf16 --channels-last --no-progress --data-dir "$DATA" \
+    --out "$out" $EXTRA
+  end=$(date +%s%N)
+  summarize "$name" "$out" "$start" "$end"
+}
+
+train resnet18 --model resnet18 --resize 96 --epochs "$RESNET_EPOCHS"
+train vgg-small --model vgg-small --resize 224 --epochs "$VGG_EPOCHS"
