@@ -3,6 +3,7 @@
 # epochs and its small VGG on 224x224 images for 8 epochs, with bf16 autocast, channels_last and
 # cudnn.benchmark, the data moved to the GPU once and every batch built there. Prints seconds per epoch,
 # training images/s and test accuracy of each. Goal: ResNet-18 >= 0.93 test accuracy in <= 60 s of training.
+# (Checked end to end on a CPU with DEVICE=cpu, below; not yet run on a GPU.)
 #
 #   bash benchmarks/gpu.sh                         # from anywhere; it works in the repository root
 #   RESNET_EPOCHS=1 VGG_EPOCHS=1 bash benchmarks/gpu.sh   # a quick check of the set-up
