@@ -186,6 +186,42 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(ops.corr2d, (X[0, 0].detach().requires_grad_(), K))
 
 
+def test_conv2d_second_derivatives_match_gradgradcheck():
+    # The backward is hand-written; it must itself be differentiable (gradient penalties, Hessian products).
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(3, 2, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding=1), (X, W, b))
+
+
+def test_conv2d_gradient_of_one_argument_only():
+    X, W = torch.randn(2, 3, 7, 7), torch.randn(4, 3, 3, 3)
+    X_grad = X.clone().requires_grad_()
+    (ops.conv2d(X_grad, W, stride=2) ** 2).sum().backward()
+    X_ref = X.clone().requires_grad_()
+    (F.conv2d(X_ref, W, stride=2) ** 2).sum().backward()
+    torch.testing.assert_close(X_grad.grad, X_ref.grad, atol=1e-4, rtol=1e-4)
+    W_grad = W.clone().requires_grad_()
+    ops.conv2d(X, W_grad, padding=2).square().sum().backward()
+    W_ref = W.clone().requires_grad_()
+    F.conv2d(X, W_ref, padding=2).square().sum().backward()
+    torch.testing.assert_close(W_grad.grad, W_ref.grad, atol=1e-3, rtol=1e-4)
+
+
+def test_conv2d_under_bf16_autocast_keeps_parameter_dtypes():
+    X = torch.randn(4, 3, 10, 10, requires_grad=True)
+    W = torch.randn(5, 3, 3, 3, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ref = ops.conv2d(X, W, b, padding=1), F.conv2d(X, W, b, padding=1)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), atol=0.1, rtol=0.02)
+    ours.float().sum().backward()
+    assert (X.grad.dtype, W.grad.dtype, b.grad.dtype) == (torch.float32,) * 3
+    torch.testing.assert_close(b.grad, torch.full((5,), 4 * 10 * 10.0))  # one per output pixel
+
+
 def test_float64_is_kept():
     X = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     assert ops.conv2d(X, torch.randn(3, 2, 3, 3, dtype=torch.float64)).dtype == torch.float64

@@ -2,8 +2,9 @@
 
 Every operator here is built on one primitive, :func:`sliding_windows`, a strided *view* of the input that
 exposes each kh x kw window as two trailing axes. A cross-correlation is then one matrix product over those
-axes and a pooling is one reduction over them: no Python loop per output pixel, and autograd differentiates
-all of it (``Tensor.unfold`` has a dedicated backward kernel).
+axes and a pooling is one reduction over them: no Python loop per output pixel. Autograd differentiates the
+pooling and ``corr2d`` through the view; ``conv2d``, the one training uses, has its backward written out
+(a matrix product per gradient, and col2im as kh*kw slice additions), 2-3x faster than autograd's route.
 
 The d2l functions keep their names and signatures (``corr2d``, ``corr2d_multi_in``, ``corr2d_multi_in_out``,
 ``corr2d_multi_in_out_1x1``, ``pool2d``); the batched ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` follow
@@ -176,7 +177,8 @@ def conv2d(X: Tensor, W: Tensor, bias: Tensor | None = None, stride=1, padding=0
     """Batched multi-channel 2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     im2col without the copy until the product: the windows view is contracted with the kernel in one
-    matrix product over (C_in, kh, kw).
+    matrix product over (C_in, kh, kw). The backward pass is written out (:class:`_Conv2dFunction`) rather
+    than left to autograd, whose route back through the two unfolds scatter-adds every window gradient.
 
     Args:
         X: input batch.
@@ -202,18 +204,85 @@ def conv2d(X: Tensor, W: Tensor, bias: Tensor | None = None, stride=1, padding=0
         raise ValueError(f"bias must have shape ({W.shape[0]},), got {tuple(bias.shape)}")
     conv_output_shape(X.shape[-2:], W.shape[-2:], p, s)  # raises if the kernel does not fit
     X, W = _float_pair(X, W)
-    n, c_out = X.shape[0], W.shape[0]
-    # Windows over a channels-last view, so each output pixel's (C_in, kh, kw) block gathers from fewer
-    # scattered places (1.3x faster forward+backward than windows over NCHW on a LeNet-sized batch).
-    X_hwc = _zero_pad(X, p).permute(0, 2, 3, 1)  # (N, H, W, C_in), a view
-    k_h, k_w = W.shape[-2:]
-    windows = X_hwc.unfold(1, k_h, s[0]).unfold(2, k_w, s[1])  # (N, H_out, W_out, C_in, kh, kw)
-    h_out, w_out = windows.shape[1:3]
-    cols = windows.reshape(n * h_out * w_out, -1)  # (N*H_out*W_out, C_in*kh*kw)
-    Y = cols @ W.reshape(c_out, -1).t()  # (N*H_out*W_out, C_out)
-    if bias is not None:
-        Y = Y + bias.to(Y.dtype)
-    return Y.reshape(n, h_out, w_out, c_out).permute(0, 3, 1, 2)  # (N, C_out, H_out, W_out)
+    return _Conv2dFunction.apply(X, W, bias, s, p)
+
+
+def _conv_columns(X: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """im2col: one row per output pixel (n, y, x), one column per (c, i, j) of its window.
+
+    The windows are taken over a channels-last view, so each row gathers from fewer scattered places
+    (1.3x faster than windows over NCHW on a LeNet-sized batch).
+    """
+    X_hwc = _zero_pad(X, padding).permute(0, 2, 3, 1)  # (N, H, W, C_in), a view
+    windows = X_hwc.unfold(1, kernel[0], stride[0]).unfold(2, kernel[1], stride[1])  # (N, Ho, Wo, C, kh, kw)
+    n, h_out, w_out = windows.shape[:3]
+    return windows.reshape(n * h_out * w_out, -1)  # the one copy
+
+
+def _conv_forward(cols: Tensor, W: Tensor, bias: Tensor | None, out_shape) -> Tensor:
+    W_flat = W.reshape(W.shape[0], -1).t()  # (C_in*kh*kw, C_out)
+    if bias is None:
+        Y = cols @ W_flat
+    else:
+        Y = torch.addmm(bias.to(cols.dtype), cols, W_flat)
+    n, h_out, w_out = out_shape
+    return Y.reshape(n, h_out, w_out, -1).permute(0, 3, 1, 2)  # (N, C_out, Ho, Wo), channels-last memory
+
+
+def _conv_input_grad(G_flat: Tensor, W: Tensor, X_shape, out_hw, stride, padding) -> Tensor:
+    """col2im of the window gradients, as kh*kw strided slice additions (one per kernel offset).
+
+    The window gradients come out of one matrix product already ordered (kh, kw, C_in, N, Ho, Wo), so each
+    kernel offset adds one contiguous block into a strided slice of the padded input gradient: no scatter.
+    """
+    c_out, c_in, k_h, k_w = W.shape
+    n, _, h, w = X_shape
+    (h_out, w_out), (s_h, s_w), (p_h, p_w) = out_hw, stride, padding
+    W_offsets = W.permute(2, 3, 1, 0).reshape(k_h * k_w * c_in, c_out)
+    window_grads = (W_offsets @ G_flat).reshape(k_h, k_w, c_in, n, h_out, w_out)
+    grad = G_flat.new_zeros(c_in, n, h + 2 * p_h, w + 2 * p_w)
+    rows, cols = s_h * (h_out - 1) + 1, s_w * (w_out - 1) + 1
+    for i in range(k_h):
+        for j in range(k_w):
+            grad[:, :, i:i + rows:s_h, j:j + cols:s_w] += window_grads[i, j]
+    return grad[:, :, p_h:p_h + h, p_w:p_w + w].permute(1, 0, 2, 3)  # (N, C_in, H, W)
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """conv2d with a hand-written backward; the forward is :func:`_conv_forward` on :func:`_conv_columns`.
+
+    Gradients, with G the upstream gradient laid out as (C_out, N*Ho*Wo):
+    weight = G @ columns, bias = G summed over pixels, input = col2im(W^T G) (:func:`_conv_input_grad`).
+    Each is a plain differentiable torch expression, so double backward works too.
+    """
+
+    @staticmethod
+    def forward(ctx, X, W, bias, stride, padding):
+        cols = _conv_columns(X, W.shape[-2:], stride, padding)
+        n = X.shape[0]
+        h_out, w_out = conv_output_shape(X.shape[-2:], W.shape[-2:], padding, stride)
+        Y = _conv_forward(cols, W, bias, (n, h_out, w_out))
+        ctx.conf = (stride, padding, (h_out, w_out), None if bias is None else bias.dtype)
+        # The columns are kept for the weight gradient: recomputing them would repeat the forward's copy.
+        ctx.save_for_backward(X, W, cols if ctx.needs_input_grad[1] else None)
+        return Y
+
+    @staticmethod
+    def backward(ctx, grad_Y):
+        X, W, cols = ctx.saved_tensors
+        stride, padding, out_hw, bias_dtype = ctx.conf
+        if ctx.needs_input_grad[1] and torch.is_grad_enabled():  # double backward: columns must depend on X
+            cols = _conv_columns(X, W.shape[-2:], stride, padding)
+        dtype = W.dtype if cols is None else cols.dtype
+        G_flat = grad_Y.to(dtype).permute(1, 0, 2, 3).reshape(grad_Y.shape[1], -1)  # (C_out, N*Ho*Wo)
+        grad_X = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_X = _conv_input_grad(G_flat, W.to(dtype), X.shape, out_hw, stride, padding).to(X.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_W = (G_flat @ cols).reshape(W.shape).to(W.dtype)
+        if bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = G_flat.sum(1).to(bias_dtype)
+        return grad_X, grad_W, grad_b, None, None
 
 
 _POOL_MODES = ("max", "avg")
