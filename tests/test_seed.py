@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from seed_tables import LENET_TABLE, RESNET18_TABLE, VGG_TABLE, table
+
 SEED_DIR = Path(__file__).parent / "seed"
 
 
@@ -17,11 +19,6 @@ def run_snippet(name, **env):
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
-
-
-def table(text):
-    """Whitespace-normalized lines, as the seed's tables are printed with varying spacing."""
-    return [" ".join(line.split()) for line in text.strip().splitlines() if line.strip()]
 
 
 def test_72_edge_detection_prints_the_seed_outputs():
@@ -50,20 +47,6 @@ def test_73_to_75_print_the_seed_outputs():
     assert "tensor([[[[5.,7.],[13.,15.]],[[6.,8.],[14.,16.]]]])" in flat
 
 
-LENET_TABLE = """Conv2d output shape: torch.Size([1, 6, 28, 28])
-Sigmoid output shape: torch.Size([1, 6, 28, 28])
-AvgPool2d output shape: torch.Size([1, 6, 14, 14])
-Conv2d output shape: torch.Size([1, 16, 10, 10])
-Sigmoid output shape: torch.Size([1, 16, 10, 10])
-AvgPool2d output shape: torch.Size([1, 16, 5, 5])
-Flatten output shape: torch.Size([1, 400])
-Linear output shape: torch.Size([1, 120])
-Sigmoid output shape: torch.Size([1, 120])
-Linear output shape: torch.Size([1, 84])
-Sigmoid output shape: torch.Size([1, 84])
-Linear output shape: torch.Size([1, 10])"""
-
-
 def test_76_lenet_table_and_training_run(data_dir):
     out = run_snippet("s76_lenet.py", CNNLAB_SEED_EPOCHS="1", CNNLAB_SEED_SLICE="3000")
     lines = table(out)
@@ -71,33 +54,11 @@ def test_76_lenet_table_and_training_run(data_dir):
     assert any(line.startswith("epoch 1/1 train loss") for line in lines)
 
 
-VGG_TABLE = """Sequential output shape: torch.Size([1, 64, 112, 112])
-Sequential output shape: torch.Size([1, 128, 56, 56])
-Sequential output shape: torch.Size([1, 256, 28, 28])
-Sequential output shape: torch.Size([1, 512, 14, 14])
-Sequential output shape: torch.Size([1, 512, 7, 7])
-Flatten output shape: torch.Size([1, 25088])
-Linear output shape: torch.Size([1, 4096])
-ReLU output shape: torch.Size([1, 4096])
-Dropout output shape: torch.Size([1, 4096])
-Linear output shape: torch.Size([1, 4096])
-ReLU output shape: torch.Size([1, 4096])
-Dropout output shape: torch.Size([1, 4096])
-Linear output shape: torch.Size([1, 10])"""
-
-RESNET_TABLE = """Sequential output shape: torch.Size([1, 64, 24, 24])
-Sequential output shape: torch.Size([1, 64, 24, 24])
-Sequential output shape: torch.Size([1, 128, 12, 12])
-Sequential output shape: torch.Size([1, 256, 6, 6])
-Sequential output shape: torch.Size([1, 512, 3, 3])
-Sequential output shape: torch.Size([1, 10])"""
-
-
 def test_82_86_vgg_and_resnet_tables():
     lines = table(run_snippet("s82_s86_vgg_resnet.py"))
     assert lines[:13] == table(VGG_TABLE)
     assert lines[13:15] == ["torch.Size([4, 3, 6, 6])", "torch.Size([4, 6, 3, 3])"]
-    assert lines[15:21] == table(RESNET_TABLE)
+    assert lines[15:21] == table(RESNET18_TABLE)
     assert lines[21] == "hparams 0.05"
 
 
