@@ -174,25 +174,30 @@ def test_default_stride_is_kernel_size_like_torch():
     torch.testing.assert_close(ops.avg_pool2d(X, (2, 3)), F.avg_pool2d(X, (2, 3)))
 
 
-def test_gradcheck_float64():
-    g = torch.Generator().manual_seed(3)
+def _float64_conv_inputs(seed):
+    g = torch.Generator().manual_seed(seed)
     X = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=g, requires_grad=True)
     W = torch.randn(3, 2, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding=1), (X, W, b))
+    return X, W, b
+
+
+def _strided_padded_conv(x, w, b):
+    return ops.conv2d(x, w, b, stride=(2, 1), padding=1)
+
+
+def test_gradcheck_float64():
+    X, W, b = _float64_conv_inputs(3)
+    assert torch.autograd.gradcheck(_strided_padded_conv, (X, W, b))
     assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1), (X,))
     assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, 2, 1), (X,))
-    K = torch.randn(2, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    K = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(ops.corr2d, (X[0, 0].detach().requires_grad_(), K))
 
 
 def test_conv2d_second_derivatives_match_gradgradcheck():
     # The backward is hand-written; it must itself be differentiable (gradient penalties, Hessian products).
-    g = torch.Generator().manual_seed(5)
-    X = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    W = torch.randn(3, 2, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding=1), (X, W, b))
+    assert torch.autograd.gradgradcheck(_strided_padded_conv, _float64_conv_inputs(5))
 
 
 def test_conv2d_gradient_of_one_argument_only():
