@@ -205,9 +205,9 @@ def conv2d(X: Tensor, W: Tensor, bias: Tensor | None = None, stride=1, padding=0
         )
     if bias is not None and tuple(bias.shape) != (W.shape[0],):
         raise ValueError(f"bias must have shape ({W.shape[0]},), got {tuple(bias.shape)}")
-    conv_output_shape(X.shape[-2:], W.shape[-2:], p, s)  # raises if the kernel does not fit
+    out_hw = conv_output_shape(X.shape[-2:], W.shape[-2:], p, s)  # raises if the kernel does not fit
     X, W = _float_pair(X, W)
-    return _Conv2dFunction.apply(X, W, bias, s, p)
+    return _Conv2dFunction.apply(X, W, bias, s, p, out_hw)
 
 
 def _batch_last(X: Tensor, padding: tuple[int, int]) -> Tensor:
@@ -230,6 +230,11 @@ def _conv_columns(X: Tensor, kernel: tuple[int, int], stride: tuple[int, int], p
     return windows.permute(4, 5, 0, 1, 2, 3).reshape(k_h * k_w * c_in, h_out * w_out * n)  # the one copy
 
 
+def _kernel_taps(W: Tensor) -> Tensor:
+    """W as (C_out, kh*kw*C_in): one column per kernel tap (i, j, c), the row order of the columns."""
+    return W.permute(0, 2, 3, 1).reshape(W.shape[0], -1)
+
+
 def _in_layout_of(T: Tensor, X: Tensor) -> Tensor:
     """T copied into X's memory layout (channels-last or contiguous), what the next layer expects."""
     if X.is_contiguous(memory_format=torch.channels_last) and not X.is_contiguous():
@@ -244,11 +249,10 @@ def _conv_input_grad(G_last: Tensor, W: Tensor, X: Tensor, out_hw, stride, paddi
     offset adds one contiguous block into a slice of the padded (C_in, H, W, N) gradient whose rows are runs
     of Wo*N contiguous values. No scatter, and every addition is long and vectorized.
     """
-    c_out, c_in, k_h, k_w = W.shape
+    _, c_in, k_h, k_w = W.shape
     n, _, h, w = X.shape
     (h_out, w_out), (s_h, s_w), (p_h, p_w) = out_hw, stride, padding
-    W_taps = W.permute(2, 3, 1, 0).reshape(k_h * k_w * c_in, c_out)
-    window_grads = (W_taps @ G_last).reshape(k_h, k_w, c_in, h_out, w_out, n)
+    window_grads = (_kernel_taps(W).t() @ G_last).reshape(k_h, k_w, c_in, h_out, w_out, n)
     grad = G_last.new_zeros(c_in, h + 2 * p_h, w + 2 * p_w, n)
     rows, cols = s_h * (h_out - 1) + 1, s_w * (w_out - 1) + 1
     for i in range(k_h):
@@ -267,16 +271,15 @@ class _Conv2dFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, X, W, bias, stride, padding):
-        c_out, n = W.shape[0], X.shape[0]
-        h_out, w_out = conv_output_shape(X.shape[-2:], W.shape[-2:], padding, stride)
+    def forward(ctx, X, W, bias, stride, padding, out_hw):
+        (c_out, n), (h_out, w_out) = (W.shape[0], X.shape[0]), out_hw
         cols = _conv_columns(X, W.shape[-2:], stride, padding)
-        W_taps = W.permute(0, 2, 3, 1).reshape(c_out, -1)  # (C_out, kh*kw*C_in), the columns' row order
+        W_taps = _kernel_taps(W)
         if bias is None:
             Y_last = W_taps @ cols
         else:
             Y_last = torch.addmm(bias.to(cols.dtype)[:, None], W_taps, cols)
-        ctx.conf = (stride, padding, (h_out, w_out), None if bias is None else bias.dtype)
+        ctx.conf = (stride, padding, out_hw, None if bias is None else bias.dtype)
         # The columns are kept for the weight gradient: recomputing them would repeat the forward's copy.
         ctx.save_for_backward(X, W, cols if ctx.needs_input_grad[1] else None)
         return _in_layout_of(Y_last.reshape(c_out, h_out, w_out, n).permute(3, 0, 1, 2), X)
@@ -287,18 +290,18 @@ class _Conv2dFunction(torch.autograd.Function):
         stride, padding, out_hw, bias_dtype = ctx.conf
         if ctx.needs_input_grad[1] and torch.is_grad_enabled():  # double backward: columns must depend on X
             cols = _conv_columns(X, W.shape[-2:], stride, padding)
-        dtype = W.dtype if cols is None else cols.dtype
         c_out, c_in, k_h, k_w = W.shape
-        G_last = grad_Y.to(dtype).permute(1, 2, 3, 0).reshape(c_out, -1)  # (C_out, Ho*Wo*N)
+        # X, W and the columns share one dtype (conv2d promotes them); under autocast only grad_Y differs.
+        G_last = grad_Y.to(W.dtype).permute(1, 2, 3, 0).reshape(c_out, -1)  # (C_out, Ho*Wo*N)
         grad_X = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_X = _conv_input_grad(G_last, W.to(dtype), X, out_hw, stride, padding).to(X.dtype)
+            grad_X = _conv_input_grad(G_last, W, X, out_hw, stride, padding).to(X.dtype)
         if ctx.needs_input_grad[1]:
             grad_W = (G_last @ cols.t()).reshape(c_out, k_h, k_w, c_in).permute(0, 3, 1, 2)
             grad_W = grad_W.to(W.dtype).contiguous()
         if bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_b = G_last.sum(1).to(bias_dtype)
-        return grad_X, grad_W, grad_b, None, None
+        return grad_X, grad_W, grad_b, None, None, None
 
 
 _POOL_MODES = ("max", "avg")
