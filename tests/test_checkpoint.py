@@ -176,3 +176,105 @@ def test_model_state_that_is_not_a_state_dict_is_refused():
             model_from_checkpoint({**_state(), "model_name": "lenet-relu", "model_state": bad})
     with pytest.raises(CheckpointError, match="not a dict"):
         model_from_checkpoint({**_state(), "model_name": "lenet-relu", "model_kwargs": [1]})
+
+
+# -- a checkpoint that is a decompression bomb ------------------------------------------------------------------
+
+BOMB_ELEMENTS = 2**26  # 256 MiB of float32 zeros, deflated to about 0.25 MiB
+
+
+def _lenet_state(**extra):
+    from cnnlab.models import create_model
+
+    model = create_model("lenet")
+    return {"version": CHECKPOINT_VERSION, "model_name": "lenet", "model_kwargs": dict(model.model_kwargs),
+            "model_state": model.state_dict(), **extra}
+
+
+def _rezip(source, dest, compression):
+    """Copy a zip entry by entry (streamed, 1 MiB at a time) with another compression."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", compression) as out:
+        for info in src.infolist():
+            with src.open(info) as reader, out.open(info.filename, "w", force_zip64=True) as writer:
+                while chunk := reader.read(1 << 20):
+                    writer.write(chunk)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A cnnlab checkpoint re-zipped with deflate, holding a 256 MiB tensor in well under 1 MiB."""
+    import zipfile
+
+    folder = tmp_path_factory.mktemp("bomb")
+    big = folder / "big.pt"
+    torch.save(_lenet_state(padding=torch.zeros(BOMB_ELEMENTS)), big)
+    path = _rezip(big, folder / "bomb.pt", zipfile.ZIP_DEFLATED)
+    big.unlink()
+    assert path.stat().st_size < 2**20
+    return path
+
+
+def _peak_rss_mib(code: str) -> tuple[float, str]:
+    """Run ``code`` in a fresh interpreter; its own peak resident memory (MiB) and its stderr."""
+    wrapper = ("import resource, sys\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+               + "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    return int(lines[-1]) / 1024, "\n".join(lines[:-1])
+
+
+def test_a_deflated_checkpoint_is_refused_before_it_inflates(bomb, tmp_path):
+    with pytest.raises(CheckpointError, match="are compressed, which torch.save never does") as err:
+        load_checkpoint(bomb)
+    assert f"would inflate to {BOMB_ELEMENTS * 4 // 2**20}." in str(err.value)  # MiB, plus the small entries
+    intact = save_checkpoint(_lenet_state(), tmp_path / "intact.pt")
+    load = "from cnnlab.checkpoint import load_checkpoint\ntry:\n    load_checkpoint({!r})\nexcept Exception:\n    pass"
+    normal, _ = _peak_rss_mib(load.format(str(intact)))
+    refused, _ = _peak_rss_mib(load.format(str(bomb)))
+    # Inflating would add 256 MiB; refusing from the zip directory costs nothing measurable.
+    assert refused <= normal + 8, (refused, normal)
+
+
+def test_a_stored_checkpoint_with_a_huge_tensor_is_refused_before_use(tmp_path):
+    # Not compressed, so the file is as big as its tensor: loading it maps the file instead of copying it, and
+    # the tensor is refused for being far beyond what a LeNet and its optimizer need.
+    path = save_checkpoint(_lenet_state(padding=torch.zeros(2**22)), tmp_path / "big.pt")
+    with pytest.raises(CheckpointError, match=r"holds 16\.\d MiB of tensors, but model 'lenet' needs at most"):
+        load_checkpoint(path)
+    assert load_checkpoint(save_checkpoint(_lenet_state(), tmp_path / "ok.pt"))["model_name"] == "lenet"
+
+
+def test_a_zip_directory_that_promises_more_than_the_file_holds_is_refused(tmp_path):
+    path = save_checkpoint(_lenet_state(), tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    # Make the central directory claim 2 GiB for the first entry (both sizes, so that it still looks stored).
+    start = data.find(b"PK\x01\x02")
+    data[start + 20:start + 28] = (2**31).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="refusing to load|truncated or not a torch checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "resume"])
+def test_the_cli_refuses_a_bomb_with_one_line_and_exit_2(bomb, tmp_path, command, capsys):
+    import json
+    import shutil
+
+    from cnnlab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(bomb, run / ("last.pt" if command == "resume" else "best.pt"))
+    (run / "config.json").write_text(json.dumps({"model": "lenet", "epochs": 2, "batch_size": 128, "lr": 0.1,
+                                                 "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0,
+                                                 "schedule": "constant", "label_smoothing": 0.0, "resize": 28,
+                                                 "augment": False, "normalize": False, "bf16": False,
+                                                 "channels_last": False, "compile": False}))
+    argv = {"evaluate": ["evaluate", str(run)], "predict": ["predict", str(run), "--test-index", "0"],
+            "resume": ["train", "--resume", str(run)]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are compressed, which torch.save never does" in err

@@ -119,12 +119,18 @@ def test_bad_input_is_one_clear_line_and_exit_2(argv, words, capsys):
 def test_missing_data_lists_places_and_remedies(tmp_path, capsys, monkeypatch):
     import cnnlab.idx
 
-    monkeypatch.setattr(cnnlab.idx, "default_data_dirs", lambda: (tmp_path / "nowhere",))
-    assert main(["train", "--data-dir", str(tmp_path / "empty"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    monkeypatch.setattr(cnnlab.idx, "default_data_dirs", lambda: (tmp_path / "nowhere", tmp_path / "nor-here"))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "empty") in err and str(tmp_path / "nowhere") in err
+    assert str(tmp_path / "nowhere") in err and str(tmp_path / "nor-here") in err
     assert "apt-get install dataset-fashion-mnist" in err and "cnnlab data download" in err
     assert err.count("\n") == 1
+    # A folder named with --data-dir is the only place looked at, and the remedy puts the data there.
+    assert main(["train", "--data-dir", str(tmp_path / "empty"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'} (the folder given) holds none" in err and str(tmp_path / "nowhere") not in err
+    assert f"cnnlab data download --data-dir {tmp_path / 'empty'}" in err and err.count("\n") == 1
 
 
 def test_predict_errors(run_dir, tmp_path, capsys):

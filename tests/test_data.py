@@ -147,18 +147,99 @@ def test_torchvision_layout_and_env_var_are_found(real_dir, monkeypatch, tmp_pat
     assert find_data_dir() == raw
 
 
-def test_missing_files_name_every_place_and_both_remedies(monkeypatch, tmp_path):
+def test_with_no_folder_named_the_error_names_every_place_and_both_remedies(monkeypatch, tmp_path):
     partial = write_t10k_dir(tmp_path / "partial", b"", b"")
     (partial / T10K_LABELS).unlink()
-    monkeypatch.setattr(idx, "default_data_dirs", lambda: (tmp_path / "elsewhere",))
+    monkeypatch.setattr(idx, "default_data_dirs", lambda: (partial, tmp_path / "elsewhere"))
     with pytest.raises(DataError) as err:
-        find_data_dir(partial)
+        find_data_dir()
     message = str(err.value)
-    for text in (str(partial), T10K_LABELS, str(tmp_path / "elsewhere"), "FashionMNIST/raw",
+    for text in (f"{partial} (lacks {T10K_LABELS})", str(tmp_path / "elsewhere"),
                  "sudo apt-get install dataset-fashion-mnist", "cnnlab data download"):
         assert text in message
     with pytest.raises(DataError, match="does not exist"):
         read_idx(tmp_path / "nothing-here")
+
+
+def _link_data(real_dir: Path, dest: Path, names=idx.FILE_NAMES) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = idx.data_file(real_dir, name)
+        (dest / source.name).symlink_to(source)
+    return dest
+
+
+# A folder the user names (root=, --data-dir, $CNNLAB_DATA) is obeyed: never silently swapped for another copy.
+# Each case has the real data at a default place, the one a silent fallback would take.
+
+@pytest.fixture
+def data_elsewhere(real_dir, monkeypatch, tmp_path) -> Path:
+    elsewhere = _link_data(real_dir, tmp_path / "elsewhere")
+    monkeypatch.setattr(idx, "default_data_dirs", lambda: (elsewhere,))
+    assert find_data_dir() == elsewhere  # the fallback a named folder must not take
+    return elsewhere
+
+
+@pytest.mark.parametrize("named_by", ["root", "CNNLAB_DATA"])
+def test_a_named_folder_with_some_files_missing_is_an_error(real_dir, data_elsewhere, monkeypatch, tmp_path,
+                                                            named_by):
+    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[:3])
+    if named_by == "CNNLAB_DATA":
+        monkeypatch.setenv("CNNLAB_DATA", str(named))
+    root = named if named_by == "root" else None
+    for call in (lambda: find_data_dir(root), lambda: FashionMNIST(batch_size=128, root=root)):
+        with pytest.raises(DataError) as err:
+            call()
+        message = str(err.value)
+        assert f"it lacks {idx.FILE_NAMES[3]}" in message and str(named) in message
+        assert f"`cnnlab data download --data-dir {named}`" in message
+        assert str(data_elsewhere) not in message
+
+
+@pytest.mark.parametrize("named_by", ["root", "CNNLAB_DATA"])
+def test_a_named_empty_folder_says_where_the_data_is_instead(data_elsewhere, monkeypatch, tmp_path, named_by):
+    named = tmp_path / "empty"
+    named.mkdir()
+    if named_by == "CNNLAB_DATA":
+        monkeypatch.setenv("CNNLAB_DATA", str(named))
+    with pytest.raises(DataError) as err:
+        find_data_dir(named if named_by == "root" else None)
+    message = str(err.value)
+    option = "--data-dir" if named_by == "root" else "CNNLAB_DATA"
+    assert f"{named} " in message and "holds none of the Fashion-MNIST files" in message
+    assert f"they were found in {data_elsewhere}: drop" in message and option in message
+    assert f"cnnlab data download --data-dir {named}" in message
+
+
+def test_a_named_folder_with_a_bad_file_names_it_and_the_remedy(real_dir, data_elsewhere, tmp_path, t10k):
+    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[:3])
+    labels = bytearray(t10k[T10K_LABELS])
+    labels[100] = (labels[100] + 1) % 10  # still a valid label: only the checksum can tell
+    (named / T10K_LABELS).write_bytes(bytes(labels))
+    with pytest.raises(DataError) as err:
+        load_fashion_mnist(named, train=False)
+    message = str(err.value)
+    assert f"{named / T10K_LABELS} has MD5" in message and f"cnnlab data download --data-dir {named}" in message
+
+
+def test_a_named_folder_is_used_even_when_the_default_places_hold_the_data(real_dir, data_elsewhere,
+                                                                           monkeypatch, tmp_path):
+    named = _link_data(real_dir, tmp_path / "mine" / "FashionMNIST" / "raw").parent.parent  # torchvision layout
+    assert find_data_dir(named) == named / "FashionMNIST" / "raw"
+    monkeypatch.setenv("CNNLAB_DATA", str(named))
+    assert find_data_dir() == named / "FashionMNIST" / "raw"
+    assert find_data_dir(data_elsewhere) == data_elsewhere  # root= wins over $CNNLAB_DATA
+
+
+def test_cli_data_dir_is_obeyed(real_dir, data_elsewhere, tmp_path, capsys):
+    from cnnlab.cli import main
+
+    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[1:])
+    assert main(["train", "--data-dir", str(named), "--epochs", "1", "--num-train", "64", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"it lacks {idx.FILE_NAMES[0]}" in err and "--data-dir" in err
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 # -- corrupted copies ----------------------------------------------------------------------------------------

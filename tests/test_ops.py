@@ -221,6 +221,11 @@ def test_conv2d_under_bf16_autocast_keeps_parameter_dtypes():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours, ref = ops.conv2d(X, W, b, padding=1), F.conv2d(X, W, b, padding=1)
     assert ours.dtype == ref.dtype == torch.bfloat16
+    # The tolerance is bf16's, not one CPU's: bf16 keeps 8 significant bits, so one rounding of the output is
+    # off by up to 2**-8 = 0.0039 relative; rtol 0.02 allows ~5 such ulps between two kernels that round inputs,
+    # partial sums and output differently (Intel's AMX and AMD's AVX512-BF16 do). Near zero, where outputs
+    # cancel, the error is absolute: each of the 27 products x*w (unit normals, E|x*w| = 2/pi) may be rounded
+    # by 2**-8, so up to 27 * 0.64 * 0.0039 = 0.07; atol 0.1.
     torch.testing.assert_close(ours.float(), ref.float(), atol=0.1, rtol=0.02)
     ours.float().sum().backward()
     assert (X.grad.dtype, W.grad.dtype, b.grad.dtype) == (torch.float32,) * 3

@@ -138,10 +138,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); use another checkpoint or train again")
+    _check_container(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols mean nothing to a user
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            # mmap: tensors stay in the file's pages until used, so the size check below runs before any
+            # tensor is copied into memory (MAP_PRIVATE: writes to them never reach the file).
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         # torch's text advises weights_only=False, the one thing never to do with an untrusted file;
         # keep only its reason.
@@ -171,7 +174,83 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(
             f"checkpoint {path} has format version {state['version']}, this cnnlab reads {CHECKPOINT_VERSION}"
         )
+    _check_tensor_bytes(path, state)
     return state
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a checkpoint whose zip container could make ``torch.load`` allocate more than the file holds.
+
+    ``torch.save`` writes an uncompressed (stored) zip, but ``torch.load`` also inflates deflated entries: a
+    file re-zipped with deflate can hold a 1 GiB tensor in 1.4 MiB. Only the zip's directory is read here.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint (not a complete zip "
+                              f"archive: {exc}); use another checkpoint (last.pt or best.pt) or train again") \
+            from None
+    compressed = [entry for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        inflated = sum(entry.file_size for entry in compressed)
+        raise CheckpointError(
+            f"refusing to load {path}: {len(compressed)} of its entries are compressed, which torch.save never "
+            f"does, and would inflate to {inflated / 2**20:,.1f} MiB; the file was altered, so use a checkpoint "
+            "written by cnnlab")
+    for entry in entries:
+        if entry.file_size != entry.compress_size or entry.header_offset + entry.compress_size > size:
+            raise CheckpointError(f"refusing to load {path}: its zip directory promises {entry.file_size:,} "
+                                  f"bytes for {entry.filename!r}, more than the {size:,}-byte file holds; "
+                                  "the file is truncated or altered")
+
+
+def _check_tensor_bytes(path: Path, state: dict) -> None:
+    """Refuse tensors far beyond what the model named in the checkpoint can need (checked before use)."""
+    name, kwargs = state.get("model_name"), state.get("model_kwargs")
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        return  # model_from_checkpoint refuses such a file with its own message
+    from cnnlab.models import list_models
+
+    if name not in list_models():
+        return
+    _check_model_kwargs(name, kwargs)
+    held = _tensor_bytes(state)
+    # Model weights, plus an optimizer state of at most two tensors per weight (Adam), plus small extras
+    # (RNG state, metrics); 4x and 1 MiB leave room for all of that and nothing like a bomb.
+    allowed = 4 * _model_bytes(name, kwargs) + (1 << 20)
+    if held > allowed:
+        raise CheckpointError(f"refusing to load {path}: it holds {held / 2**20:,.1f} MiB of tensors, but model "
+                              f"{name!r} needs at most {allowed / 2**20:,.1f} MiB with its optimizer state; the "
+                              "file was altered, so use a checkpoint written by cnnlab")
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of every distinct storage under ``value`` (dicts, lists, tuples of tensors and plain values)."""
+    seen: dict[int, int] = {}
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return sum(seen.values())
+
+
+def _model_bytes(name: str, kwargs: dict) -> int:
+    from cnnlab.models import create_model
+
+    try:
+        model = create_model(name, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever crafted kwargs provoke, one clear sentence
+        raise CheckpointError(f"checkpoint's model {name!r} cannot be built from its stored settings "
+                              f"({type(exc).__name__}: {exc}); the file is corrupt or not cnnlab's") from None
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def model_from_checkpoint(state: dict):

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="fashion-mnist.png")
     d.add_argument("--data-dir")
     d = dsub.add_parser("download", help="fetch the four files from the official mirror, verified")
-    d.add_argument("--dir", help="destination (default ~/.cache/cnnlab/fashion-mnist, or $CNNLAB_CACHE/fashion-mnist)")
+    d.add_argument("--data-dir", "--dir", dest="dir", help="destination (default ~/.cache/cnnlab/fashion-mnist, "
+                   "or $CNNLAB_CACHE/fashion-mnist)")
 
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs of a model")
     p.add_argument("model")
@@ -386,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return int(exc.code or 0)
+    from cnnlab import distributed
+
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        distributed.shutdown(clean=True)  # under torchrun: every rank leaves together (see shutdown)
+        return code
     except TrainingDiverged as exc:
         print(f"cnnlab: {exc}", file=sys.stderr)
         return 3
@@ -405,6 +410,4 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        from cnnlab import distributed
-
-        distributed.shutdown()
+        distributed.shutdown(clean=False)  # after an error; a no-op once the group is left

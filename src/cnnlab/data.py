@@ -26,6 +26,7 @@ from cnnlab.idx import (
     data_file,
     default_data_dirs,
     download,
+    download_hint,
     find_data_dir,
     is_verified,
     read_idx,
@@ -77,7 +78,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, train: bool = True
     """Load one Fashion-MNIST split, checked, from the directory :func:`find_data_dir` finds.
 
     Args:
-        root: a directory searched before the default places.
+        root: the folder that must hold the files (obeyed: see :func:`find_data_dir`); None searches.
         train: the 60,000 training images if True, else the 10,000 test images.
         verify: check the MD5 of each officially named file on first use; success is remembered in
             ``<cache_dir()>/verified.json`` (keyed by path, size and mtime) so later loads skip hashing.
@@ -90,6 +91,14 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, train: bool = True
         DataError: a file is missing, corrupt, fails its checksum, or images and labels disagree.
     """
     data_dir = find_data_dir(root)
+    try:
+        return _load_split(data_dir, train, verify)
+    except DataError as exc:
+        # Every way a file can fail ends with the one remedy that always works: a fresh, verified copy.
+        raise DataError(f"{exc}; {download_hint(data_dir)}") from None
+
+
+def _load_split(data_dir: Path, train: bool, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = "train" if train else "t10k"
     images_path = data_file(data_dir, f"{prefix}-images-idx3-ubyte")
     labels_path = data_file(data_dir, f"{prefix}-labels-idx1-ubyte")
@@ -151,8 +160,7 @@ def _load_checked(path: Path, verify: bool) -> torch.Tensor:
             if got != expected:
                 raise DataError(
                     f"{path} has MD5 {got} (of its decompressed data), expected {expected}; it is corrupt or "
-                    "modified, so delete it and run `cnnlab data download`, or pass verify=False for a "
-                    "deliberately modified copy"
+                    "modified (pass verify=False for a deliberately modified copy)"
                 )
             remember_verified(path, expected)
         entry.verified = True
@@ -335,7 +343,8 @@ class FashionMNIST:
     Args:
         batch_size: images per training batch.
         resize: output size, an int or ``(h, w)``; 28 keeps the original images.
-        root: a directory searched first for the files (see :func:`find_data_dir`).
+        root: the folder that holds the files, obeyed if given (see :func:`find_data_dir`); None searches
+            ``$CNNLAB_DATA``, the cache and Debian's package.
         normalize: standardize with the training set's ``MEAN`` and ``STD`` instead of keeping [0, 1].
         augment: random crop and flip for the training loader.
         seed: seed of the training order and augmentation.

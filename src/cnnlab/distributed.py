@@ -30,14 +30,14 @@ DEFAULT_TIMEOUT_S = 300.0
 class DistributedRunFailed(RuntimeError):
     """A collective failed or timed out: another rank died or hangs; the run can continue with ``--resume``."""
 
-    def __init__(self, cause: BaseException, run_dir: str | os.PathLike | None):
+    def __init__(self, cause: BaseException, run_dir: str | os.PathLike | None, then: str | None = None):
         # gloo's messages start with its source position and end with advice: keep the sentence in between.
         detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         detail = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", detail).split(". ")[0].rstrip(".")[:160]
-        if run_dir is not None and (Path(run_dir) / "last.pt").is_file():
+        if then is None and run_dir is not None and (Path(run_dir) / "last.pt").is_file():
             then = (f"start the same torchrun line with `cnnlab train --resume {run_dir}` to continue from the "
                     "last finished epoch")
-        else:
+        elif then is None:
             then = "start the run again (no epoch had finished)"
         super().__init__(f"another process of this distributed run failed or timed out ({detail}); fix it, "
                          f"then {then}")
@@ -190,9 +190,31 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the process group if one was joined (errors are ignored: the process is about to exit)."""
-    if dist.is_available() and dist.is_initialized():
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group if one was joined: all ranks together after a clean run.
+
+    Why together: a gloo rank whose process exits while a peer still holds its end of their connections (the
+    peer has not destroyed its process group yet) can die in C++ teardown with "terminate called without an
+    active exception" (SIGABRT), after all its work is done; torchrun then SIGTERMs the others. Seen in 1 of
+    10 runs here when rank 1 left while rank 0 was still writing the run folder; with a barrier first, so that
+    every rank destroys its group only once all have finished, 0 of 50.
+
+    Args:
+        clean: the run ended without an error on this rank, so wait for the others first. After an error we
+            leave at once: the peers then fail fast in their next collective instead of waiting for us.
+
+    Raises:
+        DistributedRunFailed: a clean rank found that another one failed or timed out at the last barrier.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean:
+            dist.barrier()
+    except RuntimeError as exc:
+        raise DistributedRunFailed(exc, None, then="run or resume again (this process had finished its "
+                                   "own work)") from exc
+    finally:
         try:
             dist.destroy_process_group()
         except Exception:  # after a peer died, teardown may fail; there is nothing left to save

@@ -34,9 +34,11 @@ __all__ = [
     "cache_dir",
     "data_file",
     "default_data_dirs",
+    "download_hint",
     "download",
     "file_md5",
     "find_data_dir",
+    "named_data_dir",
     "is_verified",
     "read_idx",
     "remember_verified",
@@ -190,18 +192,19 @@ def cache_dir() -> Path:
 
 
 def default_data_dirs() -> tuple[Path, ...]:
-    """The places searched after an explicit root, in order, read from the environment at call time.
+    """The places searched when no folder is named, in order, read from the environment at call time.
 
     Returns:
-        ``$CNNLAB_DATA`` and its torchvision layout ``FashionMNIST/raw`` (when set),
-        ``<cache_dir()>/fashion-mnist``, and the Debian package's ``/usr/share/datasets/fashion-mnist``.
+        ``$CNNLAB_DATA`` and its torchvision layout ``FashionMNIST/raw`` (when set: then they are the only
+        places, see :func:`find_data_dir`), ``<cache_dir()>/fashion-mnist``, and the Debian package's
+        ``/usr/share/datasets/fashion-mnist``.
     """
-    places = []
     env = os.environ.get("CNNLAB_DATA")
-    if env:
-        places += [Path(env).expanduser(), Path(env).expanduser() / "FashionMNIST" / "raw"]
-    places += [cache_dir() / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
-    return tuple(places)
+    return (*(_candidates(Path(env)) if env else ()), *_default_places())
+
+
+def _default_places() -> tuple[Path, ...]:
+    return cache_dir() / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")
 
 
 def data_file(data_dir: Path, name: str) -> Path | None:
@@ -212,33 +215,73 @@ def data_file(data_dir: Path, name: str) -> Path | None:
     return None
 
 
+def _candidates(folder: Path) -> tuple[Path, Path]:
+    """A folder and its torchvision layout ``folder/FashionMNIST/raw``."""
+    folder = Path(folder).expanduser()
+    return folder, folder / "FashionMNIST" / "raw"
+
+
+def _missing(place: Path) -> list[str]:
+    return [name for name in FILE_NAMES if data_file(place, name) is None]
+
+
+def download_hint(data_dir: str | os.PathLike) -> str:
+    """How to put a fresh, verified copy of the four files into ``data_dir``."""
+    return f"`cnnlab data download --data-dir {data_dir}` puts a verified copy there"
+
+
+def named_data_dir(root: str | os.PathLike | None = None) -> Path | None:
+    """The folder the user named: ``root`` if given, else ``$CNNLAB_DATA`` if set, else None."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("CNNLAB_DATA")
+    return Path(env).expanduser() if env else None
+
+
 def find_data_dir(root: str | os.PathLike | None = None) -> Path:
-    """Find a directory holding all four Fashion-MNIST files (each either ``.gz`` or uncompressed).
+    """Find the directory holding all four Fashion-MNIST files (each either ``.gz`` or uncompressed).
+
+    A folder the user names (``root``, else ``$CNNLAB_DATA``) is obeyed: the files are taken from it or its
+    torchvision layout ``FashionMNIST/raw``, and never silently from anywhere else. Only when no folder is
+    named are the default places searched in order (:func:`default_data_dirs`).
 
     Args:
-        root: searched first, then its torchvision layout ``root/FashionMNIST/raw``, then
-            :func:`default_data_dirs`.
+        root: the folder that must hold the files; None names none (then ``$CNNLAB_DATA`` may).
 
     Returns:
-        The first directory that holds all four files.
+        The directory that holds all four files.
 
     Raises:
-        DataError: no place holds them; the message lists every place searched and how to get the data.
+        DataError: the named folder lacks some files (they are listed, with the remedy), or lacks all of them
+            (the place where they were found instead is named, with the advice to drop the option); or, with
+            no folder named, no default place holds them (every place searched is listed).
     """
-    places: list[Path] = []
-    if root is not None:
-        places += [Path(root).expanduser(), Path(root).expanduser() / "FashionMNIST" / "raw"]
-    places += default_data_dirs()
+    named = named_data_dir(root)
+    if named is not None:
+        return _named_data_dir(named, "the folder given" if root is not None else "$CNNLAB_DATA")
     notes = []
-    for place in places:
-        missing = [name for name in FILE_NAMES if data_file(place, name) is None]
+    for place in default_data_dirs():
+        missing = _missing(place)
+        if not missing:
+            return place
+        notes.append(f"{place} (lacks {', '.join(missing)})" if len(missing) < len(FILE_NAMES) else str(place))
+    raise DataError(f"Fashion-MNIST was not found in any of: {'; '.join(notes)}; {GET_DATA_HINT}")
+
+
+def _named_data_dir(named: Path, how: str) -> Path:
+    for place in _candidates(named):
+        missing = _missing(place)
         if not missing:
             return place
         if len(missing) < len(FILE_NAMES):
-            notes.append(f"{place} (lacks {', '.join(missing)})")
-        else:
-            notes.append(str(place))
-    raise DataError(f"Fashion-MNIST was not found in any of: {'; '.join(notes)}; {GET_DATA_HINT}")
+            raise DataError(f"{place} ({how}) holds only part of Fashion-MNIST: it lacks {', '.join(missing)}; "
+                            f"{download_hint(named)}, or copy the missing files there")
+    # None of the files: say where they are instead, so that a mistyped folder is not a dead end.
+    elsewhere = next((place for place in default_data_dirs() if not _missing(place)), None)
+    option = "the --data-dir option (or root=)" if how == "the folder given" else "the CNNLAB_DATA variable"
+    found = (f"they were found in {elsewhere}: drop {option} to use that copy, or "
+             if elsewhere is not None else "")
+    raise DataError(f"{named} ({how}) holds none of the Fashion-MNIST files; {found}{download_hint(named)}")
 
 
 # -- verification cache: hashing 47 MB costs time on every start, so a success is remembered per file version.

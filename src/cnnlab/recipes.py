@@ -18,7 +18,7 @@ import torch
 
 from cnnlab import distributed as dist_utils
 from cnnlab.checkpoint import CheckpointError, load_checkpoint
-from cnnlab.train import Trainer, TrainingDiverged, bf16_is_fast, evaluate, pick_device
+from cnnlab.train import Trainer, TrainingDiverged, bf16_default, evaluate, pick_device
 
 __all__ = ["TrainConfig", "RECIPES", "MODEL_DEFAULTS", "resolve_config", "run_training", "make_optimizer",
            "make_scheduler", "OPTIMIZERS", "SCHEDULES"]
@@ -60,7 +60,7 @@ class TrainConfig:
 
 # The seed's recipe (d2l §7.6): sigmoid LeNet, xavier init, SGD lr 0.1, batch 128, 10 epochs, 28x28.
 # How it runs is ours: channels_last and, where the hardware has it, bf16 autocast (bf16=None: decided by
-# bf16_is_fast) make the seed's LeNet 1.3x faster on an AMX CPU at the same accuracy (benchmarks/train.py
+# bf16_default) make the seed's LeNet 1.3x faster on an AMX CPU at the same accuracy (benchmarks/train.py
 # --techniques); torch.compile pays for its ~20 s of compiling only on long runs, so it stays opt-in.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, resize=28, augment=False, normalize=False, bf16=None,
@@ -92,7 +92,8 @@ RECIPES: dict[str, dict] = {
 def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfig:
     """Fill every None field of ``config`` from the recipe, then the model's defaults, then the base.
 
-    bf16 left unset everywhere is decided by the hardware: on where it is fast (:func:`bf16_is_fast`).
+    bf16 left unset everywhere is ``$CNNLAB_BF16`` if set, else decided by the hardware: on where it is fast
+    (:func:`cnnlab.train.bf16_default`).
     """
     given = {k: v for k, v in config.to_dict().items() if v is not None}
     recipe_values = {}
@@ -106,7 +107,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     filled = {**BASE, **MODEL_DEFAULTS.get(model, {}), **recipe_values, **given}
     filled["model"] = model
     if filled["bf16"] is None:
-        filled["bf16"] = bf16_is_fast(pick_device(filled["device"]))
+        filled["bf16"] = bf16_default(pick_device(filled["device"]))
     return TrainConfig(**{k: filled.get(k) for k in (f.name for f in dataclasses.fields(TrainConfig))})
 
 

@@ -26,8 +26,8 @@ from torch import nn
 from cnnlab import distributed as dist_utils
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
-__all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "evaluate", "EvalResult",
-           "seed_everything"]
+__all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
+           "EvalResult", "seed_everything"]
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
 
@@ -77,6 +77,25 @@ def bf16_is_fast(device: str | torch.device) -> bool:
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(cpu, name, lambda: False)() for name in checks)
     return False
+
+
+def bf16_default(device: str | torch.device) -> bool:
+    """Whether bf16 autocast is on by default on ``device``: ``$CNNLAB_BF16`` if set, else :func:`bf16_is_fast`.
+
+    ``CNNLAB_BF16=0`` turns it off everywhere (as on a CPU without bf16), ``CNNLAB_BF16=1`` on. The variable
+    exists because CPUs that both have bf16 kernels round differently (Intel's AMX and AMD's AVX512-BF16), so a
+    user comparing runs across machines, or a test suite, must be able to pin it.
+
+    Raises:
+        ValueError: the variable is set to something other than 0 or 1.
+    """
+    text = os.environ.get("CNNLAB_BF16", "").strip()
+    if not text:
+        return bf16_is_fast(device)
+    if text not in ("0", "1"):
+        raise ValueError(f"CNNLAB_BF16 must be 0 (bf16 autocast off) or 1 (on), got {text!r}; unset it to let "
+                         "cnnlab decide from the hardware")
+    return text == "1"
 
 
 def seed_everything(seed: int) -> None:
