@@ -3,10 +3,12 @@
 Environment:
     CNNLAB_TEST_DUMP: a folder; after every epoch each rank saves its model's state dict there as rank{r}.pt.
     CNNLAB_TEST_DIE_STEP: after this many training steps the rank CNNLAB_TEST_DIE_RANK (default 1) stops:
-        it exits with status 1, or sleeps for an hour when CNNLAB_TEST_DIE_HOW=hang.
+        CNNLAB_TEST_DIE_HOW=exit (default) exits with status 1, hang sleeps for an hour, kill sends itself
+        SIGKILL, sigint sends itself SIGINT (Ctrl-C) once.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -33,8 +35,16 @@ def _die_after(steps: int):
         if module.training:
             count += 1
             if count > steps:
-                if os.environ.get("CNNLAB_TEST_DIE_HOW") == "hang":
+                how = os.environ.get("CNNLAB_TEST_DIE_HOW", "exit")
+                if how == "hang":
                     time.sleep(3600)
+                elif how == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                elif how == "sigint":  # Ctrl-C, delivered once
+                    os.environ["CNNLAB_TEST_DIE_STEP"] = "0"
+                    count = -(10**9)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
                 os._exit(1)
 
     return hook

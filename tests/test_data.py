@@ -545,3 +545,25 @@ def test_download_failures_leave_no_files(mirror, tmp_path):
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is a corrupt gzip archive"):
         download(dest, base_url=mirror.as_uri(), check_archive=False)
     assert list(dest.iterdir()) == []
+
+
+def test_a_sigkilled_download_leaves_a_temp_file_the_next_download_removes(mirror, tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".t10k-labels-idx1-ubyte.gz.a1b2c3.part").write_bytes(b"x" * 1000)  # an older cnnlab's leftover
+    child = (
+        "import os, signal, sys\n"
+        "import cnnlab.idx as idx\n"
+        "def stream(url, out, timeout):\n"
+        "    out.write(b'\\x1f\\x8b' + bytes(2 << 20))\n"
+        "    out.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "idx._stream = stream\n"
+        f"idx.download({str(dest)!r}, base_url={mirror.as_uri()!r}, check_archive=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    temps = [p.name for p in dest.iterdir()]
+    assert len(temps) == 2 and any(n.startswith(".train-images-idx3-ubyte.gz.tmp-") for n in temps)
+    download(dest, base_url=mirror.as_uri(), check_archive=False)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in idx.FILE_NAMES)

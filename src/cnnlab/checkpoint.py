@@ -3,14 +3,14 @@
 A checkpoint is a plain dict of tensors and plain values (state dicts, the model's registry name and
 constructor kwargs, the run's settings, the epoch, the metrics so far). It is loaded with
 ``torch.load(weights_only=True)``, which refuses any pickled object other than tensors and containers of
-plain values, so a crafted file cannot run code. It is written to a temporary file that is flushed,
-fsynced and then renamed over the old one: a crash at any moment leaves either the old or the new
-checkpoint, never a partial one.
+plain values, so a crafted file cannot run code; its zip container is checked first, so a file re-zipped into a
+decompression bomb is refused before anything inflates. It is written through :func:`cnnlab.atomic.atomic_write`
+(temporary file, fsync, rename): a crash at any moment leaves either the old or the new checkpoint, never a
+partial one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from cnnlab.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "model_from_checkpoint"]
@@ -37,22 +39,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written, read or trusted; the message says which file and why."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself lives in the directory entry: sync it too so the new name survives a power cut.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, flush, fsync, rename).
+    """Write ``state`` to ``path`` atomically (:func:`cnnlab.atomic.atomic_write`: temp file, fsync, rename).
 
     Temporary files that killed writers left next to ``path`` are removed once the new file is in place.
 
@@ -60,56 +48,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         CheckpointError: the folder is missing, unwritable or full; any earlier file at ``path`` is intact.
     """
     path = Path(path)
-    tmp = path.with_name(f"{_temp_prefix(path)}{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = exc.strerror or str(exc)
         raise CheckpointError(
             f"cannot write checkpoint {path}: {reason}; free some space or choose another --out folder "
             "(the previous checkpoint, if any, is intact)"
         ) from None
-    except BaseException:  # e.g. a state holding something torch cannot save, or Ctrl-C: leave no litter
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    _remove_stale_temps(path)
     return path
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-"
-
-
-def _remove_stale_temps(path: Path) -> None:
-    # A writer killed mid-save (SIGKILL, power cut) leaves ".last.pt.tmp-<pid>"; the final name was never
-    # touched, so the file is garbage. Only files of processes that no longer exist are removed.
-    prefix = _temp_prefix(path)
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(path.parent):
-            pid = entry.name[len(prefix):]
-            if entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: someone else's live process
-        return True
-    return True
 
 
 def resolve_checkpoint(run_or_file: str | os.PathLike, prefer: str = "best") -> Path:

@@ -96,8 +96,19 @@ def _add_train(sub) -> None:
     p.add_argument("--report", action="store_true", help="write report.html into the run folder at the end")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error style: one line on stderr, pointing at ``--help``, and exit code 2.
+
+    argparse's own error prints the whole usage block first; subcommand parsers are of this class too
+    (``add_subparsers`` uses the parent's class).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnlab", description="Convolutional networks from their "
+    parser = _Parser(prog="cnnlab", description="Convolutional networks from their "
                                      "operators up (d2l.ai chapters 7-8), trained on Fashion-MNIST.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
@@ -128,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("download", help="fetch the four files from the official mirror, verified")
     d.add_argument("--data-dir", "--dir", dest="dir", help="destination (default ~/.cache/cnnlab/fashion-mnist, "
                    "or $CNNLAB_CACHE/fashion-mnist)")
+    d.add_argument("--mirror", metavar="URL", help="another mirror: the URL (http://, https:// or file://) of the "
+                   "folder holding train-images-idx3-ubyte.gz and the other archives")
+    d.add_argument("--any-archive", action="store_true", help="accept archives that were recompressed (e.g. "
+                   "Debian's): only the MD5 of the data inside is checked, not the archive's")
 
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs of a model")
     p.add_argument("model")
@@ -150,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="PNG to write (default: <run>/kernels.png)")
     v = viz_sub.add_parser("features", help="one test image and the feature maps after each conv stage")
     v.add_argument("run", metavar="RUN|CKPT")
-    v.add_argument("--test-index", type=_nonneg_int, required=True, metavar="N")
+    v.add_argument("--test-index", type=_nonneg_int, default=0, metavar="N",
+                   help="which test image (default 0)")
     v.add_argument("--out", help="PNG to write (default: <run>/features-N.png)")
     v.add_argument("--data-dir")
     v = viz_sub.add_parser("mistakes", help="the most confident wrong predictions on the test set")
@@ -277,7 +293,9 @@ def cmd_data(args) -> int:
     from cnnlab import data as data_mod
 
     if args.data_command == "download":
-        print(f"Fashion-MNIST ready in {data_mod.download(args.dir)}")
+        dest = data_mod.download(args.dir, base_url=args.mirror or data_mod.MIRROR_URL,
+                                 check_archive=not args.any_archive)
+        print(f"Fashion-MNIST ready in {dest}")
         return 0
     if args.data_command == "info":
         print(data_mod.describe(args.data_dir))

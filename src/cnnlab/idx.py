@@ -17,12 +17,13 @@ import http.client
 import json
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import torch
+
+from cnnlab.atomic import atomic_write
 
 __all__ = [
     "ARCHIVE_MD5",
@@ -321,14 +322,8 @@ def remember_verified(path: Path, md5: str) -> None:
         entries[key] = stamp
         target = _verified_file()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".verified.", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entries, f, indent=1, sort_keys=True)
-            os.replace(tmp, target)  # atomic: parallel ranks never read half a file
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with atomic_write(target, "w") as f:  # parallel ranks never read half a file
+            json.dump(entries, f, indent=1, sort_keys=True)
 
 
 def file_md5(path: Path) -> str:
@@ -368,7 +363,8 @@ def download(dest_dir: str | os.PathLike | None = None, base_url: str = MIRROR_U
     """Download the four Fashion-MNIST archives, each verified before it takes its final name.
 
     Files already present and valid are skipped. Each archive is written to a temporary file in ``dest_dir``,
-    checked, then renamed with ``os.replace``, so a failed or interrupted download never leaves a file behind.
+    checked, then renamed (:func:`cnnlab.atomic.atomic_write`), so a failed download never leaves a file
+    behind, and the temporary file of one killed outright is removed by the next download.
 
     Args:
         dest_dir: where to put the files; default ``<cache_dir()>/fashion-mnist``, a place
@@ -403,46 +399,56 @@ def download(dest_dir: str | os.PathLike | None = None, base_url: str = MIRROR_U
 
 
 def _fetch(url: str, final: Path, name: str, check_archive: bool, timeout: float) -> None:
-    """Download ``url`` to a temporary file next to ``final``, check both MD5s, then rename it ``final``."""
+    """Download ``url`` into a temporary file next to ``final``, check both MD5s, then rename it ``final``."""
+    # Leftovers of downloads killed by an older cnnlab (".name.XXXX.part"); atomic_write cleans its own.
+    for stale in final.parent.glob(f".{final.name}.*.part"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     try:
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+        with atomic_write(final) as out:
+            _stream(url, out, timeout)
+            out.flush()
+            _check_download(url, Path(out.name), name, check_archive)
     except OSError as e:
         raise DataError(f"cannot write to {final.parent} ({e}); choose a writable place") from None
+
+
+def _stream(url: str, out, timeout: float) -> None:
+    received = 0
     try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(_CHUNK):
+                received += len(chunk)
+                if received > _MAX_DOWNLOAD:
+                    raise DataError(f"{url} sends more than {_MAX_DOWNLOAD:,} bytes, far more than the "
+                                    "archive's size; the mirror is broken, try another base_url")
+                out.write(chunk)
+    except DataError:
+        raise
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        # URLError and timeouts are OSErrors; ValueError is a malformed URL.
+        raise DataError(f"could not download {url} ({e}); check the network connection and base_url, "
+                        "or install the data with `sudo apt-get install dataset-fashion-mnist`") from None
+
+
+def _check_download(url: str, tmp: Path, name: str, check_archive: bool) -> None:
+    """Both checksums of a downloaded archive: of the archive itself (optional) and of its data."""
+    with open(tmp, "rb") as f:
+        if f.read(2) != _GZIP_MAGIC:
+            raise DataError(f"{url} is not a gzip archive; check that base_url points at the data directory")
+        f.seek(0)
         archive_md5 = hashlib.md5()
-        received = 0
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                while chunk := response.read(_CHUNK):
-                    received += len(chunk)
-                    if received > _MAX_DOWNLOAD:
-                        raise DataError(f"{url} sends more than {_MAX_DOWNLOAD:,} bytes, far more than the "
-                                        "archive's size; the mirror is broken, try another base_url")
-                    archive_md5.update(chunk)
-                    out.write(chunk)
-        except DataError:
-            raise
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            # URLError and timeouts are OSErrors; ValueError is a malformed URL.
-            raise DataError(f"could not download {url} ({e}); check the network connection and base_url, "
-                            "or install the data with `sudo apt-get install dataset-fashion-mnist`") from None
-        if check_archive and archive_md5.hexdigest() != ARCHIVE_MD5[name]:
-            raise DataError(f"{url} has MD5 {archive_md5.hexdigest()}, expected {ARCHIVE_MD5[name]}; the "
-                            "mirror serves a different archive, so try again, or pass check_archive=False "
-                            "for a mirror that recompressed the files")
-        with open(tmp, "rb") as f:
-            if f.read(2) != _GZIP_MAGIC:
-                raise DataError(f"{url} is not a gzip archive; check that base_url points at the data "
-                                "directory")
-        try:
-            got = file_md5(Path(tmp))
-        except DataError:
-            raise DataError(f"{url} is a corrupt gzip archive (it stops early or fails its CRC); try "
-                            "again or another base_url") from None
-        if got != FILE_MD5[name]:
-            raise DataError(f"{url} decompresses to data with MD5 {got}, expected {FILE_MD5[name]}; the "
-                            "mirror serves a corrupt file, so try again or another base_url")
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        while chunk := f.read(_CHUNK):
+            archive_md5.update(chunk)
+    if check_archive and archive_md5.hexdigest() != ARCHIVE_MD5[name]:
+        raise DataError(f"{url} has MD5 {archive_md5.hexdigest()}, expected {ARCHIVE_MD5[name]}; the "
+                        "mirror serves a different archive, so try again, or pass check_archive=False "
+                        "for a mirror that recompressed the files")
+    try:
+        got = file_md5(tmp)
+    except DataError:
+        raise DataError(f"{url} is a corrupt gzip archive (it stops early or fails its CRC); try "
+                        "again or another base_url") from None
+    if got != FILE_MD5[name]:
+        raise DataError(f"{url} decompresses to data with MD5 {got}, expected {FILE_MD5[name]}; the "
+                        "mirror serves a corrupt file, so try again or another base_url")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cnnlab.atomic import atomic_write
+
 
 def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float = 1.5,
                 path: str | os.PathLike | None = None):
@@ -41,7 +43,7 @@ def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float 
     for ax in axes[len(images):]:
         ax.axis("off")  # empty cells of an unfilled grid
     if path is not None:
-        fig.savefig(path, format="png", bbox_inches="tight")
+        _save(fig, path, dpi=None)
     return fig
 
 
@@ -51,12 +53,11 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: float | None = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)  # a viewer never sees a half-written PNG
+    with atomic_write(path) as f:  # a viewer never sees a half-written PNG
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

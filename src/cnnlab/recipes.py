@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import distributed as dist_utils
+from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import CheckpointError, load_checkpoint
 from cnnlab.train import Trainer, TrainingDiverged, bf16_default, evaluate, pick_device
 
@@ -216,9 +217,25 @@ def read_run_config(run_dir: Path) -> TrainConfig:
                               "that `cnnlab train --out` wrote")
     try:
         values = json.loads(path.read_text())
-        return TrainConfig(**values)
+        config = TrainConfig(**values)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a valid run config: {exc}") from None
+    for field in dataclasses.fields(TrainConfig):
+        value, kinds = getattr(config, field.name), _FIELD_TYPES[field.name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise CheckpointError(f"{path} is not a valid run config: {field.name} is {value!r}, expected "
+                                  f"{' or '.join(k.__name__ for k in kinds)}")
+    return config
+
+
+# What each config field may hold once resolved (JSON gives ints for whole floats, so floats accept ints).
+_FIELD_TYPES = {
+    "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int), "optimizer": (str,),
+    "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
+    "resize": (int,), "augment": (bool,), "normalize": (bool,), "bf16": (bool,), "channels_last": (bool,),
+    "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
+    "num_train": (int, type(None)), "num_val": (int, type(None)), "out": (str, type(None)), "progress": (bool,),
+}
 
 
 def run_training(config: TrainConfig, resume: str | os.PathLike | None = None, log=print,
@@ -235,7 +252,9 @@ def run_training(config: TrainConfig, resume: str | os.PathLike | None = None, l
         if not run_dir.is_dir():
             raise CheckpointError(f"no such run folder: {run_dir}")
         config = read_run_config(run_dir)
-        check_world_size(config.batch_size)  # the run may be resumed with another number of processes
+        # The same checks as a new run (a hand-edited config.json is no exception), including that the batch
+        # splits over this run's processes: a run may be resumed with another number of them.
+        validate_config(config)
         if (run_dir / "last.pt").is_file():
             state = load_checkpoint(run_dir / "last.pt")
     else:
@@ -295,9 +314,8 @@ def _set_up_run_dir(run_dir: Path, new_config: TrainConfig | None, state: dict |
             run_dir.mkdir(parents=True, exist_ok=True)
             if new_config is not None:
                 _check_writable(run_dir)
-                tmp = run_dir / ".config.json.tmp"  # then renamed: a kill mid-write never leaves half a config
-                tmp.write_text(json.dumps(new_config.to_dict(), indent=2) + "\n")
-                os.replace(tmp, run_dir / "config.json")
+                with atomic_write(run_dir / "config.json", "w") as f:  # a kill never leaves half a config
+                    f.write(json.dumps(new_config.to_dict(), indent=2) + "\n")
         except OSError as exc:
             error = CheckpointError(f"cannot create run folder {run_dir}: {exc.strerror or exc}; "
                                     "choose another --out folder")

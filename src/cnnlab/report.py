@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnlab.atomic import atomic_write
+
 __all__ = ["write_report"]
 
 _STYLE = """
@@ -222,7 +224,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     ]
     out = Path(out) if out is not None else folder / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    os.replace(tmp_out, out)  # a browser never opens half a page
+    with atomic_write(out, "w") as f:  # a browser never opens half a page
+        f.write("\n".join(parts) + "\n")
     return out

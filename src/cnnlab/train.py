@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnlab import distributed as dist_utils
+from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
@@ -294,18 +295,14 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         # Rewritten whole from the history each epoch (small), so a resumed run's files never hold rows of
-        # epochs that were lost in a crash; the temp-and-rename keeps them whole if we die mid-write.
+        # epochs that were lost in a crash; atomic_write keeps them whole if we die mid-write.
         rows = self.history
-        tmp = self.run_dir / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.run_dir / "metrics.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.run_dir / "metrics.csv")
-        tmp = self.run_dir / ".metrics.jsonl.tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(self.run_dir / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp, self.run_dir / "metrics.jsonl")
         from cnnlab.plotting import plot_curves
 
         plot_curves(rows, self.run_dir / "curves.png")
@@ -407,10 +404,12 @@ class Trainer:
 
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
-            where = f"; {self.run_dir / 'last.pt'} keeps the last good epoch" if self.run_dir else ""
+            last = self.run_dir / "last.pt" if self.run_dir is not None else None
+            # Only a checkpoint that exists is named: in epoch 1 there is none yet.
+            where = f"; {last} keeps the last good epoch" if last is not None and last.is_file() else ""
             raise TrainingDiverged(
                 f"the training loss became {loss} in epoch {epoch + 1}: training diverged; "
-                f"try a lower --lr (now {self._lr()}){where}"
+                f"try a lower --lr (the rate was {self._lr():.3g} at that point){where}"
             )
 
     def _lr(self) -> float:
