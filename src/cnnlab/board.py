@@ -127,7 +127,9 @@ class ProgressBoard:
         axes = self.axes if self.axes is not None else (self.fig.axes[0] if self.fig.axes else self.fig.subplots())
         axes.cla()
         for (label, line), ls, color in zip(self.data.items(), self.ls * 4, self.colors * 4, strict=False):
-            axes.plot([p.x for p in line], [p.y for p in line], linestyle=ls, color=color, label=label)
+            # A line of one point (after one epoch) draws nothing, so it gets a marker.
+            axes.plot([p.x for p in line], [p.y for p in line], linestyle=ls, color=color, label=label,
+                      marker="o" if len(line) == 1 else None)
         if self.xlim:
             axes.set_xlim(self.xlim)
         if self.ylim:
