@@ -123,6 +123,8 @@ def select_pytorch(code: str) -> str:
             body = lines[i + 1:j]
             inner = min(len(line) - len(line.lstrip()) for line in body if line.strip())
             out.extend(" " * indent + line[inner:] if line.strip() else "" for line in body)
+        elif out and not out[-1].strip() and j < len(lines) and not lines[j].strip():
+            j += 1  # a dropped block between two blank lines leaves one
         i = j
     return "\n".join(out)
 
