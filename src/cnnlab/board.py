@@ -7,8 +7,9 @@ is never imported.
 
 The figure is a ``matplotlib.figure.Figure`` rendered to PNG and shown through ``IPython.display`` with a
 display id, so each redraw replaces the previous image instead of clearing the cell (d2l clears the output,
-which would also wipe the progress bar and the per-epoch log lines). Redraws are throttled: at most one per
-``min_interval`` seconds, plus the last one, so drawing never slows training noticeably.
+which would also wipe the progress bar and the per-epoch log lines). During training, redraws are
+throttled: at most four points per epoch (d2l's two train-loss points, val loss and val accuracy), at most
+one redraw a second, plus the last one, so drawing never slows training noticeably.
 """
 
 from __future__ import annotations
@@ -77,21 +78,21 @@ class ProgressBoard:
     """Plot data points in animation (d2l §3.2.2 ``ProgressBoard``): ``draw(x, y, label, every_n)``.
 
     d2l's arguments and behaviour: every ``every_n`` points of a label are averaged into one point of its
-    line; the figure is redrawn when a line grows (here at most once per ``min_interval`` seconds; call
-    :meth:`flush` for the final picture). With ``display=False`` or outside a notebook it only records the
-    lines (``board.data[label]`` is a list of ``Point(x, y)``).
+    line, and the figure is redrawn when a line grows (with ``min_interval`` > 0, at most once per that many
+    seconds; :meth:`flush` then draws the final picture). With ``display=False`` or outside a notebook it
+    only records the lines (``board.data[label]`` is a list of ``Point(x, y)``).
 
     Args:
         xlabel, ylabel, xlim, ylim, xscale, yscale: as matplotlib's axes take them.
         ls, colors: line styles and colours, one per label in order of appearance.
         fig, axes: a figure and axes to draw on; None makes one of ``figsize`` inches.
         display: draw at all.
-        min_interval: seconds between two redraws.
+        min_interval: least seconds between two redraws; 0 redraws at every new point, as d2l does.
     """
 
     def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None, xscale="linear", yscale="linear",
                  ls=("-", "--", "-.", ":"), colors=("C0", "C1", "C2", "C3"), fig=None, axes=None,
-                 figsize=(3.5, 2.5), display=True, min_interval=0.5):
+                 figsize=(3.5, 2.5), display=True, min_interval=0.0):
         self.xlabel, self.ylabel, self.xlim, self.ylim = xlabel, ylabel, xlim, ylim
         self.xscale, self.yscale, self.ls, self.colors = xscale, yscale, tuple(ls), tuple(colors)
         self.fig, self.axes, self.figsize, self.display = fig, axes, figsize, display
@@ -157,14 +158,16 @@ class TrainingBoard:
     Args:
         max_epochs: the x-axis runs from 0 to this.
         num_batches: batches per training epoch.
-        board: a :class:`ProgressBoard` to draw on; None makes d2l's default one.
+        board: a :class:`ProgressBoard` to draw on; None makes d2l's default one, redrawn at most once a
+            second (a redraw renders a PNG, tens of milliseconds) and once more at the end.
         plot_train_per_epoch: train_loss points per epoch (d2l's default, 2).
         start_epoch: the epoch training starts at (a resumed run).
     """
 
     def __init__(self, max_epochs: int, num_batches: int, board: ProgressBoard | None = None,
                  plot_train_per_epoch: int = 2, start_epoch: int = 0):
-        self.board = board if board is not None else ProgressBoard(xlabel="epoch", xlim=[0, max_epochs])
+        self.board = board if board is not None else ProgressBoard(xlabel="epoch", xlim=[0, max_epochs],
+                                                                   min_interval=1.0)
         self.num_batches = max(1, num_batches)
         self.every_n = max(1, self.num_batches // plot_train_per_epoch)
         self.max_epochs = max_epochs
