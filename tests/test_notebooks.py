@@ -75,8 +75,16 @@ def test_plotting_helpers_show_inline(tmp_path, data_dir):
         "board = d2l.ProgressBoard('x')\n"  # d2l §3.2.2's demo of the board: every 2 points averaged into one
         "for i in range(0, 20):\n    board.draw(i / 2, i % 3, 'sin', every_n=2)\nboard.flush()",
         "fig = d2l.plot(x, x)\nNone",  # a figure that is not the cell's value is not shown (pyplot is not used)
+        # The training board throttles: 50 quick epochs (200 points) redraw at most once a second, plus the
+        # first and the last time, always in the same image.
+        "import time\nfrom cnnlab.board import TrainingBoard\nstart = time.monotonic()\n"
+        "tb = TrainingBoard(max_epochs=50, num_batches=10)\nfor e in range(50):\n"
+        "    for s in range(10):\n        tb.step(torch.tensor(1.0 / (e + 1)))\n"
+        "    tb.epoch({'epoch': e + 1, 'val_loss': 1.0 / (e + 1), 'val_acc': 0.5})\ntb.close()\n"
+        "elapsed = time.monotonic() - start\nassert 2 <= tb.board.redraws <= 2 + elapsed, (tb.board.redraws, elapsed)\n"
+        "assert len(tb.board.data['train_loss']) == 100 and len(tb.board.data['val_acc']) == 50",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nb = execute(nb, tmp_path)
-    assert [images(c) for c in nb.cells] == [0, 1, 1, 1, 1, 0]
+    assert [images(c) for c in nb.cells] == [0, 1, 1, 1, 1, 0, 1]
