@@ -29,7 +29,7 @@ system-deps:
 	@bash scripts/get-chromium.sh
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 bench: setup
 	$(BIN)/python benchmarks/ops.py

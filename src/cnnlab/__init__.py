@@ -11,35 +11,98 @@ One flat API, so that the book's snippets run with ``import cnnlab as d2l``::
 Importing cnnlab does no work: no downloads, no file reads, no prints, no backend flags.
 """
 
+from cnnlab.board import ProgressBoard
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.classifier import Classifier, init_cnn
-from cnnlab.compat import add_to_class
+
+# The book's names (cnnlab.compat). d2l/torch.py's tensor aliases (d2l.tensor, d2l.zeros, d2l.reshape, ...,
+# listed in compat.ALIASES) are attributes, as in d2l, but not in __all__, so that `from cnnlab import *` keeps
+# Python's own abs.
+from cnnlab.compat import (  # noqa: F401
+    DataModule,
+    HyperParameters,
+    Module,
+    Timer,
+    abs,
+    add_to_class,
+    arange,
+    argmax,
+    astype,
+    batch_matmul,
+    concat,
+    cos,
+    cosh,
+    cpu,
+    exp,
+    expand_dims,
+    eye,
+    float32,
+    gpu,
+    int32,
+    int64,
+    linspace,
+    log,
+    matmul,
+    meshgrid,
+    nn_Module,
+    normal,
+    num_gpus,
+    numpy,
+    ones,
+    ones_like,
+    rand,
+    randn,
+    reduce_mean,
+    reduce_sum,
+    repeat,
+    reshape,
+    sigmoid,
+    sin,
+    sinh,
+    size,
+    stack,
+    swapaxes,
+    tanh,
+    tensor,
+    to,
+    transpose,
+    try_all_gpus,
+    try_gpu,
+    zeros,
+    zeros_like,
+)
 from cnnlab.data import CLASS_NAMES, BatchLoader, FashionMNIST, load_fashion_mnist
 from cnnlab.idx import DataError, find_data_dir, read_idx
 from cnnlab.layers import Conv2D, Residual, vgg_block
 from cnnlab.models import VGG, LeNet, LeNetReLU, ResNet, ResNet18, create_model, list_models, register_model
 from cnnlab.ops import (
-                           avg_pool2d,
-                           conv2d,
-                           conv_output_shape,
-                           corr2d,
-                           corr2d_multi_in,
-                           corr2d_multi_in_out,
-                           corr2d_multi_in_out_1x1,
-                           max_pool2d,
-                           pool2d,
+    avg_pool2d,
+    conv2d,
+    conv_output_shape,
+    corr2d,
+    corr2d_multi_in,
+    corr2d_multi_in_out,
+    corr2d_multi_in_out_1x1,
+    max_pool2d,
+    pool2d,
 )
-from cnnlab.plotting import show_images
+from cnnlab.plotting import plot, show_images
 from cnnlab.summary import model_summary
 from cnnlab.train import Trainer, TrainingDiverged, evaluate
+
+try:  # d2l §8.8 reaches for d2l.ResNeXtBlock (saved in §8.6.5); present where cnnlab.layers defines it
+    from cnnlab.compat import ResNeXtBlock  # noqa: F401
+except ImportError:
+    pass
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLASS_NAMES", "VGG", "BatchLoader", "CheckpointError", "Classifier", "Conv2D", "DataError", "FashionMNIST",
-    "LeNet", "LeNetReLU", "ResNet", "ResNet18", "Residual", "Trainer", "TrainingDiverged", "add_to_class",
-    "avg_pool2d", "conv2d", "conv_output_shape", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out",
-    "corr2d_multi_in_out_1x1", "create_model", "evaluate", "find_data_dir", "init_cnn", "list_models",
-    "load_checkpoint", "load_fashion_mnist", "max_pool2d", "model_summary", "pool2d", "read_idx",
-    "register_model", "save_checkpoint", "show_images", "vgg_block",
+    "CLASS_NAMES", "VGG", "BatchLoader", "CheckpointError", "Classifier", "Conv2D", "DataError", "DataModule",
+    "FashionMNIST", "HyperParameters", "LeNet", "LeNetReLU", "Module", "ProgressBoard", "ResNet", "ResNet18",
+    "Residual", "Timer", "Trainer", "TrainingDiverged", "add_to_class", "avg_pool2d", "conv2d",
+    "conv_output_shape", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu",
+    "create_model", "evaluate", "find_data_dir", "gpu", "init_cnn", "list_models", "load_checkpoint",
+    "load_fashion_mnist", "max_pool2d", "model_summary", "num_gpus", "plot", "pool2d", "read_idx",
+    "register_model", "save_checkpoint", "show_images", "try_all_gpus", "try_gpu", "vgg_block",
 ]

@@ -15,7 +15,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Classifier", "eval_mode", "init_cnn"]
+__all__ = ["Classifier", "caller_arguments", "eval_mode", "init_cnn"]
+
+
+def caller_arguments(depth: int = 1) -> dict:
+    """The arguments of a function up the call stack, by name: ``depth=1`` is the caller of this function.
+
+    The book calls ``self.save_hyperparameters()`` with no arguments (d2l §3.2.1), so the only way to learn
+    the constructor's arguments is to read its frame. ``save_hyperparameters`` is the one place cnnlab does
+    that; library code passes values explicitly.
+    """
+    frame = inspect.currentframe()
+    try:
+        target = frame
+        for _ in range(depth):
+            target = target.f_back
+        args = inspect.getargvalues(target)
+        names = list(args.args)
+        if args.varargs:
+            names.append(args.varargs)
+        values = {name: args.locals[name] for name in names}
+        if args.keywords:
+            values.update(args.locals[args.keywords])
+        return values
+    finally:
+        del frame  # break the frame reference cycle (see the inspect docs)
 
 
 def init_cnn(module: nn.Module) -> None:
@@ -76,21 +100,7 @@ class Classifier(nn.Module):
         """
         if "_parameters" not in self.__dict__:
             raise RuntimeError("call super().__init__() before self.save_hyperparameters().")
-        # The seed calls this with no arguments, so the only way to learn the constructor's arguments is to
-        # read the caller's frame. This is the one place cnnlab does that; library code passes values
-        # explicitly.
-        frame = inspect.currentframe()
-        try:
-            caller = frame.f_back
-            args = inspect.getargvalues(caller)
-            names = list(args.args)
-            if args.varargs:
-                names.append(args.varargs)
-            values = {name: args.locals[name] for name in names}
-            if args.keywords:
-                values.update(args.locals[args.keywords])
-        finally:
-            del frame  # break the frame reference cycle (see the inspect docs)
+        values = caller_arguments(depth=2)
         skip = set(ignore) | {"self"}
         self.hparams = {k: v for k, v in values.items() if k not in skip and not k.startswith("_")}
         for k, v in self.hparams.items():
@@ -154,7 +164,13 @@ class Classifier(nn.Module):
         inputs: torch.Tensor | Sequence[torch.Tensor],
         init: Callable[[nn.Module], None] | None = None,
     ) -> None:
-        """Materialize lazy layers with one forward pass, then apply `init` to `self.net` (d2l §7.6).
+        """Materialize lazy layers with one forward pass, then apply `init` to `self.net` (d2l §6.4, §7.6).
+
+        As in the book, the forward pass runs in the model's own mode (train mode after construction) with
+        gradients enabled, so BatchNorm layers see the batch: their running statistics take one momentum
+        step towards it (`num_batches_tracked` becomes 1), and §8.5's from-scratch `batch_norm`, which tells
+        training from prediction by `torch.is_grad_enabled()`, takes its training branch. Use a batch of
+        more than one example when the model has BatchNorm, as the book does.
 
         Args:
             inputs: a batch, or a list/tuple of forward arguments as in `model.apply_init([X], init_cnn)`.
@@ -162,8 +178,7 @@ class Classifier(nn.Module):
         """
         if isinstance(inputs, torch.Tensor):
             inputs = (inputs,)
-        with eval_mode(self):
-            self(*inputs)
+        self(*inputs)  # the output and its graph are dropped at once
         if init is not None:
             self.net.apply(init)
 

@@ -1,4 +1,7 @@
-"""Figures for the book's examples, drawn headless (no display needed, no global backend switched)."""
+"""Figures for the book's examples, drawn headless (no display needed, no global backend switched).
+
+In a Jupyter notebook the book's helpers (``plot``, ``show_images``) are shown inline (see :mod:`cnnlab.board`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
+from cnnlab.board import inline_figures
 
 
 def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float = 1.5,
@@ -13,8 +17,8 @@ def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float 
     """Draw a grid of images with optional titles (d2l §4.2 ``show_images``).
 
     The figure is built with ``matplotlib.figure.Figure`` rather than pyplot, so it renders without a display
-    and without switching the caller's backend (a notebook keeps its inline plots); it is still displayed
-    when it is the last value of a notebook cell.
+    and without switching the caller's backend; in a Jupyter notebook it is shown inline when it is the
+    cell's value (``d2l.show_images(...)`` or ``data.visualize(batch)`` as the last line, as in the book).
 
     Args:
         images: a tensor ``(N, H, W)`` or ``(N, 1, H, W)``, or a sequence of 2-D (or ``(H, W, 3)``) arrays.
@@ -29,6 +33,7 @@ def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float 
     """
     from matplotlib.figure import Figure  # imported here: importing cnnlab must not load matplotlib
 
+    inline_figures()
     fig = Figure(figsize=(num_cols * scale, num_rows * scale))
     axes = fig.subplots(num_rows, num_cols, squeeze=False).flatten()
     for i, (ax, img) in enumerate(zip(axes, images, strict=False)):
@@ -45,6 +50,53 @@ def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float 
     if path is not None:
         _save(fig, path, dpi=None)
     return fig
+
+
+def plot(X, Y=None, xlabel=None, ylabel=None, legend=(), xlim=None, ylim=None, xscale="linear", yscale="linear",
+         fmts=("-", "m--", "g-.", "r:"), figsize=(3.5, 2.5), axes=None):
+    """Plot one or more curves (d2l §2.4 ``plot``), with the book's arguments.
+
+    ``X`` and ``Y`` are a 1-D sequence (or tensor) each, or lists of them; with ``Y`` None, ``X`` holds the
+    y-values. Drawn on a new ``Figure`` of ``figsize`` inches (or on ``axes``), without pyplot; in a Jupyter
+    notebook the figure is shown inline when it is the cell's value, as the book's calls are.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` drawn on.
+    """
+
+    def has_one_axis(X):  # a tensor or list of numbers, not a list of curves
+        return (hasattr(X, "ndim") and X.ndim == 1) or (isinstance(X, list) and not hasattr(X[0], "__len__"))
+
+    def values(v):
+        return v.detach().cpu().numpy() if hasattr(v, "detach") else v
+
+    if has_one_axis(X):
+        X = [X]
+    if Y is None:
+        X, Y = [[]] * len(X), X
+    elif has_one_axis(Y):
+        Y = [Y]
+    if len(X) != len(Y):
+        X = X * len(Y)
+    if axes is None:
+        inline_figures()
+        axes = _figure(figsize=figsize).subplots()
+    axes.cla()
+    for x, y, fmt in zip(X, Y, fmts, strict=False):
+        if len(x):
+            axes.plot(values(x), values(y), fmt)
+        else:
+            axes.plot(values(y), fmt)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xscale(xscale)
+    axes.set_yscale(yscale)
+    axes.set_xlim(xlim)
+    axes.set_ylim(ylim)
+    if legend:
+        axes.legend(legend)
+    axes.grid()
+    return axes.figure
 
 
 def _figure(**kwargs):

@@ -25,6 +25,7 @@ from torch import nn
 
 from cnnlab import distributed as dist_utils
 from cnnlab.atomic import atomic_write
+from cnnlab.board import in_notebook, live_board
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
@@ -177,6 +178,9 @@ class Trainer:
         log: where the per-epoch line goes (``print`` by default; None for silence).
         checkpoint_extra: plain values stored in every checkpoint (the CLI stores its settings there).
         on_epoch_end: called with (trainer, row) after each epoch's files are written.
+        board: the live figure of the book's ``fit`` (see :mod:`cnnlab.board`): 'auto' draws it in a Jupyter
+            notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
+            ``epoch(row)`` and ``close()``.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, device: str | torch.device | None = None,
@@ -185,7 +189,7 @@ class Trainer:
                  clip_grad_norm: float = 0.0, autocast_dtype: torch.dtype | None = None,
                  channels_last: bool = False, compile: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = print, checkpoint_extra: dict | None = None,
-                 on_epoch_end: Callable | None = None):
+                 on_epoch_end: Callable | None = None, board="auto"):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}")
         self.max_epochs = max_epochs
@@ -202,6 +206,8 @@ class Trainer:
         self.log = log
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.on_epoch_end = on_epoch_end
+        self.board = board
+        self._live = None  # the board fit() trains with
         self.history: list[dict] = []
         self.best_val_acc = -1.0
         self.epoch = 0
@@ -326,6 +332,9 @@ class Trainer:
                 self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
         if self.run_dir is not None and self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The book's live figure (cnnlab.board): fed each batch's loss and each epoch's row; None outside Jupyter.
+        self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
+                      if self.ctx.is_main else None)
         while self.epoch < self.max_epochs:
             row = self._fit_epoch()
             self.history.append(row)
@@ -341,6 +350,10 @@ class Trainer:
             )
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self, row)
+            if self._live is not None:
+                self._live.epoch(row)
+        if self._live is not None:
+            self._live.close()
         return self.history
 
     def _fit_epoch(self) -> dict:
@@ -370,6 +383,8 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             loss_sum += loss.detach().double() * y.shape[0]
+            if self._live is not None:
+                self._live.step(loss)
             seen += y.shape[0]
             if bar is not None and (step % 20 == 0 or step == len(self.train_loader) - 1):
                 # The only host sync inside an epoch, every 20 steps, to show the running loss.
@@ -420,6 +435,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        # disable=None: no bar when stderr is not a terminal (CI logs, files), where \r updates are noise.
+        # disable=None: no bar when stderr is not a terminal (CI logs, files), where \r updates are noise; in a
+        # notebook (never a terminal) tqdm.auto's widget bar is shown.
         return tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.max_epochs}", leave=False,
-                    disable=None, unit="batch", dynamic_ncols=True)
+                    disable=False if in_notebook() else None, unit="batch", dynamic_ncols=True)
