@@ -261,3 +261,80 @@ def test_two_launchers_like_two_machines_train_write_once_and_resume(tmp_path, d
     assert len(list((tmp_path / "runs").iterdir())) == 1
     assert {p.name for p in runs[0].iterdir()} == RUN_FILES
     assert load_checkpoint(runs[0] / "last.pt")["epoch"] == 2
+
+
+# -- what the README says about distributed runs ---------------------------------------------------------------------
+
+def _spawn_in(cwds, argv, **env):
+    """Two ranks by hand, each in its own folder: two machines whose run folders are not shared."""
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, WORKER, *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             env=_env(RANK=r, WORLD_SIZE=2, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
+                                      MASTER_PORT=port, **env))
+            for r, cwd in enumerate(cwds)]
+
+
+def test_batchnorm_statistics_are_rank_0s_and_validation_drops_num_val_mod_n(tmp_path, data_dir):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    run = tmp_path / "run"
+    argv = ["train", "--model", "fastnet", "--num-train", "256", "--num-val", "257", "--batch-size", "64",
+            "--epochs", "1", "--device", "cpu", "--no-progress", "--no-bf16", "--data-dir", str(data_dir),
+            "--out", str(run)]
+    ranks = _spawn(argv, CNNLAB_TEST_DUMP=dump)
+    outputs = [r.communicate(timeout=240) for r in ranks]
+    assert [r.returncode for r in ranks] == [0, 0], outputs[0][1][-3000:]
+    rank0, rank1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    stats = [name for name in rank0 if name.endswith(("running_mean", "running_var"))]
+    assert stats
+    last = load_checkpoint(run / "last.pt")["model_state"]
+    for name in stats:  # each rank updated them with its own batches; the epoch's end made them rank 0's
+        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], last[name]), name
+    # Per-epoch validation: 257 images over 2 ranks, so 256 are used (accuracy is a multiple of 1/256); the
+    # final test accuracy uses all 257.
+    val_acc = _losses_and(run, "val_acc")[0]
+    assert val_acc * 256 == pytest.approx(round(val_acc * 256), abs=1e-9)
+    assert "on 257 images" in outputs[0][0]
+
+
+def _losses_and(run_dir, key) -> list[float]:
+    return [json.loads(line)[key] for line in open(Path(run_dir) / "metrics.jsonl")]
+
+
+def test_a_run_resumes_with_another_number_of_processes(tmp_path, data_dir):
+    run = tmp_path / "run"
+    # One process, stopped in epoch 2 (16 steps an epoch); then two processes finish it.
+    one = subprocess.run([sys.executable, WORKER, *_args(data_dir, "--out", str(run))], capture_output=True,
+                         text=True, env=_env(CNNLAB_TEST_DIE_STEP=20, CNNLAB_TEST_DIE_RANK=0), timeout=240)
+    assert one.returncode == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
+    ranks = _spawn(["train", "--resume", str(run)])
+    outputs = [r.communicate(timeout=240) for r in ranks]
+    assert [r.returncode for r in ranks] == [0, 0], outputs[0][1][-3000:]
+    assert "resuming at epoch 2/2" in outputs[0][0] and "test accuracy" in outputs[0][0]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert _losses_and(run, "epoch") == [1, 2] and _losses_and(run, "val_acc")[1] > 0.5
+    # Three processes cannot split its global batch of 64: refused before anything runs.
+    ranks = _spawn(["train", "--resume", str(run)], world_size=3)
+    outputs = [r.communicate(timeout=240) for r in ranks]
+    assert [r.returncode for r in ranks] == [2, 2, 2]
+    assert "--batch-size 64 is the global batch" in outputs[0][1]
+
+
+def test_processes_that_see_different_checkpoints_refuse_to_start(tmp_path, data_dir):
+    # Two "machines" whose run folders are not one shared folder: at the same path, one holds epoch 1, the
+    # other the same run at epoch 2. Training must not start from two different states.
+    first, second = tmp_path / "a", tmp_path / "b"
+    for cwd in (first, second):
+        cwd.mkdir()
+    argv = _args(data_dir, "--out", "run")
+    assert main([*argv[:-2], "--out", str(first / "run"), "--epochs", "2"]) == 0
+    assert main([*argv[:-2], "--out", str(second / "run"), "--epochs", "2"]) == 0
+    from cnnlab.checkpoint import save_checkpoint
+
+    state = load_checkpoint(first / "run" / "last.pt")
+    save_checkpoint({**state, "epoch": 1}, first / "run" / "last.pt")
+    ranks = _spawn_in([first, second], ["train", "--resume", "run"])
+    outputs = [r.communicate(timeout=240) for r in ranks]
+    assert [r.returncode for r in ranks] == [2, 2], [o[1][-1500:] for o in outputs]
+    assert "found different checkpoints in run (epoch by rank: [1, 2])" in outputs[0][1]
