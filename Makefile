@@ -31,10 +31,16 @@ system-deps:
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 
+# Every table of the README's Performance section, each from the run that prints it (about an hour on 2 cores).
 bench: setup
 	$(BIN)/python benchmarks/ops.py
-	$(BIN)/python benchmarks/data.py
-	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/data.py --repeats 3
+	$(BIN)/python benchmarks/train.py --model lenet --epochs 10
+	$(BIN)/python benchmarks/train.py --model lenet-relu --epochs 3
+	$(BIN)/python benchmarks/train.py --model resnet18-small --max-steps 10 --epochs 2
+	$(BIN)/python benchmarks/train.py --model resnet18 --max-steps 8 --epochs 2 --no-plain
+	$(BIN)/python benchmarks/train.py --techniques
+	$(BIN)/python benchmarks/fast.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

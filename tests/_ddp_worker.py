@@ -15,7 +15,7 @@ import time
 import torch
 
 import cnnlab.recipes as recipes
-from cnnlab.cli import main
+from cnnlab.cli import run
 
 RANK = int(os.environ.get("RANK", "0"))
 
@@ -67,4 +67,4 @@ def build_model(config):
 
 if __name__ == "__main__":
     recipes.run_training, recipes.build_model = run_training, build_model
-    sys.exit(main(sys.argv[1:]))
+    run(sys.argv[1:])

@@ -1,8 +1,6 @@
 """``python -m cnnlab`` is ``cnnlab`` (and what torchrun launches: ``torchrun -m cnnlab train``)."""
 
-import sys
-
-from cnnlab.cli import main
+from cnnlab.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -8,10 +8,12 @@ nothing a user can cause ends in a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
 
 
 class CliError(Exception):
@@ -429,3 +431,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         distributed.shutdown(clean=False)  # after an error; a no-op once the group is left
+
+
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The ``cnnlab`` program (console script, ``python -m cnnlab``, torchrun): :func:`main`, then exit.
+
+    A torchrun rank exits with ``os._exit`` once its output is flushed, skipping Python's interpreter teardown.
+    Why: gloo's worker threads may still be releasing their last collective's work when the interpreter
+    finalizes; that work holds Python state, and a thread that asks for the GIL during finalization is ended
+    by Python through a C++ destructor, which aborts the process ("terminate called without an active
+    exception", SIGABRT; seen in a core dump of exactly that: the main thread in ``Py_FinalizeEx``, a
+    ``ProcessGroupGloo::runLoop`` thread in ``take_gil``), and torchrun then kills the other ranks. By then
+    every file is written, fsynced and closed and the process group is left (:func:`cnnlab.distributed.shutdown`),
+    so nothing is lost by not tearing down.
+    """
+    from cnnlab.distributed import launched_by_torchrun
+
+    launched = launched_by_torchrun()
+    code = main(argv)
+    if launched:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

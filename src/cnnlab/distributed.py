@@ -193,11 +193,10 @@ def barrier(ctx: DistContext) -> None:
 def shutdown(clean: bool = True) -> None:
     """Leave the process group if one was joined: all ranks together after a clean run.
 
-    Why together: a gloo rank whose process exits while a peer still holds its end of their connections (the
-    peer has not destroyed its process group yet) can die in C++ teardown with "terminate called without an
-    active exception" (SIGABRT), after all its work is done; torchrun then SIGTERMs the others. Seen in 1 of
-    10 runs here when rank 1 left while rank 0 was still writing the run folder; with a barrier first, so that
-    every rank destroys its group only once all have finished, 0 of 50.
+    Together, because rank 0 still works (final evaluation, files, the report) after the others are done:
+    with a barrier first, no rank tears its side of the gloo connections down while a peer may still use them,
+    and a rank that fails at the very end is reported by the others. The console entry point then leaves
+    without interpreter teardown (:func:`cnnlab.cli.run` says why).
 
     Args:
         clean: the run ended without an error on this rank, so wait for the others first. After an error we
