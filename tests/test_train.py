@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cnnlab import FashionMNIST, Trainer, TrainingDiverged, create_model, load_checkpoint
+from cnnlab.classifier import Classifier
 from cnnlab.train import evaluate, pick_device
 
 
@@ -86,6 +87,38 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_di
     assert [r["val_acc"] for r in resumed_history] == [r["val_acc"] for r in straight_history]
     rows = list(csv.DictReader(open(tmp_path / "c" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+class _DropoutMLP(Classifier):
+    """A tiny classifier whose training draws from torch's global RNG (dropout masks)."""
+
+    def __init__(self, lr=0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(),
+                                       torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
+
+
+def _unseeded_run(run_dir, data_dir, epochs, resume=False):
+    torch.manual_seed(5)  # the initial weights (a resumed run loads its own)
+    model = _DropoutMLP()
+    if resume:
+        torch.manual_seed(12345)  # a new process: its RNG is not the one the killed run had
+    # seed=None: the trainer does not re-seed each epoch, so only the checkpoint's rng_state can give a
+    # resumed run the dropout masks the uninterrupted run drew.
+    trainer = Trainer(max_epochs=epochs, seed=None, run_dir=run_dir, progress=False, log=None)
+    trainer.fit(model, _data(data_dir), resume_from=run_dir / "last.pt" if resume else None)
+    return load_checkpoint(run_dir / "last.pt")
+
+
+def test_unseeded_resume_restores_the_rng_and_draws_the_same_dropout_masks(tmp_path, data_dir):
+    straight = _unseeded_run(tmp_path / "a", data_dir, epochs=2)
+    _unseeded_run(tmp_path / "b", data_dir, epochs=1)
+    resumed = _unseeded_run(tmp_path / "b", data_dir, epochs=2, resume=True)
+    assert resumed["epoch"] == straight["epoch"] == 2
+    assert torch.equal(resumed["rng_state"], straight["rng_state"])
+    for name, tensor in straight["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], tensor), name
 
 
 def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, data_dir):
