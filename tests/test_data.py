@@ -255,7 +255,7 @@ def expected_idx(content: bytes) -> np.ndarray | None:
             return None
     else:
         plain = content
-    if len(plain) < 4 or plain[:3] != b"\0\0\x08" or not 1 <= plain[3] <= 8 or len(plain) < 4 + 4 * plain[3]:
+    if len(plain) < 4 or plain[:3] != b"\0\0\x08" or len(plain) < 4 + 4 * plain[3]:
         return None
     ndim = plain[3]
     dims = struct.unpack(f">{ndim}I", plain[4:4 + 4 * ndim])
