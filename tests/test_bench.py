@@ -1,15 +1,19 @@
 """`cnnlab bench`: the FLOP count, the book's per-image dataset, and a tiny side-by-side run through the CLI."""
 
 import json
+import math
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnlab import bench
 from cnnlab.bench import BookDataset, compare, format_result, matmul_flops, training_flops_per_image
 from cnnlab.cli import main
 from cnnlab.data import FashionMNIST
 from cnnlab.models import create_model
+from cnnlab.train import Trainer
 
 
 def test_lenet_training_flops_match_the_hand_count():
@@ -20,9 +24,37 @@ def test_lenet_training_flops_match_the_hand_count():
     assert training_flops_per_image(create_model("lenet"), (1, 28, 28)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_matmul_flops_is_positive_and_finite():
+def test_matmul_flops_is_2n_cubed_over_the_median_time(monkeypatch):
+    # The arithmetic alone, on a fake clock: the five timed matmuls "take" these seconds (the warm-up is not
+    # timed), so the rate must be 2 n^3 FLOPs over their median, 3 s. A rate off by 1000x (milliseconds for
+    # seconds), by 2x (n^3 FLOPs) or taken from the mean (22 s) or the first repeat cannot match.
+    durations = iter([1.0, 100.0, 2.0, 3.0, 4.0])
+    clock = {"now": 0.0, "running": False}
+
+    def perf_counter():
+        if clock["running"]:
+            clock["now"] += next(durations)
+        clock["running"] = not clock["running"]
+        return clock["now"]
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    calls = []
+    real_matmul = torch.Tensor.__matmul__
+
+    def matmul(a, b):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
+    n = 64
+    assert bench.matmul_flops(n=n, repeats=5) == 2 * n**3 / 3.0
+    assert calls == [((n, n), (n, n))] * 6  # the warm-up and five timed products of n x n matrices
+    assert next(durations, None) is None
+
+
+def test_matmul_flops_on_the_real_clock_is_a_positive_finite_rate():
     flops = matmul_flops(n=128, repeats=3)
-    assert 1e6 < flops < 1e15
+    assert math.isfinite(flops) and flops > 0
 
 
 @pytest.mark.parametrize("size", [28, 40])
@@ -44,9 +76,40 @@ def test_book_dataset_augmentation_keeps_the_pixels():
     assert any(torch.equal(x[0], c) or torch.equal(x[0], c.flip(-1)) for c in crops)
 
 
-def test_compare_runs_all_three_pipelines_from_the_same_weights():
+def test_compare_runs_all_three_pipelines_from_the_same_weights(monkeypatch):
+    # Each pipeline's weights as it starts training: the book's and the plain loop's at their first epoch,
+    # cnnlab's as run_training hands its model to Trainer.fit.
+    start: dict[str, dict[str, torch.Tensor]] = {}
+
+    def snapshot(name, model):
+        if name not in start:
+            start[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    book_epoch, plain_epoch, fit = bench._book_epoch, bench._PlainLoop.epoch, Trainer.fit
+
+    def book(model, *args):
+        snapshot("book", model)
+        return book_epoch(model, *args)
+
+    def plain(self, model, *args):
+        snapshot("plain", model)
+        return plain_epoch(self, model, *args)
+
+    def cnnlab(self, model, *args, **kwargs):
+        snapshot("cnnlab", model)
+        return fit(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_book_epoch", book)
+    monkeypatch.setattr(bench._PlainLoop, "epoch", plain)
+    monkeypatch.setattr(Trainer, "fit", cnnlab)
     result = compare("lenet-relu", epochs=1, max_steps=3, num_val=256, book_workers=0, log=None)
-    assert set(result["pipelines"]) == {"book", "plain", "cnnlab"}
+    assert set(result["pipelines"]) == set(start) == {"book", "plain", "cnnlab"}
+    reference = start["cnnlab"]
+    assert len(reference) == 10  # LeNet's five layers, weight and bias
+    for name in ("book", "plain"):
+        assert start[name].keys() == reference.keys()
+        different = [k for k, v in reference.items() if not torch.equal(start[name][k], v)]
+        assert not different, f"{name} starts from other weights than cnnlab: {different}"
     assert result["images_per_epoch"] == 3 * 128 and result["val_images"] == 256
     for row in result["pipelines"].values():
         assert row["seconds"] > 0 and row["images_per_s"] > 0 and 0 <= row["val_acc"] <= 1

@@ -336,7 +336,11 @@ def test_model_builds_materialized(name):
 def test_model_any_channels_and_resolution(name, in_channels, size):
     model = create_model(name, num_classes=5, in_channels=in_channels, image_size=size)
     assert not any(isinstance(p, UNINITIALIZED) for p in model.parameters())
-    assert model.model_kwargs["image_size"] == size
+    assert model.model_kwargs["image_size"] == size and model.model_kwargs["num_classes"] == 5
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, in_channels, h, w))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()  # one logit per class asked for, not 10
 
 
 # Per model: (image size, Adam learning rate). The plain VGGs need the most steps: with the book's

@@ -119,19 +119,22 @@ def test_avg_pool2d_counts_padding_zeros():
 
 @st.composite
 def conv_cases(draw):
-    k_h, k_w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    k_h, k_w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     p_h, p_w = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    h = draw(st.integers(max(1, k_h - 2 * p_h), 9))
-    w = draw(st.integers(max(1, k_w - 2 * p_w), 9))
-    return dict(n=draw(st.integers(1, 3)), c_in=draw(st.integers(1, 3)), c_out=draw(st.integers(1, 4)),
+    h = draw(st.integers(max(1, k_h - 2 * p_h), 20))
+    w = draw(st.integers(max(1, k_w - 2 * p_w), 20))
+    return dict(n=draw(st.integers(1, 4)), c_in=draw(st.integers(1, 8)), c_out=draw(st.integers(1, 8)),
                 hw=(h, w), kernel=(k_h, k_w), padding=(p_h, p_w),
                 stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)),
+                memory_format=draw(st.sampled_from([torch.contiguous_format, torch.channels_last])),
+                dtype=draw(st.sampled_from([torch.float32, torch.float64])))
 
 
-def _tensors(case, dtype):
+def _tensors(case, dtype, memory_format=torch.contiguous_format):
     g = torch.Generator().manual_seed(case["seed"])
-    X = torch.randn(case["n"], case["c_in"], *case["hw"], generator=g, dtype=dtype).requires_grad_()
+    X = torch.randn(case["n"], case["c_in"], *case["hw"], generator=g, dtype=dtype)
+    X = X.contiguous(memory_format=memory_format).requires_grad_()
     W = torch.randn(case["c_out"], case["c_in"], *case["kernel"], generator=g, dtype=dtype).requires_grad_()
     b = torch.randn(case["c_out"], generator=g, dtype=dtype).requires_grad_() if case["bias"] else None
     return X, W, b
@@ -143,15 +146,55 @@ def _grads(out, inputs, seed):
     return torch.autograd.grad(out, live, upstream)
 
 
+def _assert_within_rounding(got, exact, magnitude, terms, dtype, what):
+    """|got - exact| <= (terms + 2) * eps(dtype) * magnitude, elementwise, plus one eps for exact zeros.
+
+    ``exact`` is the float64 oracle and ``magnitude`` the same sum over absolute values: a sum of ``terms``
+    products rounded in ``dtype`` is off by at most ~terms * eps/2 times that (the classic bound for
+    floating-point dot products), whatever order or blocking a CPU's kernels use.
+    """
+    eps = torch.finfo(dtype).eps
+    bound = (terms + 2) * eps * magnitude + eps
+    error = (got.double() - exact).abs()
+    assert got.shape == exact.shape and (error <= bound).all(), (
+        f"{what}: error {float(error.max()):.3g} over the rounding bound at {int((error > bound).sum())} places")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_cases())
 def test_conv2d_matches_torch_values_and_gradients(case):
-    X, W, b = _tensors(case, torch.float32)
+    """ops.conv2d against F.conv2d in float64, for contiguous and channels-last inputs, float32 and float64:
+    values and input, weight and bias gradients within the rounding bound of the dtype, and the output and
+    input gradient in the input's memory layout."""
+    dtype = case["dtype"]
+    X, W, b = _tensors(case, dtype, case["memory_format"])
     kw = dict(stride=case["stride"], padding=case["padding"])
-    ours, ref = ops.conv2d(X, W, b, **kw), F.conv2d(X, W, b, **kw)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    for g_ours, g_ref in zip(_grads(ours, (X, W, b), 7), _grads(ref, (X, W, b), 7), strict=True):
-        torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-4)
+    ours = ops.conv2d(X, W, b, **kw)
+    # X's layout: channels-last unless X is also plain contiguous (one channel, or 1x1 images).
+    layout = torch.contiguous_format if X.is_contiguous() else torch.channels_last
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=layout)
+    # The oracle: the same values in float64, and each result's magnitude (the same sums over |terms|).
+    X64, W64 = X.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if b is not None else None
+    ref = F.conv2d(X64, W64, b64, **kw)
+    size = F.conv2d(X64.abs(), W64.abs(), b64.abs() if b is not None else None, **kw)
+    c_out, c_in, k_h, k_w = W.shape
+    _assert_within_rounding(ours, ref, size, c_in * k_h * k_w + 1, dtype, "output")
+
+    upstream = torch.randn(ours.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    live = [t for t in (X, W, b) if t is not None]
+    grads = torch.autograd.grad(ours, live, upstream)
+    assert grads[0].is_contiguous(memory_format=layout)
+    G64 = upstream.double()
+    refs = torch.autograd.grad(ref, [t for t in (X64, W64, b64) if t is not None], G64)
+    X_abs, W_abs = X64.detach().abs().requires_grad_(), W64.detach().abs().requires_grad_()
+    size_X = torch.autograd.grad(F.conv2d(X_abs, W64.detach().abs(), **kw), X_abs, G64.abs())[0]
+    size_W = torch.autograd.grad(F.conv2d(X64.detach().abs(), W_abs, **kw), W_abs, G64.abs())[0]
+    pixels = ours.shape[0] * ours.shape[2] * ours.shape[3]
+    _assert_within_rounding(grads[0], refs[0], size_X, c_out * k_h * k_w, dtype, "input gradient")
+    _assert_within_rounding(grads[1], refs[1], size_W, pixels, dtype, "weight gradient")
+    if b is not None:
+        _assert_within_rounding(grads[2], refs[2], G64.abs().sum((0, 2, 3)), pixels, dtype, "bias gradient")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
