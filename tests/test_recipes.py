@@ -197,3 +197,17 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path, data_dir):
     resumed = _worker("train", "--resume", str(run))
     assert resumed.returncode == 0 and "resuming at epoch 2/2" in resumed.stdout
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path, data_dir):
+    # torch.compile needs a C++ compiler on the CPU and tens of seconds to compile: slow. Same seed, same steps,
+    # fp32: the compiled run's losses match the eager run's to float rounding (fused kernels reorder sums).
+    args = ["train", "--model", "lenet-relu", "--epochs", "1", "--seed", "2", "--data-dir", str(data_dir), *TINY]
+    assert main([*args, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*args, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"] is True
+    eager = [json.loads(line) for line in open(tmp_path / "eager" / "metrics.jsonl")]
+    compiled = [json.loads(line) for line in open(tmp_path / "compiled" / "metrics.jsonl")]
+    assert compiled[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=1e-4)
+    assert compiled[0]["val_acc"] == pytest.approx(eager[0]["val_acc"], abs=2 / 256)
