@@ -11,13 +11,36 @@ One flat API, so that the book's snippets run with ``import cnnlab as d2l``::
 Importing cnnlab does no work: no downloads, no file reads, no prints, no backend flags.
 """
 
+from cnnlab.batchnorm import BatchNorm, batch_norm
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.compat import add_to_class
 from cnnlab.data import CLASS_NAMES, BatchLoader, FashionMNIST, load_fashion_mnist
 from cnnlab.idx import DataError, find_data_dir, read_idx
-from cnnlab.layers import Conv2D, Residual, vgg_block
-from cnnlab.models import VGG, LeNet, LeNetReLU, ResNet, ResNet18, create_model, list_models, register_model
+from cnnlab.layers import Conv2D, Residual, ResNeXtBlock, vgg_block
+from cnnlab.models import (
+    VGG,
+    AlexNet,
+    AnyNet,
+    BNLeNet,
+    BNLeNetScratch,
+    DenseBlock,
+    DenseNet,
+    GoogleNet,
+    Inception,
+    LeNet,
+    LeNetReLU,
+    NiN,
+    RegNetX32,
+    ResNet,
+    ResNet18,
+    conv_block,
+    create_model,
+    list_models,
+    nin_block,
+    register_model,
+    transition_block,
+)
 from cnnlab.ops import (
                            avg_pool2d,
                            conv2d,
@@ -36,10 +59,12 @@ from cnnlab.train import Trainer, TrainingDiverged, evaluate
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLASS_NAMES", "VGG", "BatchLoader", "CheckpointError", "Classifier", "Conv2D", "DataError", "FashionMNIST",
-    "LeNet", "LeNetReLU", "ResNet", "ResNet18", "Residual", "Trainer", "TrainingDiverged", "add_to_class",
-    "avg_pool2d", "conv2d", "conv_output_shape", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out",
-    "corr2d_multi_in_out_1x1", "create_model", "evaluate", "find_data_dir", "init_cnn", "list_models",
-    "load_checkpoint", "load_fashion_mnist", "max_pool2d", "model_summary", "pool2d", "read_idx",
-    "register_model", "save_checkpoint", "show_images", "vgg_block",
+    "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "CheckpointError",
+    "Classifier", "Conv2D", "DataError", "DenseBlock", "DenseNet", "FashionMNIST", "GoogleNet", "Inception",
+    "LeNet", "LeNetReLU", "NiN", "RegNetX32", "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "Trainer",
+    "TrainingDiverged", "VGG", "add_to_class", "avg_pool2d", "batch_norm", "conv2d", "conv_block",
+    "conv_output_shape", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1",
+    "create_model", "evaluate", "find_data_dir", "init_cnn", "list_models", "load_checkpoint", "load_fashion_mnist",
+    "max_pool2d", "model_summary", "nin_block", "pool2d", "read_idx", "register_model", "save_checkpoint",
+    "show_images", "transition_block", "vgg_block",
 ]
