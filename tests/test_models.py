@@ -387,8 +387,8 @@ OVERFIT = {
     # The chapter-8 networks at small sides they take (MIN_SIZE above; the -small stems take 16).
     "alexnet": (67, 1e-4),
     "alexnet-small": (16, 1e-4),
-    "nin": (67, 1e-3),
-    "nin-small": (16, 1e-3),
+    "nin": (67, 1e-4),
+    "nin-small": (16, 1e-4),
     "googlenet": (28, 1e-3),
     "densenet": (32, 1e-3),
     "densenet-small": (16, 1e-3),
@@ -400,6 +400,9 @@ OVERFIT = {
 # their small-stem variants cost 0.1-0.2 GFLOP per 16-67 pixel image, and GoogLeNet (no BN) needs ~150
 # Adam steps to leave its loss plateau: tens of seconds each.
 SLOW_OVERFIT = {"vgg11", "alexnet", "alexnet-small", "nin", "nin-small", "googlenet"}
+# NiN (no BN, ReLU right before the global pool) creeps off its plateau: 300 Adam steps took its loss from
+# 2.30 to 0.80 at lr 1e-4 (at 1e-3 it stayed at 2.29, its last ReLUs dead).
+MAX_STEPS = {"nin": 1000, "nin-small": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -426,7 +429,7 @@ def test_model_overfits_64_images(name, fashion64):
             m.p = 0.0  # dropout fights memorization; capacity is what is tested here
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    for _ in range(300):
+    for _ in range(MAX_STEPS.get(name, 300)):
         loss = model.training_step((X, y))
         opt.zero_grad()
         loss.backward()
