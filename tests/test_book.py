@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-import cnnlab
 from seed_tables import LENET_TABLE, RESNET18_TABLE, VGG_TABLE, table
 
 TESTS = Path(__file__).parent
@@ -169,19 +168,14 @@ def check_chapter(name: str, out: dict[int, str], trained: bool) -> None:
             assert re.search(r"^epoch 1/1  train loss \d+\.\d+  val loss \d+\.\d+  val acc", out[n], re.M), out[n]
 
 
-def needs_resnext(name):
-    return pytest.mark.xfail(name == "cnn_design" and not hasattr(cnnlab, "ResNeXtBlock"),
-                             reason="needs ResNeXtBlock", strict=True)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_resnext(n)) for n in CHAPTERS])
+@pytest.mark.parametrize("name", CHAPTERS)
 def test_chapter_runs_and_prints_the_books_shapes(name):
     heavy = name in HEAVY
     check_chapter(name, run_chapter(name, skip_fit=heavy), trained=not heavy)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_resnext(n)) for n in sorted(HEAVY)])
+@pytest.mark.parametrize("name", sorted(HEAVY))
 def test_heavy_chapter_trains(name):
     check_chapter(name, run_chapter(name, skip_fit=False), trained=True)
 

@@ -11,6 +11,7 @@ One flat API, so that the book's snippets run with ``import cnnlab as d2l``::
 Importing cnnlab does no work: no downloads, no file reads, no prints, no backend flags.
 """
 
+from cnnlab.batchnorm import BatchNorm, batch_norm
 from cnnlab.board import ProgressBoard
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.classifier import Classifier, init_cnn
@@ -73,8 +74,30 @@ from cnnlab.compat import (  # noqa: F401
 )
 from cnnlab.data import CLASS_NAMES, BatchLoader, FashionMNIST, load_fashion_mnist
 from cnnlab.idx import DataError, find_data_dir, read_idx
-from cnnlab.layers import Conv2D, Residual, vgg_block
-from cnnlab.models import VGG, LeNet, LeNetReLU, ResNet, ResNet18, create_model, list_models, register_model
+from cnnlab.layers import Conv2D, Residual, ResNeXtBlock, vgg_block
+from cnnlab.models import (
+    VGG,
+    AlexNet,
+    AnyNet,
+    BNLeNet,
+    BNLeNetScratch,
+    DenseBlock,
+    DenseNet,
+    GoogleNet,
+    Inception,
+    LeNet,
+    LeNetReLU,
+    NiN,
+    RegNetX32,
+    ResNet,
+    ResNet18,
+    conv_block,
+    create_model,
+    list_models,
+    nin_block,
+    register_model,
+    transition_block,
+)
 from cnnlab.ops import (
     avg_pool2d,
     conv2d,
@@ -90,19 +113,16 @@ from cnnlab.plotting import plot, show_images
 from cnnlab.summary import model_summary
 from cnnlab.train import Trainer, TrainingDiverged, evaluate
 
-try:  # d2l §8.8 reaches for d2l.ResNeXtBlock (saved in §8.6.5); present where cnnlab.layers defines it
-    from cnnlab.compat import ResNeXtBlock  # noqa: F401
-except ImportError:
-    pass
-
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLASS_NAMES", "VGG", "BatchLoader", "CheckpointError", "Classifier", "Conv2D", "DataError", "DataModule",
-    "FashionMNIST", "HyperParameters", "LeNet", "LeNetReLU", "Module", "ProgressBoard", "ResNet", "ResNet18",
-    "Residual", "Timer", "Trainer", "TrainingDiverged", "add_to_class", "avg_pool2d", "conv2d",
-    "conv_output_shape", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu",
-    "create_model", "evaluate", "find_data_dir", "gpu", "init_cnn", "list_models", "load_checkpoint",
-    "load_fashion_mnist", "max_pool2d", "model_summary", "num_gpus", "plot", "pool2d", "read_idx",
-    "register_model", "save_checkpoint", "show_images", "try_all_gpus", "try_gpu", "vgg_block",
+    "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "CheckpointError",
+    "Classifier", "Conv2D", "DataError", "DataModule", "DenseBlock", "DenseNet", "FashionMNIST", "GoogleNet",
+    "HyperParameters", "Inception", "LeNet", "LeNetReLU", "Module", "NiN", "ProgressBoard", "RegNetX32",
+    "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "Timer", "Trainer", "TrainingDiverged", "VGG", "add_to_class",
+    "avg_pool2d", "batch_norm", "conv2d", "conv_block", "conv_output_shape", "corr2d", "corr2d_multi_in",
+    "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu", "create_model", "evaluate", "find_data_dir", "gpu",
+    "init_cnn", "list_models", "load_checkpoint", "load_fashion_mnist", "max_pool2d", "model_summary", "nin_block",
+    "num_gpus", "plot", "pool2d", "read_idx", "register_model", "save_checkpoint", "show_images",
+    "transition_block", "try_all_gpus", "try_gpu", "vgg_block",
 ]

@@ -320,7 +320,7 @@ def cmd_summary(args) -> int:
 
     if args.model not in list_models():
         raise CliError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
-    shape = args.input or (1, 1, *(2 * (MODEL_DEFAULTS[args.model].get("resize", BASE["resize"]),)))
+    shape = args.input or (1, 1, *(2 * (MODEL_DEFAULTS.get(args.model, {}).get("resize", BASE["resize"]),)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))
     return 0

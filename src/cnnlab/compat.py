@@ -22,11 +22,7 @@ import torch
 from torch import nn
 
 from cnnlab.classifier import Classifier, caller_arguments
-
-try:  # d2l §8.6.5 saves ResNeXtBlock and §8.8 uses it as d2l.ResNeXtBlock; cnnlab's own, where this version has it
-    from cnnlab.layers import ResNeXtBlock  # noqa: F401
-except ImportError:
-    pass
+from cnnlab.layers import ResNeXtBlock  # noqa: F401 - d2l §8.6.5 saves it, §8.8 uses it as d2l.ResNeXtBlock
 
 __all__ = ["ALIASES", "DataModule", "HyperParameters", "Module", "Timer", "add_to_class", "cpu", "gpu",
            "num_gpus", "try_all_gpus", "try_gpu"]

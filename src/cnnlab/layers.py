@@ -1,4 +1,4 @@
-"""Layers built on cnnlab's operators and the blocks of d2l's models (§7.2, §8.2, §8.6)."""
+"""Layers built on cnnlab's operators and the blocks of d2l's models (§7.2, §8.2, §8.6.2, §8.6.5)."""
 
 from __future__ import annotations
 
@@ -101,4 +101,64 @@ class Residual(nn.Module):
         Y = self.bn2(self.conv2(Y))
         if self.conv3 is not None:
             X = self.conv3(X)
+        return torch.relu(Y + X)
+
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv, each with BN, plus the input (d2l §8.6.5).
+
+    After Xie et al. (2017). As in the book, `groups` is the number of channels in each group (RegNet's group
+    width g), not the number of groups: the 3x3 conv has `bot_channels // groups` groups, so
+    `ResNeXtBlock(32, 16, 1)` splits its 32 bottleneck channels into 2 groups of 16. The convs keep their
+    biases and the optional 1x1 projection shortcut has its own BN, as in the book.
+
+    Args:
+        num_channels: output channels of the block.
+        groups: channels per group of the 3x3 conv (the group width); it must divide the bottleneck width.
+        bot_mul: bottleneck width as a multiple of `num_channels`: `bot_channels = round(num_channels * bot_mul)`.
+        use_1x1conv: project the shortcut with a strided 1x1 conv + BN; needed when the shape changes.
+        strides: stride of the 3x3 conv (and of the 1x1 shortcut).
+        in_channels: channels of the input; None makes the input-facing convs and BNs lazy, as in the book.
+
+    Shape:
+        (N, C_in, H, W) -> (N, num_channels, ceil(H / strides), ceil(W / strides)).
+    """
+
+    def __init__(self, num_channels: int, groups: int, bot_mul: float, use_1x1conv: bool = False,
+                 strides: int = 1, in_channels: int | None = None):
+        super().__init__()
+        bot_channels = int(round(num_channels * bot_mul))
+        if groups < 1 or bot_channels % groups:
+            raise ValueError(
+                f"ResNeXtBlock: groups={groups} (channels per group) must divide the bottleneck width "
+                f"round({num_channels} * {bot_mul}) = {bot_channels}; pick groups among its divisors."
+            )
+        if not use_1x1conv and (strides != 1 or (in_channels is not None and in_channels != num_channels)):
+            raise ValueError(
+                f"ResNeXtBlock(num_channels={num_channels}, strides={strides}, in_channels={in_channels}) "
+                "changes the input's shape, so the shortcut cannot be added; pass use_1x1conv=True."
+            )
+
+        def conv(out_channels: int, stride: int) -> nn.Module:  # a 1x1 conv that reads the block's input
+            if in_channels is None:
+                return nn.LazyConv2d(out_channels, kernel_size=1, stride=stride)
+            return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride)
+
+        self.conv1 = conv(bot_channels, 1)
+        self.conv2 = nn.Conv2d(bot_channels, bot_channels, kernel_size=3, stride=strides, padding=1,
+                               groups=bot_channels // groups)
+        self.conv3 = nn.Conv2d(bot_channels, num_channels, kernel_size=1)
+        # Every BN follows a conv whose width is known, so none needs to be lazy (the book's are).
+        self.bn1 = nn.BatchNorm2d(bot_channels)
+        self.bn2 = nn.BatchNorm2d(bot_channels)
+        self.bn3 = nn.BatchNorm2d(num_channels)
+        self.conv4 = conv(num_channels, strides) if use_1x1conv else None
+        self.bn4 = nn.BatchNorm2d(num_channels) if use_1x1conv else None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = torch.relu(self.bn1(self.conv1(X)))
+        Y = torch.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.bn4(self.conv4(X))
         return torch.relu(Y + X)

@@ -80,6 +80,19 @@ MODEL_DEFAULTS: dict[str, dict] = {
                            normalize=True, augment=True, label_smoothing=0.1),
     "resnet34": dict(lr=0.05, optimizer="momentum", resize=96, weight_decay=5e-4, schedule="onecycle",
                      normalize=True),
+    "fastnet": {},  # its tuned recipe is RECIPES["fast"]; this entry gives `cnnlab summary fastnet` its size
+    # The chapter-8 networks with the book's training cells (d2l §8.1-§8.8): plain SGD, batch 128, 10 epochs,
+    # at the book's input size and learning rate. The -small variants take native 28x28 images.
+    "alexnet": dict(lr=0.01, resize=224),
+    "alexnet-small": dict(lr=0.01, resize=28),
+    "nin": dict(lr=0.05, resize=224),
+    "nin-small": dict(lr=0.05, resize=28),
+    "googlenet": dict(lr=0.01, resize=96),
+    "lenet-bn": dict(lr=0.1, resize=28),
+    "lenet-bn-scratch": dict(lr=0.1, resize=28),
+    "densenet": dict(lr=0.01, resize=96),
+    "densenet-small": dict(lr=0.01, resize=28),
+    "regnetx32": dict(lr=0.05, resize=96),
 }
 
 # Named recipes choose a model too (``cnnlab train --recipe fast``).

@@ -1,0 +1,144 @@
+"""The model zoo in one table: parameters, FLOPs, and CPU training speed of cnnlab's Trainer against a plain loop.
+
+    python benchmarks/zoo.py [--models NAME ...] [--steps 2] [--rounds 3] [--batch-size N] [--json PATH]
+
+For every registered model (or those named), at its recipe's input size and batch size
+(``cnnlab.recipes.MODEL_DEFAULTS``):
+
+* parameters, and FLOPs per image: forward (as ``cnnlab summary`` counts them) and forward + backward
+  (``cnnlab.bench.training_flops_per_image``), both from ``torch.utils.flop_counter``;
+* training images/s of (a) cnnlab's ``Trainer`` with the model's recipe (channels_last, bf16 autocast where
+  the CPU has it, batched uint8 loader, augmentation if the recipe asks) and (b) the plain PyTorch loop of
+  ``cnnlab.bench`` (float tensors in memory, fp32, ``loss.item()`` every step, no augmentation). Both
+  start from the same weights with the same optimizer and batch, train ``--steps`` batches per epoch, and
+  alternate epoch by epoch after one untimed warm-up epoch each; the figure is the median over
+  ``--rounds`` epochs, and the ratio is cnnlab's over the plain loop's.
+
+The short epochs keep the whole table to minutes on two cores; their figures are the steady-state speed
+of the training step, not a full epoch's (no per-epoch validation is counted: each epoch validates on one
+small batch, outside the timed training pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from cnnlab.bench import _PlainLoop, cpu_name, load_average, training_flops_per_image
+from cnnlab.models import list_models
+from cnnlab.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
+from cnnlab.summary import layer_stats
+from cnnlab.train import Trainer
+
+
+def _deterministic(enabled: bool) -> None:
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
+def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: int = 0) -> dict:
+    """One model's row: sizes, FLOPs, and the median training images/s of both pipelines."""
+    config = resolve_config(TrainConfig(model=name, batch_size=batch_size, device="cpu", seed=seed, progress=False))
+    config = replace(config, num_train=steps * config.batch_size, num_val=min(config.batch_size, 256))
+    data = build_data(config)
+    torch.manual_seed(seed)
+    reference = build_model(config)
+    size = config.resize
+    forward = sum(s.flops for s in layer_stats(reference, (1, 1, size, size)))
+    train_flops = training_flops_per_image(reference, (1, size, size), batch=2)
+
+    plain_model = copy.deepcopy(reference)
+    plain_opt = make_optimizer(config)(plain_model.parameters())
+    plain = _PlainLoop(data, config.batch_size, seed)
+    trainer = Trainer(max_epochs=10_000, device="cpu", seed=seed, optimizer=make_optimizer(config),
+                      scheduler=make_scheduler(config), channels_last=config.channels_last,
+                      autocast_dtype=torch.bfloat16 if config.bf16 else None, progress=False, log=None)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer.prepare(copy.deepcopy(reference), data)  # turns on deterministic kernels, as `cnnlab train` runs
+    cnnlab_deterministic = torch.are_deterministic_algorithms_enabled()
+    rates: dict[str, list[float]] = {"cnnlab": [], "plain": []}
+    try:
+        for round_ in range(rounds + 1):  # round 0 warms both up (allocator, oneDNN primitives)
+            order = ("cnnlab", "plain") if round_ % 2 == 0 else ("plain", "cnnlab")
+            for pipeline in order:
+                if pipeline == "cnnlab":
+                    _deterministic(cnnlab_deterministic)
+                    ips = trainer._fit_epoch()["images_per_s"]
+                else:
+                    _deterministic(False)  # the plain loop runs under torch's defaults
+                    ips = plain.epoch(plain_model, plain_opt, None)["images_per_s"]
+                if round_:
+                    rates[pipeline].append(ips)
+    finally:
+        _deterministic(deterministic)
+    cnnlab_ips, plain_ips = statistics.median(rates["cnnlab"]), statistics.median(rates["plain"])
+    return {
+        "model": name, "input": size, "batch_size": config.batch_size, "bf16": config.bf16,
+        "channels_last": config.channels_last, "params": sum(p.numel() for p in reference.parameters()),
+        "forward_flops": forward, "train_flops": train_flops, "cnnlab_images_per_s": cnnlab_ips,
+        "plain_images_per_s": plain_ips, "ratio": cnnlab_ips / plain_ips, "rates": rates,
+    }
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = (f"{'model':<18}{'input':>6}{'params':>13}{'fwd MFLOP':>11}{'train MFLOP':>13}"
+              f"{'cnnlab img/s':>14}{'plain img/s':>13}{'cnnlab/plain':>14}{'cnnlab GFLOP/s':>16}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<18}{r['input']:>6}{r['params']:>13,}{r['forward_flops'] / 1e6:>11,.1f}"
+            f"{r['train_flops'] / 1e6:>13,.1f}{r['cnnlab_images_per_s']:>14,.1f}{r['plain_images_per_s']:>13,.1f}"
+            f"{r['ratio']:>13.2f}x{r['cnnlab_images_per_s'] * r['train_flops'] / 1e9:>16.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="registered models (default: all)")
+    parser.add_argument("--steps", type=int, default=2, help="training batches per timed epoch")
+    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per pipeline (median reported)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: each recipe's)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    names = args.models or list_models()
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(list_models())}")
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
+    started, start = load_average(), time.perf_counter()
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {started} at start", flush=True)
+    print(f"{args.steps} training batches per epoch, median of {args.rounds} epochs after a warm-up epoch, "
+          "cnnlab and plain alternated", flush=True)
+    rows = []
+    for name in names:
+        t = time.perf_counter()
+        rows.append(measure(name, args.steps, args.rounds, args.batch_size))
+        r = rows[-1]
+        print(f"  {name}: {r['cnnlab_images_per_s']:,.1f} vs {r['plain_images_per_s']:,.1f} images/s "
+              f"({time.perf_counter() - t:.0f} s; load {load_average()})", flush=True)
+    ended = load_average()
+    print()
+    print(format_rows(rows))
+    print(f"\nbatch: each recipe's ({', '.join(sorted({str(r['batch_size']) for r in rows}))}); bf16 autocast in "
+          f"cnnlab: {'on' if any(r['bf16'] for r in rows) else 'off'}; load average {started} at start, {ended} "
+          f"at end; {time.perf_counter() - start:.0f} s in all")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "load_average_start": started, "load_average_end": ended, "rows": rows}, f, indent=2)
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
