@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/train.py --model resnet18 --max-steps 8 --epochs 2 --no-plain
 	$(BIN)/python benchmarks/train.py --techniques
 	$(BIN)/python benchmarks/fast.py
+	$(BIN)/python benchmarks/zoo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
