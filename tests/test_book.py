@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from book_tables import ALEXNET_TABLE, GOOGLENET_TABLE, NIN_TABLE, REGNETX32_TABLE
 from seed_tables import LENET_TABLE, RESNET18_TABLE, VGG_TABLE, table
 
 TESTS = Path(__file__).parent
@@ -32,66 +33,9 @@ CELLS = {"conv_layer": 10, "padding_and_strides": 5, "channels": 8, "pooling": 1
          "vgg": 5, "nin": 5, "googlenet": 10, "batch_norm": 8, "resnet": 12, "densenet": 9, "cnn_design": 7}
 HEAVY = {"alexnet", "vgg", "nin", "googlenet", "resnet", "densenet", "cnn_design"}
 
-# Layer tables worked out from the architectures. AlexNet at 224: conv 11/4 pad 1 -> (224 + 2 - 11) // 4 + 1
-# = 54, pool 3/2 -> 26, conv 5 pad 2 keeps 26, pool -> 12, three 3x3 pad-1 convs keep 12, pool -> 5,
-# 256 * 5 * 5 = 6400.
-ALEXNET_TABLE = """
-Conv2d output shape: torch.Size([1, 96, 54, 54])
-ReLU output shape: torch.Size([1, 96, 54, 54])
-MaxPool2d output shape: torch.Size([1, 96, 26, 26])
-Conv2d output shape: torch.Size([1, 256, 26, 26])
-ReLU output shape: torch.Size([1, 256, 26, 26])
-MaxPool2d output shape: torch.Size([1, 256, 12, 12])
-Conv2d output shape: torch.Size([1, 384, 12, 12])
-ReLU output shape: torch.Size([1, 384, 12, 12])
-Conv2d output shape: torch.Size([1, 384, 12, 12])
-ReLU output shape: torch.Size([1, 384, 12, 12])
-Conv2d output shape: torch.Size([1, 256, 12, 12])
-ReLU output shape: torch.Size([1, 256, 12, 12])
-MaxPool2d output shape: torch.Size([1, 256, 5, 5])
-Flatten output shape: torch.Size([1, 6400])
-Linear output shape: torch.Size([1, 4096])
-ReLU output shape: torch.Size([1, 4096])
-Dropout output shape: torch.Size([1, 4096])
-Linear output shape: torch.Size([1, 4096])
-ReLU output shape: torch.Size([1, 4096])
-Dropout output shape: torch.Size([1, 4096])
-Linear output shape: torch.Size([1, 10])
-"""
-# NiN at 224: 11/4 no pad -> (224 - 11) // 4 + 1 = 54, pool 3/2 -> 26, 5x5 pad 2 keeps 26, pool -> 12,
-# 3x3 pad 1 keeps 12, pool -> 5, the last block has num_classes channels, global pooling -> 1x1.
-NIN_TABLE = """
-Sequential output shape: torch.Size([1, 96, 54, 54])
-MaxPool2d output shape: torch.Size([1, 96, 26, 26])
-Sequential output shape: torch.Size([1, 256, 26, 26])
-MaxPool2d output shape: torch.Size([1, 256, 12, 12])
-Sequential output shape: torch.Size([1, 384, 12, 12])
-MaxPool2d output shape: torch.Size([1, 384, 5, 5])
-Dropout output shape: torch.Size([1, 384, 5, 5])
-Sequential output shape: torch.Size([1, 10, 5, 5])
-AdaptiveAvgPool2d output shape: torch.Size([1, 10, 1, 1])
-Flatten output shape: torch.Size([1, 10])
-"""
-# GoogLeNet at 96: b1 halves twice (48, 24), b2, b3, b4 halve once each (12, 6, 3); channels are the sums of
-# the last Inception's branches: 64 + 128 + 32 + 32 = 256 -> 128 + 192 + 96 + 64 = 480 in b3,
-# 256 + 320 + 128 + 128 = 832 in b4, 384 + 384 + 128 + 128 = 1024 in b5 (pooled and flattened).
-GOOGLENET_TABLE = """
-Sequential output shape: torch.Size([1, 64, 24, 24])
-Sequential output shape: torch.Size([1, 192, 12, 12])
-Sequential output shape: torch.Size([1, 480, 6, 6])
-Sequential output shape: torch.Size([1, 832, 3, 3])
-Sequential output shape: torch.Size([1, 1024])
-Linear output shape: torch.Size([1, 10])
-"""
-# RegNetX-32 at 96: the stem's stride-2 conv -> 48; each stage starts with a stride-2 block -> 24, 12.
-REGNET_TABLE = """
-Sequential output shape: torch.Size([1, 32, 48, 48])
-Sequential output shape: torch.Size([1, 32, 24, 24])
-Sequential output shape: torch.Size([1, 80, 12, 12])
-Sequential output shape: torch.Size([1, 10])
-"""
+# The chapters' layer tables: the seed's (LeNet, VGG, ResNet-18) and the chapter-8 ones (tests/book_tables.py).
 SUMMARY_TABLES = {"lenet": LENET_TABLE, "alexnet": ALEXNET_TABLE, "vgg": VGG_TABLE, "nin": NIN_TABLE,
-                  "googlenet": GOOGLENET_TABLE, "resnet": RESNET18_TABLE, "cnn_design": REGNET_TABLE}
+                  "googlenet": GOOGLENET_TABLE, "resnet": RESNET18_TABLE, "cnn_design": REGNETX32_TABLE}
 
 
 def run_chapter(name: str, skip_fit: bool) -> dict[int, str]:
