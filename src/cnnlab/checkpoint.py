@@ -194,7 +194,10 @@ def _model_bytes(name: str, kwargs: dict) -> int:
     from cnnlab.models import create_model
 
     try:
-        model = create_model(name, **kwargs)
+        # On the meta device: shapes and dtypes only, no memory and no real dry forward, so the check costs
+        # nothing next to the model that model_from_checkpoint builds for real afterwards.
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - whatever crafted kwargs provoke, one clear sentence
         raise CheckpointError(f"checkpoint's model {name!r} cannot be built from its stored settings "
                               f"({type(exc).__name__}: {exc}); the file is corrupt or not cnnlab's") from None

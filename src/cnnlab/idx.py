@@ -406,15 +406,17 @@ def _fetch(url: str, final: Path, name: str, check_archive: bool, timeout: float
             stale.unlink()
     try:
         with atomic_write(final) as out:
-            _stream(url, out, timeout)
+            archive_md5 = _stream(url, out, timeout)
             out.flush()
-            _check_download(url, Path(out.name), name, check_archive)
+            _check_download(url, Path(out.name), name, archive_md5 if check_archive else None)
     except OSError as e:
         raise DataError(f"cannot write to {final.parent} ({e}); choose a writable place") from None
 
 
-def _stream(url: str, out, timeout: float) -> None:
+def _stream(url: str, out, timeout: float) -> str:
+    """Copy ``url`` into ``out``; returns the MD5 of what was received (hashed on the way, not read back)."""
     received = 0
+    archive_md5 = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(_CHUNK):
@@ -422,6 +424,7 @@ def _stream(url: str, out, timeout: float) -> None:
                 if received > _MAX_DOWNLOAD:
                     raise DataError(f"{url} sends more than {_MAX_DOWNLOAD:,} bytes, far more than the "
                                     "archive's size; the mirror is broken, try another base_url")
+                archive_md5.update(chunk)
                 out.write(chunk)
     except DataError:
         raise
@@ -429,19 +432,16 @@ def _stream(url: str, out, timeout: float) -> None:
         # URLError and timeouts are OSErrors; ValueError is a malformed URL.
         raise DataError(f"could not download {url} ({e}); check the network connection and base_url, "
                         "or install the data with `sudo apt-get install dataset-fashion-mnist`") from None
+    return archive_md5.hexdigest()
 
 
-def _check_download(url: str, tmp: Path, name: str, check_archive: bool) -> None:
-    """Both checksums of a downloaded archive: of the archive itself (optional) and of its data."""
+def _check_download(url: str, tmp: Path, name: str, archive_md5: str | None) -> None:
+    """Both checksums of a downloaded archive: of the archive itself (None: not checked) and of its data."""
     with open(tmp, "rb") as f:
         if f.read(2) != _GZIP_MAGIC:
             raise DataError(f"{url} is not a gzip archive; check that base_url points at the data directory")
-        f.seek(0)
-        archive_md5 = hashlib.md5()
-        while chunk := f.read(_CHUNK):
-            archive_md5.update(chunk)
-    if check_archive and archive_md5.hexdigest() != ARCHIVE_MD5[name]:
-        raise DataError(f"{url} has MD5 {archive_md5.hexdigest()}, expected {ARCHIVE_MD5[name]}; the "
+    if archive_md5 is not None and archive_md5 != ARCHIVE_MD5[name]:
+        raise DataError(f"{url} has MD5 {archive_md5}, expected {ARCHIVE_MD5[name]}; the "
                         "mirror serves a different archive, so try again, or pass check_archive=False "
                         "for a mirror that recompressed the files")
     try:
