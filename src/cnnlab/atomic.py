@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from cnnlab.errors import WriteError
+
 __all__ = ["atomic_write", "fsync_dir", "temp_path"]
 
 
@@ -58,7 +60,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         encoding, newline: as for ``open`` in text mode (UTF-8 by default).
 
     Raises:
-        OSError: the folder is missing, unwritable or full; ``path`` is intact and no temporary file remains.
+        WriteError: (an ``OSError`` and a :class:`~cnnlab.errors.UserError`) the folder is missing, unwritable
+            or full; ``path`` is intact and no temporary file remains.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write opens files for writing only ('w' or 'wb'), not {mode!r}")
@@ -72,9 +75,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # an error, Ctrl-C or a failed rename: leave the old file and no litter
+    except BaseException as exc:  # an error, Ctrl-C or a failed rename: leave the old file and no litter
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            # The environment's doing (no space, read-only, no folder), not a bug: one clear line in the CLI.
+            raise WriteError(path, exc) from exc
         raise
     fsync_dir(path.parent)
     _remove_stale_temps(path)

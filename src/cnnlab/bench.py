@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data import MEAN, STD
+from cnnlab.errors import ConfigError
 
 __all__ = ["BookDataset", "add_arguments", "compare", "main", "matmul_flops", "training_flops_per_image"]
 
@@ -347,7 +348,7 @@ def run(args) -> int:
     for name in ("epochs", "max_steps", "num_val", "resize"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     print(f"load average {load_average()}; timing {args.model} (book pipeline, plain loop, cnnlab) ...",
           flush=True)
     result = compare(args.model, args.epochs, args.resize, args.max_steps, args.num_val, args.seed,

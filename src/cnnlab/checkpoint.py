@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.atomic import atomic_write
+from cnnlab.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "model_from_checkpoint"]
@@ -33,10 +34,6 @@ REQUIRED_KEYS = ("version", "model_state")
 MAX_INPUT_SIDE = 1024
 MAX_IN_CHANNELS = 16
 MAX_CLASSES = 100_000
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, read or trusted; the message says which file and why."""
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

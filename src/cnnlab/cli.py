@@ -1,8 +1,9 @@
 """The ``cnnlab`` command line: ``main(argv=None) -> int``, one small function per subcommand.
 
-User mistakes (bad numbers, unknown models, missing files, corrupt data) print one line on stderr and
-return 2; a diverging run returns 3; a distributed run whose other process died or timed out returns 4;
-nothing a user can cause ends in a traceback.
+User mistakes (bad numbers, unknown models, missing files, corrupt data: a :class:`~cnnlab.errors.UserError`)
+print one line on stderr and return 2; a diverging run returns 3; a distributed run whose other process died
+or timed out returns 4; nothing a user can cause ends in a traceback. Anything else is a bug and is shown as
+one: a line saying so, the traceback, exit code 1 (``cnnlab --debug ...`` lets it propagate instead).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from cnnlab.errors import ConfigError, UserError
+
 __all__ = ["main", "run", "build_parser"]
-
-
-class CliError(Exception):
-    """A user mistake found by the CLI itself (exit code 2)."""
-
 
 def _int_at_least(minimum: int, what: str):
     """An argparse type for integers >= ``minimum``; ``what`` names them in the error."""
@@ -112,6 +111,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description="Convolutional networks from their "
                                      "operators up (d2l.ai chapters 7-8), trained on Fashion-MNIST.")
+    parser.add_argument("--debug", action="store_true", help="let unexpected errors propagate (for debugging "
+                        "cnnlab itself)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
 
@@ -258,7 +259,7 @@ def cmd_predict(args) -> int:
     from cnnlab.inference import load_image, load_trained, top_k
 
     if not args.images and not args.test_index:
-        raise CliError("give IMAGE files and/or --test-index N...")
+        raise ConfigError("give IMAGE files and/or --test-index N...")
     loaded = load_trained(args.run)
     names, images, truths = [], [], []
     for path in args.images:
@@ -269,7 +270,7 @@ def cmd_predict(args) -> int:
         test_images, test_labels = load_fashion_mnist(args.data_dir, train=False)
         for index in args.test_index:
             if index >= len(test_images):
-                raise CliError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
+                raise ConfigError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
                                f"images (0..{len(test_images) - 1})")
             images.append(test_images[index])
             names.append(f"test[{index}]")
@@ -319,7 +320,7 @@ def cmd_summary(args) -> int:
     from cnnlab.summary import model_summary
 
     if args.model not in list_models():
-        raise CliError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
     shape = args.input or (1, 1, *(2 * (MODEL_DEFAULTS.get(args.model, {}).get("resize", BASE["resize"]),)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))
@@ -399,9 +400,6 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``cnnlab`` command line; returns the process exit code."""
-    from cnnlab.distributed import DistributedRunFailed
-    from cnnlab.train import TrainingDiverged
-
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -413,22 +411,21 @@ def main(argv: list[str] | None = None) -> int:
         code = COMMANDS[args.command](args)
         distributed.shutdown(clean=True)  # under torchrun: every rank leaves together (see shutdown)
         return code
-    except TrainingDiverged as exc:
-        print(f"cnnlab: {exc}", file=sys.stderr)
-        return 3
-    except DistributedRunFailed as exc:
-        print(f"cnnlab: error: {exc}", file=sys.stderr)
-        return 4
-    except (CliError, ValueError, OSError) as exc:
-        # DataError, CheckpointError, ImageError and config errors are ValueErrors with one clear sentence.
-        message = str(exc) if not isinstance(exc, OSError) or not exc.strerror else \
-            f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-        print(f"cnnlab: error: {message}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        print(f"cnnlab: {'' if exc.exit_code == 3 else 'error: '}{exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("cnnlab: interrupted; the last finished epoch is saved in last.pt (resume with --resume RUN)",
               file=sys.stderr)
         return 130
+    except Exception:
+        if args.debug:
+            raise
+        # Not a mistake of the user's: a bug in cnnlab or a library under it. Say so and show where.
+        print("cnnlab: internal error, a bug in cnnlab or a library it uses (please report it with the "
+              "traceback below; `cnnlab --debug ...` re-raises it)", file=sys.stderr)
+        traceback.print_exc()
+        return 1
     finally:
         distributed.shutdown(clean=False)  # after an error; a no-op once the group is left
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnlab.errors import ConfigError
 from cnnlab.idx import (
     ARCHIVE_MD5,
     FILE_MD5,
@@ -365,7 +366,7 @@ class FashionMNIST:
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.resize = (resize, resize) if isinstance(resize, int) else tuple(resize)
         if len(self.resize) != 2 or min(self.resize) < 1:
-            raise ValueError(f"resize must be a positive int or (h, w), got {resize!r}")
+            raise ConfigError(f"resize must be a positive int or (h, w), got {resize!r}")
         self.normalize, self.augment, self.seed = normalize, augment, seed
         self.num_train, self.num_val = num_train, num_val
         images, labels = load_fashion_mnist(root, train=True, verify=verify)
@@ -432,5 +433,5 @@ def _first(images: torch.Tensor, labels: torch.Tensor, n: int | None, name: str)
     if n is None:
         return images, labels
     if not 1 <= n <= len(labels):
-        raise ValueError(f"{name} must be between 1 and {len(labels)}, got {n}")
+        raise ConfigError(f"{name} must be between 1 and {len(labels)}, got {n}")
     return images[:n], labels[:n]

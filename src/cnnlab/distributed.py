@@ -20,27 +20,28 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "DistributedRunFailed", "current", "init_from_env", "launched_by_torchrun",
+from cnnlab.errors import ConfigError, DistributedRunFailed
+
+__all__ = ["DistContext", "DistributedRunFailed", "run_failed", "current", "init_from_env", "launched_by_torchrun",
            "env_world_size", "timeout_from_env", "threads_per_process", "wrap_model", "all_reduce_sum",
            "all_gather_object", "sync_buffers", "barrier", "shutdown", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
 
-class DistributedRunFailed(RuntimeError):
-    """A collective failed or timed out: another rank died or hangs; the run can continue with ``--resume``."""
-
-    def __init__(self, cause: BaseException, run_dir: str | os.PathLike | None, then: str | None = None):
-        # gloo's messages start with its source position and end with advice: keep the sentence in between.
-        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        detail = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", detail).split(". ")[0].rstrip(".")[:160]
-        if then is None and run_dir is not None and (Path(run_dir) / "last.pt").is_file():
-            then = (f"start the same torchrun line with `cnnlab train --resume {run_dir}` to continue from the "
-                    "last finished epoch")
-        elif then is None:
-            then = "start the run again (no epoch had finished)"
-        super().__init__(f"another process of this distributed run failed or timed out ({detail}); fix it, "
-                         f"then {then}")
+def run_failed(cause: BaseException, run_dir: str | os.PathLike | None, then: str | None = None
+               ) -> DistributedRunFailed:
+    """The error for a collective that failed or timed out: another rank died or hangs; ``--resume`` continues."""
+    # gloo's messages start with its source position and end with advice: keep the sentence in between.
+    detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    detail = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", detail).split(". ")[0].rstrip(".")[:160]
+    if then is None and run_dir is not None and (Path(run_dir) / "last.pt").is_file():
+        then = (f"start the same torchrun line with `cnnlab train --resume {run_dir}` to continue from the "
+                "last finished epoch")
+    elif then is None:
+        then = "start the run again (no epoch had finished)"
+    return DistributedRunFailed(f"another process of this distributed run failed or timed out ({detail}); fix "
+                                f"it, then {then}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def timeout_from_env() -> float:
     except ValueError:
         value = float("nan")
     if not 0 < value < float("inf"):
-        raise ValueError(f"CNNLAB_DIST_TIMEOUT must be a positive number of seconds, got {text!r}")
+        raise ConfigError(f"CNNLAB_DIST_TIMEOUT must be a positive number of seconds, got {text!r}")
     return value
 
 
@@ -121,14 +122,14 @@ def init_from_env(device_type: str, timeout_s: float | None = None) -> DistConte
     if dist.is_initialized():
         return current()
     if device_type not in ("cpu", "cuda"):
-        raise ValueError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device_type}; "
+        raise ConfigError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device_type}; "
                          "use --device cpu")
     timeout_s = timeout_from_env() if timeout_s is None else timeout_s
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"torchrun started {local_world_size} processes on this machine but it has "
+            raise ConfigError(f"torchrun started {local_world_size} processes on this machine but it has "
                              f"{torch.cuda.device_count()} GPUs; use --nproc_per_node={torch.cuda.device_count()}"
                              " (one process per GPU) or --device cpu")
         torch.cuda.set_device(local_rank)
@@ -211,7 +212,7 @@ def shutdown(clean: bool = True) -> None:
         if clean:
             dist.barrier()
     except RuntimeError as exc:
-        raise DistributedRunFailed(exc, None, then="run or resume again (this process had finished its "
+        raise run_failed(exc, None, then="run or resume again (this process had finished its "
                                    "own work)") from exc
     finally:
         try:

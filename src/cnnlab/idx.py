@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.atomic import atomic_write
+from cnnlab.errors import DataError
 
 __all__ = [
     "ARCHIVE_MD5",
@@ -80,10 +81,6 @@ _MAX_GZIP_RATIO = 1032
 _MAX_ELEMENTS = 1 << 48
 _CHUNK = 1 << 20
 _MAX_DOWNLOAD = 64 << 20  # the largest archive is 26 MB; a mirror sending more is broken
-
-
-class DataError(ValueError):
-    """A data file is missing, corrupt or not what it claims; the message names the file and what to do."""
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:

@@ -23,16 +23,13 @@ from cnnlab.checkpoint import (
     model_from_checkpoint,
     resolve_checkpoint,
 )
+from cnnlab.errors import ImageError
 
 __all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
 # Refuse decompression bombs before decoding: 40 megapixels is far beyond any garment photo.
 MAX_PIXELS = 40_000_000
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
-
-
-class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and why."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from cnnlab import distributed as dist_utils
 from cnnlab.atomic import atomic_write
 from cnnlab.checkpoint import CheckpointError, load_checkpoint
+from cnnlab.errors import ConfigError
 from cnnlab.train import Trainer, TrainingDiverged, bf16_default, evaluate, pick_device
 
 __all__ = ["TrainConfig", "RECIPES", "MODEL_DEFAULTS", "resolve_config", "run_training", "make_optimizer",
@@ -113,7 +114,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     recipe_values = {}
     if recipe is not None:
         if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
         recipe_values = dict(RECIPES[recipe])
         if "model" in recipe_values and config.model == TrainConfig.model:
             given["model"] = recipe_values["model"]
@@ -130,7 +131,7 @@ def validate_config(config: TrainConfig) -> None:
     from cnnlab.models import list_models
 
     if config.model not in list_models():
-        raise ValueError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
     checks = [
         (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
         (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
@@ -147,7 +148,7 @@ def validate_config(config: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
     check_world_size(config.batch_size)
 
 
@@ -161,7 +162,7 @@ def check_world_size(batch_size: int, world_size: int | None = None) -> None:
     if world_size > 1 and batch_size % world_size:
         lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
         sizes = f"{lower} or {upper}" if lower else f"{upper}"
-        raise ValueError(f"--batch-size {batch_size} is the global batch and must split evenly over the "
+        raise ConfigError(f"--batch-size {batch_size} is the global batch and must split evenly over the "
                          f"{world_size} processes of this distributed run; use a multiple of {world_size}, "
                          f"e.g. {sizes}")
 
@@ -304,7 +305,7 @@ def run_training(config: TrainConfig, resume: str | os.PathLike | None = None, l
         # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
         if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
             raise
-        raise dist_utils.DistributedRunFailed(exc, run_dir) from exc
+        raise dist_utils.run_failed(exc, run_dir) from exc
     result = evaluate(trainer.model, data.val_dataloader(), trainer.device,
                       autocast_dtype=trainer.autocast_dtype) if ctx.is_main else None
     return {

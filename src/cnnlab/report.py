@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
+from cnnlab.errors import ConfigError
 
 __all__ = ["write_report"]
 
@@ -82,7 +83,7 @@ def _read_history(run_dir: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except ValueError:
-                raise ValueError(f"{path} has a line that is not JSON ({line[:40]!r}); the run folder is "
+                raise ConfigError(f"{path} has a line that is not JSON ({line[:40]!r}); the run folder is "
                                  "damaged, train it again") from None
     return rows
 
@@ -123,7 +124,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     images, labels = load_fashion_mnist(data_dir, train=False)
     if not 0 <= test_index < len(images):  # checked before the slow part
-        raise ValueError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
+        raise ConfigError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
                          f"(0..{len(images) - 1})")
     data = FashionMNIST(batch_size=1024, resize=loaded.image_size, root=data_dir, normalize=loaded.normalize)
     result = evaluate(loaded.model, data.val_dataloader(), device)

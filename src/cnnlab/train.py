@@ -27,15 +27,12 @@ from cnnlab import distributed as dist_utils
 from cnnlab.atomic import atomic_write
 from cnnlab.board import in_notebook, live_board
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from cnnlab.errors import ConfigError, TrainingDiverged
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
            "EvalResult", "seed_everything"]
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -> torch.device:
@@ -56,11 +53,11 @@ def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but this machine has no CUDA GPU; use --device cpu")
+        raise ConfigError(f"device {device} was asked for but this machine has no CUDA GPU; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device} was asked for but MPS is not available here; use --device cpu")
+        raise ConfigError(f"device {device} was asked for but MPS is not available here; use --device cpu")
     return device
 
 
@@ -95,7 +92,7 @@ def bf16_default(device: str | torch.device) -> bool:
     if not text:
         return bf16_is_fast(device)
     if text not in ("0", "1"):
-        raise ValueError(f"CNNLAB_BF16 must be 0 (bf16 autocast off) or 1 (on), got {text!r}; unset it to let "
+        raise ConfigError(f"CNNLAB_BF16 must be 0 (bf16 autocast off) or 1 (on), got {text!r}; unset it to let "
                          "cnnlab decide from the hardware")
     return text == "1"
 

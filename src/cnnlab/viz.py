@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cnnlab.data import CLASS_NAMES, MEAN, STD, BatchLoader
+from cnnlab.errors import ConfigError
 from cnnlab.inference import LoadedModel
 
 __all__ = ["KernelFigure", "FeatureFigure", "MistakesFigure", "conv_layers", "find_conv", "feature_stages",
@@ -72,15 +73,15 @@ def find_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Conv2
     """
     convs = conv_layers(model)
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer whose kernels could be drawn")
+        raise ConfigError(f"{type(model).__name__} has no Conv2d layer whose kernels could be drawn")
     if layer is None:
         return convs[0]
     names = ", ".join(name for name, _ in convs)
     modules = dict(model.named_modules())
     if layer not in modules:
-        raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; its conv layers are: {names}")
+        raise ConfigError(f"no layer named {layer!r} in {type(model).__name__}; its conv layers are: {names}")
     if not isinstance(modules[layer], nn.Conv2d):
-        raise ValueError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not a convolution; "
+        raise ConfigError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not a convolution; "
                          f"its conv layers are: {names}")
     return layer, modules[layer]
 
@@ -170,7 +171,7 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     from cnnlab.plotting import plot_feature_maps
 
     if not 0 <= index < len(images):
-        raise ValueError(f"test index {index} is out of range: the test set has {len(images):,} images "
+        raise ConfigError(f"test index {index} is out of range: the test set has {len(images):,} images "
                          f"(0..{len(images) - 1})")
     model = loaded.model
     stages = feature_stages(model)
