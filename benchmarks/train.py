@@ -47,23 +47,20 @@ TECHNIQUES = {
     "1 thread": dict(threads=1),
     "oneDNN off": dict(mkldnn=False),
     "not deterministic": dict(deterministic=False),
-    "deterministic, no NaN fill": dict(fill=False),
     "SGD for-loop": dict(optimizer="loop"),
     "SGD fused": dict(optimizer="fused"),
     "torch.compile": dict(compile=True),
     "val batch 128": dict(val_batch_size=128),
     "channels_last + bf16": dict(channels_last=True, bf16=True),
-    "channels_last + no NaN fill": dict(channels_last=True, fill=False),
-    "cl + bf16 + no NaN fill": dict(channels_last=True, bf16=True, fill=False),
-    "cl + compile + no NaN fill": dict(channels_last=True, compile=True, fill=False),
-    "cl + bf16 + compile + no fill": dict(channels_last=True, bf16=True, compile=True, fill=False),
+    "channels_last + compile": dict(channels_last=True, compile=True),
+    "cl + bf16 + compile": dict(channels_last=True, bf16=True, compile=True),
 }
 
 
 class _Variant:
     """One technique's Trainer, kept across rounds so each round times one more epoch of it."""
 
-    def __init__(self, name: str, change: dict, config, steps: int, num_val: int):
+    def __init__(self, name: str, change: dict, config, steps: int, num_val: int, rounds: int):
         from cnnlab.data import FashionMNIST
         from cnnlab.recipes import build_model, make_optimizer, make_scheduler
         from cnnlab.train import Trainer
@@ -76,40 +73,32 @@ class _Variant:
                                  val_batch_size=change.get("val_batch_size", 1024))
         torch.manual_seed(config.seed)
         self.model = build_model(config)
-        if change.get("compile"):
-            self.model.forward = torch.compile(self.model.forward)
         optimizer = _optimizer(config, change["optimizer"]) if "optimizer" in change else make_optimizer(config)
-        self.trainer = Trainer(max_epochs=10_000, device="cpu", seed=config.seed, optimizer=optimizer,
+        # Deterministic kernels as `cnnlab train` runs (seeded, on the CPU) unless the variant turns them off;
+        # the Trainer sets them only inside its fit.
+        self.trainer = Trainer(max_epochs=rounds + 1, device="cpu", seed=config.seed, optimizer=optimizer,
                                scheduler=make_scheduler(config), channels_last=config.channels_last,
-                               autocast_dtype=torch.bfloat16 if config.bf16 else None, progress=False,
-                               log=None)
+                               autocast_dtype=torch.bfloat16 if config.bf16 else None,
+                               compile=change.get("compile", False), deterministic=change.get("deterministic"),
+                               progress=False, log=None)
         self.rows: list[dict] = []
         self.first_seconds = None
 
     @contextlib.contextmanager
     def settings(self):
+        """The variant's thread count and oneDNN switch, put back afterwards."""
         threads = torch.get_num_threads()
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        fill = torch.utils.deterministic.fill_uninitialized_memory
         try:
             torch.set_num_threads(self.change.get("threads", threads))
-            with torch.backends.mkldnn.flags(enabled=self.change.get("mkldnn", True)) if "mkldnn" in self.change \
-                    else contextlib.nullcontext():
+            with torch.backends.mkldnn.flags(enabled=self.change.get("mkldnn", True)):
                 yield
         finally:
             torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic, warn_only=True)
-            torch.utils.deterministic.fill_uninitialized_memory = fill
 
     def epoch(self) -> None:
         with self.settings():
-            if not hasattr(self.trainer, "model"):
-                self.trainer.prepare(self.model, self.data)
-            # prepare() turns deterministic algorithms on for seeded CPU runs; the variants may undo it.
-            torch.use_deterministic_algorithms(self.change.get("deterministic", True), warn_only=True)
-            torch.utils.deterministic.fill_uninitialized_memory = self.change.get("fill", True)
             start = time.perf_counter()
-            row = self.trainer._fit_epoch()
+            row = self.trainer.fit(self.model, self.data, epochs=1)[-1]
             if self.first_seconds is None:
                 self.first_seconds = time.perf_counter() - start
                 return
@@ -131,7 +120,7 @@ def techniques(args) -> int:
     print(f"{args.model} recipe: channels_last={config.channels_last}, bf16={config.bf16}, "
           f"{config.optimizer} (foreach), batch {config.batch_size}, {config.resize}x{config.resize}; "
           f"{args.steps} steps per epoch, validation on {args.num_val:,} images in batches of 1024")
-    variants = [_Variant(name, TECHNIQUES[name], config, args.steps, args.num_val) for name in names]
+    variants = [_Variant(name, TECHNIQUES[name], config, args.steps, args.num_val, args.rounds) for name in names]
     for _ in range(args.rounds + 1):  # the first round is the warm-up (and compile) epoch
         for variant in variants:
             variant.epoch()
@@ -155,7 +144,7 @@ def profile(args) -> int:
 
     config = resolve_config(TrainConfig(model=args.model, resize=args.resize, device="cpu", progress=False))
     print(f"load average {load_average()}; {args.model}, {torch.get_num_threads()} threads")
-    variant = _Variant("recipe", {}, config, args.steps, 1024)
+    variant = _Variant("recipe", {}, config, args.steps, 1024, rounds=1)
     variant.epoch()  # warm-up
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         variant.epoch()

@@ -3,7 +3,7 @@
     python benchmarks/zoo.py [--models NAME ...] [--steps 2] [--rounds 3] [--batch-size N] [--json PATH]
 
 For every registered model (or those named), at its recipe's input size and batch size
-(``cnnlab.recipes.MODEL_DEFAULTS``):
+(``cnnlab.recipes.model_defaults``):
 
 * parameters, and FLOPs per image: forward (as ``cnnlab summary`` counts them) and forward + backward
   (``cnnlab.bench.training_flops_per_image``), both from ``torch.utils.flop_counter``;
@@ -32,15 +32,10 @@ from dataclasses import replace
 
 import torch
 
-from cnnlab.bench import _PlainLoop, cpu_name, load_average, training_flops_per_image
+from cnnlab.bench import PlainLoop, cpu_name, load_average, training_flops_per_image
 from cnnlab.models import list_models
-from cnnlab.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
+from cnnlab.recipes import TrainConfig, build_data, build_model, build_trainer, make_optimizer, resolve_config
 from cnnlab.summary import layer_stats
-from cnnlab.train import Trainer
-
-
-def _deterministic(enabled: bool) -> None:
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
 def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: int = 0) -> dict:
@@ -56,28 +51,21 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
 
     plain_model = copy.deepcopy(reference)
     plain_opt = make_optimizer(config)(plain_model.parameters())
-    plain = _PlainLoop(data, config.batch_size, seed)
-    trainer = Trainer(max_epochs=10_000, device="cpu", seed=seed, optimizer=make_optimizer(config),
-                      scheduler=make_scheduler(config), channels_last=config.channels_last,
-                      autocast_dtype=torch.bfloat16 if config.bf16 else None, progress=False, log=None)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    trainer.prepare(copy.deepcopy(reference), data)  # turns on deterministic kernels, as `cnnlab train` runs
-    cnnlab_deterministic = torch.are_deterministic_algorithms_enabled()
+    plain = PlainLoop(data, config.batch_size, seed)
+    # cnnlab's Trainer runs as `cnnlab train` does (deterministic kernels, set only inside its fit); the plain
+    # loop under torch's defaults.
+    trainer = build_trainer(replace(config, epochs=rounds + 1), "cpu", log=None)
+    model = copy.deepcopy(reference)
     rates: dict[str, list[float]] = {"cnnlab": [], "plain": []}
-    try:
-        for round_ in range(rounds + 1):  # round 0 warms both up (allocator, oneDNN primitives)
-            order = ("cnnlab", "plain") if round_ % 2 == 0 else ("plain", "cnnlab")
-            for pipeline in order:
-                if pipeline == "cnnlab":
-                    _deterministic(cnnlab_deterministic)
-                    ips = trainer._fit_epoch()["images_per_s"]
-                else:
-                    _deterministic(False)  # the plain loop runs under torch's defaults
-                    ips = plain.epoch(plain_model, plain_opt, None)["images_per_s"]
-                if round_:
-                    rates[pipeline].append(ips)
-    finally:
-        _deterministic(deterministic)
+    for round_ in range(rounds + 1):  # round 0 warms both up (allocator, oneDNN primitives)
+        order = ("cnnlab", "plain") if round_ % 2 == 0 else ("plain", "cnnlab")
+        for pipeline in order:
+            if pipeline == "cnnlab":
+                ips = trainer.fit(model, data, epochs=1)[-1]["images_per_s"]
+            else:
+                ips = plain.epoch(plain_model, plain_opt, None)["images_per_s"]
+            if round_:
+                rates[pipeline].append(ips)
     cnnlab_ips, plain_ips = statistics.median(rates["cnnlab"]), statistics.median(rates["plain"])
     return {
         "model": name, "input": size, "batch_size": config.batch_size, "bf16": config.bf16,

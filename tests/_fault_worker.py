@@ -24,6 +24,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import cnnlab.plotting
+import cnnlab.runfolder
 import cnnlab.train
 from cnnlab.cli import main
 
@@ -36,14 +37,14 @@ def _die(what: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# The epoch being trained (1-based), as Trainer._fit_epoch starts it, and optimizer steps taken in it.
+# The epoch being trained (1-based), as Trainer._train_epoch starts it, and optimizer steps taken in it.
 _now = {"epoch": 0, "steps": 0}
-_fit_epoch = cnnlab.train.Trainer._fit_epoch
+_train_epoch = cnnlab.train.Trainer._train_epoch
 
 
-def _counting_fit_epoch(self):
+def _counting_train_epoch(self):
     _now["epoch"], _now["steps"] = self.epoch + 1, 0
-    return _fit_epoch(self)
+    return _train_epoch(self)
 
 
 def _after_step(optimizer, args, kwargs):
@@ -68,7 +69,7 @@ def _half_written_save(obj, f, *args, **kwargs):
     return _torch_save(obj, f, *args, **kwargs)
 
 
-_save_checkpoint = cnnlab.train.save_checkpoint
+_save_checkpoint = cnnlab.runfolder.save_checkpoint
 _writes: list[tuple[int, str]] = []
 
 
@@ -91,9 +92,9 @@ def _plot_curves_or_die(rows, path):
 
 
 if __name__ == "__main__":
-    cnnlab.train.Trainer._fit_epoch = _counting_fit_epoch
+    cnnlab.train.Trainer._train_epoch = _counting_train_epoch
     register_optimizer_step_post_hook(_after_step)
     torch.save = _half_written_save
-    cnnlab.train.save_checkpoint = _save_checkpoint_then_maybe_die
+    cnnlab.runfolder.save_checkpoint = _save_checkpoint_then_maybe_die
     cnnlab.plotting.plot_curves = _plot_curves_or_die
     sys.exit(main(sys.argv[1:]))

@@ -85,7 +85,7 @@ def test_compare_runs_all_three_pipelines_from_the_same_weights(monkeypatch):
         if name not in start:
             start[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    book_epoch, plain_epoch, fit = bench._book_epoch, bench._PlainLoop.epoch, Trainer.fit
+    book_epoch, plain_epoch, fit = bench._book_epoch, bench.PlainLoop.epoch, Trainer.fit
 
     def book(model, *args):
         snapshot("book", model)
@@ -100,7 +100,7 @@ def test_compare_runs_all_three_pipelines_from_the_same_weights(monkeypatch):
         return fit(self, model, *args, **kwargs)
 
     monkeypatch.setattr(bench, "_book_epoch", book)
-    monkeypatch.setattr(bench._PlainLoop, "epoch", plain)
+    monkeypatch.setattr(bench.PlainLoop, "epoch", plain)
     monkeypatch.setattr(Trainer, "fit", cnnlab)
     result = compare("lenet-relu", epochs=1, max_steps=3, num_val=256, book_workers=0, log=None)
     assert set(result["pipelines"]) == set(start) == {"book", "plain", "cnnlab"}

@@ -292,10 +292,10 @@ def test_batchnorm_statistics_are_rank_0s_and_validation_drops_num_val_mod_n(tmp
     for name in stats:  # each rank updated them with its own batches; the epoch's end made them rank 0's
         assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], last[name]), name
     # Per-epoch validation: 257 images over 2 ranks, so 256 are used (accuracy is a multiple of 1/256); the
-    # final test accuracy uses all 257.
+    # final test accuracy is `cnnlab evaluate`'s, on rank 0 alone: the whole test set.
     val_acc = _losses_and(run, "val_acc")[0]
     assert val_acc * 256 == pytest.approx(round(val_acc * 256), abs=1e-9)
-    assert "on 257 images" in outputs[0][0]
+    assert "on 10,000 images" in outputs[0][0]
 
 
 def _losses_and(run_dir, key) -> list[float]:

@@ -352,13 +352,13 @@ def test_output_folder_under_a_regular_file_fails_at_start(tmp_path, data_dir, c
     (tmp_path / "file").write_text("not a folder")
     out = tmp_path / "file" / "run"
     epochs = []
-    fit_epoch = Trainer._fit_epoch
+    fit_epoch = Trainer._train_epoch
 
-    def counting_fit_epoch(self):
+    def counting_train_epoch(self):
         epochs.append(self.epoch + 1)
         return fit_epoch(self)
 
-    monkeypatch.setattr(Trainer, "_fit_epoch", counting_fit_epoch)
+    monkeypatch.setattr(Trainer, "_train_epoch", counting_train_epoch)
     code, err = _cli(capsys, "train", *TINY, "--epochs", "1", "--data-dir", data_dir, "--out", out)
     assert code == 2 and "cannot create run folder" in err and str(out) in err and "--out" in err
     assert "Not a directory" in err and epochs == []  # at start: no epoch was trained

@@ -14,7 +14,8 @@ import torch
 from cnnlab import recipes
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
-from cnnlab.recipes import BASE, MODEL_DEFAULTS, RECIPES, TrainConfig, resolve_config
+from cnnlab.models import create_model, list_models, model_recipe
+from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.train import bf16_default, bf16_is_fast
 
 WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
@@ -32,11 +33,11 @@ def test_unset_fields_take_the_base_recipe_for_the_seed_lenet(monkeypatch):
         assert getattr(config, key) == expected, key
 
 
-@pytest.mark.parametrize("model", sorted(MODEL_DEFAULTS))
+@pytest.mark.parametrize("model", list_models())
 def test_per_model_defaults_override_the_base_and_the_user_overrides_both(model, monkeypatch):
     monkeypatch.setenv("CNNLAB_BF16", "1")
     config = resolve_config(TrainConfig(model=model))
-    for key, value in {**BASE, "bf16": True, **MODEL_DEFAULTS[model]}.items():
+    for key, value in {**BASE, "bf16": True, **model_recipe(model)}.items():
         assert getattr(config, key) == value, key
     mine = resolve_config(TrainConfig(model=model, lr=0.0123, resize=40, bf16=False))
     assert (mine.lr, mine.resize, mine.bf16) == (0.0123, 40, False)
@@ -211,3 +212,18 @@ def test_compile_trains_like_eager(tmp_path, data_dir):
     compiled = [json.loads(line) for line in open(tmp_path / "compiled" / "metrics.jsonl")]
     assert compiled[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=1e-4)
     assert compiled[0]["val_acc"] == pytest.approx(eager[0]["val_acc"], abs=2 / 256)
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_the_learning_rate_has_one_source_the_builder_default(model):
+    # The recipe's lr is read off the builder's signature: the model `create_model` builds and the run
+    # `cnnlab train --model NAME` starts use the same rate (resnet18's builder once said 0.01, its recipe 0.05).
+    built = create_model(model, image_size=model_defaults(model)["resize"])
+    assert built.hparams["lr"] == built.model_kwargs["lr"] == resolve_config(TrainConfig(model=model)).lr
+
+
+def test_a_model_registration_may_not_restate_the_learning_rate():
+    from cnnlab.models import register_model
+
+    with pytest.raises(ValueError, match="builder's `lr` default"):
+        register_model("never-registered", lr=0.3)

@@ -39,7 +39,9 @@ def test_run_folder_files(tmp_path, data_dir):
         model, _data(data_dir))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "elapsed"}
+    # elapsed: the run's wall time so far, the sum of the epochs' (the time axis of time-to-accuracy plots)
+    assert float(rows[1]["elapsed"]) == pytest.approx(float(rows[0]["seconds"]) + float(rows[1]["seconds"]))
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

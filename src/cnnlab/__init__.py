@@ -13,6 +13,7 @@ Importing cnnlab does no work: no downloads, no file reads, no prints, no backen
 
 from cnnlab.batchnorm import BatchNorm, batch_norm
 from cnnlab.board import ProgressBoard
+from cnnlab.callbacks import Callback
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.classifier import Classifier, init_cnn
 
@@ -73,6 +74,7 @@ from cnnlab.compat import (  # noqa: F401
     zeros_like,
 )
 from cnnlab.data import CLASS_NAMES, BatchLoader, FashionMNIST, load_fashion_mnist
+from cnnlab.errors import UserError
 from cnnlab.idx import DataError, find_data_dir, read_idx
 from cnnlab.layers import Conv2D, Residual, ResNeXtBlock, vgg_block
 from cnnlab.models import (
@@ -110,16 +112,19 @@ from cnnlab.ops import (
     pool2d,
 )
 from cnnlab.plotting import plot, show_images
+from cnnlab.runfolder import RunFolder
 from cnnlab.summary import model_summary
 from cnnlab.train import Trainer, TrainingDiverged, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "CheckpointError",
+    "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "Callback",
+    "CheckpointError",
     "Classifier", "Conv2D", "DataError", "DataModule", "DenseBlock", "DenseNet", "FashionMNIST", "GoogleNet",
     "HyperParameters", "Inception", "LeNet", "LeNetReLU", "Module", "NiN", "ProgressBoard", "RegNetX32",
-    "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "Timer", "Trainer", "TrainingDiverged", "VGG", "add_to_class",
+    "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "RunFolder", "Timer", "Trainer", "TrainingDiverged",
+    "UserError", "VGG", "add_to_class",
     "avg_pool2d", "batch_norm", "conv2d", "conv_block", "conv_output_shape", "corr2d", "corr2d_multi_in",
     "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu", "create_model", "evaluate", "find_data_dir", "gpu",
     "init_cnn", "list_models", "load_checkpoint", "load_fashion_mnist", "max_pool2d", "model_summary", "nin_block",

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data import MEAN, STD
 from cnnlab.errors import ConfigError
+from cnnlab.evaluation import evaluate
 
 __all__ = ["BookDataset", "add_arguments", "compare", "main", "matmul_flops", "training_flops_per_image"]
 
@@ -154,7 +155,7 @@ def _book_epoch(model, optimizer, scheduler, train_loader, val_loader) -> dict:
             "val_acc": correct / count}
 
 
-class _PlainLoop:
+class PlainLoop:
     """The usual hand-written loop over float tensors held in memory (converted once, before timing)."""
 
     def __init__(self, data, batch_size: int, seed: int):
@@ -201,10 +202,6 @@ def _to_float(images: torch.Tensor, size: tuple[int, int], normalize) -> torch.T
     return torch.cat(out)
 
 
-def _deterministic(enabled: bool) -> None:
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-
-
 def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, max_steps: int | None = None,
             num_val: int | None = None, seed: int = 0, book_workers: int = 4, plain: bool = True,
             data_dir: str | None = None, log=print) -> dict:
@@ -239,7 +236,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     bf16 = matmul_flops(dtype=torch.bfloat16)
     data = recipes.build_data(config)
     torch.manual_seed(config.seed)
-    reference = recipes.build_model(config)  # run_training builds cnnlab's from the same seed: the same weights
+    reference = recipes.build_model(config)
     flops = training_flops_per_image(reference, (1, *data.resize))
     rows: dict[str, list[dict]] = {"book": [], "plain": [], "cnnlab": []}
     steps_per_epoch = -(-len(data.train_labels) // config.batch_size)
@@ -258,35 +255,30 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     book_train_loader = DataLoader(book_data, config.batch_size, shuffle=True, num_workers=book_workers)
     book_val_loader = DataLoader(book_val, config.batch_size, shuffle=False, num_workers=book_workers)
     plain_run = competitor() if plain else None
-    plain_loop = _PlainLoop(data, config.batch_size, seed) if plain else None
+    plain_loop = PlainLoop(data, config.batch_size, seed) if plain else None
 
-    def others(trainer, row):
-        rows["cnnlab"].append({**row, "train_seconds": len(data.train_labels) / row["images_per_s"]})
-        # The others run under torch's default (non-deterministic) settings, as the book's code does.
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        _deterministic(False)
-        try:
+    # One epoch of each pipeline in turn, so that a change in the machine's load hits them alike. cnnlab's
+    # Trainer sets torch's flags (deterministic kernels, as `cnnlab train` runs) only inside its fit; the
+    # others run under torch's defaults, as the book's code does.
+    with tempfile.TemporaryDirectory() as out:
+        net = copy.deepcopy(reference)  # the same initial weights as the others
+        trainer = recipes.build_trainer(config, "cpu", out, log=None)
+        for epoch in range(epochs):
+            row = trainer.fit(net, data, epochs=1)[-1]
+            rows["cnnlab"].append({**row, "train_seconds": len(data.train_labels) / row["images_per_s"]})
             rows["book"].append(_book_epoch(*book, book_train_loader, book_val_loader))
             if plain_loop is not None:
                 rows["plain"].append(plain_loop.epoch(*plain_run))
-        finally:
-            _deterministic(deterministic)
-        say(f"epoch {row['epoch']}/{epochs}: " + "  ".join(
-            f"{name} {r[-1]['seconds']:.2f} s ({r[-1]['val_acc']:.4f})" for name, r in rows.items() if r))
-
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            summary = recipes.run_training(replace(config, out=out), log=None, on_epoch_end=others)
-    finally:
-        _deterministic(deterministic)
+            say(f"epoch {epoch + 1}/{epochs}: " + "  ".join(
+                f"{name} {r[-1]['seconds']:.2f} s ({r[-1]['val_acc']:.4f})" for name, r in rows.items() if r))
+        test_accuracy = evaluate(net, data.val_dataloader()).accuracy
     ended = load_average()
     result = {
         "model": model, "config": config.to_dict(), "epochs": epochs, "images_per_epoch": len(data.train_labels),
         "val_images": len(data.val_labels), "flops_per_image": flops, "matmul_fp32_flops": fp32,
         "matmul_bf16_flops": bf16, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu": cpu_name(), "cpus": os.cpu_count(), "load_average_start": started, "load_average_end": ended,
-        "cnnlab_test_accuracy": summary["test_accuracy"], "pipelines": {},
+        "cnnlab_test_accuracy": test_accuracy, "pipelines": {},
     }
     for name, epochs_rows in rows.items():
         if not epochs_rows:

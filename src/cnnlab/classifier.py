@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Classifier", "caller_arguments", "eval_mode", "init_cnn"]
+__all__ = ["Classifier", "caller_arguments", "device_of", "eval_mode", "init_cnn"]
 
 
 def caller_arguments(depth: int = 1) -> dict:
@@ -69,7 +69,8 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without any)."""
     # Uninitialized (lazy) parameters also carry a device, so this works before materialization.
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -92,15 +93,20 @@ class Classifier(nn.Module):
 
     label_smoothing: float = 0.0
 
-    def save_hyperparameters(self, ignore: Iterable[str] = ()) -> None:
-        """Record the calling `__init__`'s arguments in `self.hparams` and as attributes (d2l §3.2.1).
+    def save_hyperparameters(self, ignore: Iterable[str] = (), **values) -> None:
+        """Record hyperparameters in `self.hparams` and as attributes (d2l §3.2.1).
+
+        cnnlab's own models pass them by name (`self.save_hyperparameters(lr=lr, num_classes=num_classes)`).
+        Called bare, as the book's code does, it records the calling `__init__`'s arguments, read from its
+        frame: the one place cnnlab looks up the call stack.
 
         Args:
             ignore: argument names to leave out.
+            **values: the hyperparameters; none given means "the caller's arguments".
         """
         if "_parameters" not in self.__dict__:
             raise RuntimeError("call super().__init__() before self.save_hyperparameters().")
-        values = caller_arguments(depth=2)
+        values = values or caller_arguments(depth=2)
         skip = set(ignore) | {"self"}
         self.hparams = {k: v for k, v in values.items() if k not in skip and not k.startswith("_")}
         for k, v in self.hparams.items():
@@ -184,7 +190,7 @@ class Classifier(nn.Module):
 
     def layer_summary(self, X_shape: Sequence[int]) -> None:
         """Print the output shape of each top-level layer of `self.net` for a random input (d2l §7.6)."""
-        X = torch.randn(*X_shape, device=_device_of(self))
+        X = torch.randn(*X_shape, device=device_of(self))
         with eval_mode(self):
             for layer in self.net:
                 X = layer(X)

@@ -198,29 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- commands ------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    import dataclasses
+
     from cnnlab.recipes import TrainConfig, resolve_config, run_training
 
     if args.resume:
         summary = run_training(None, resume=args.resume)
     else:
-        config = TrainConfig(
-            model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-            schedule=args.schedule, label_smoothing=args.label_smoothing, resize=args.resize,
-            augment=args.augment, normalize=args.normalize, bf16=args.bf16, channels_last=args.channels_last,
-            compile=args.compile,
-            device=args.device, seed=args.seed, data_dir=args.data_dir, num_train=args.num_train,
-            num_val=args.num_val, out=args.out, progress=not args.no_progress,
-        )
-        summary = run_training(resolve_config(config, args.recipe))
+        # Every TrainConfig field has an option of the same name (``progress`` is ``--no-progress``).
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+        summary = run_training(resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe))
     if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
         return 0
     if summary["finished_already"]:
         print(f"run {summary['run_dir']} had already finished all {summary['config'].epochs} epochs; "
               "nothing to do")
-    print(f"test accuracy {summary['test_accuracy']:.4f} on {summary['test_count']:,} images; "
-          f"total time {summary['seconds']:.1f} s; files in {summary['run_dir']}/ "
-          "(metrics.csv, curves.png, last.pt, best.pt)")
+    print(f"test accuracy {summary['test_accuracy']:.4f} on {summary['test_count']:,} images "
+          f"({Path(summary['checkpoint']).name}, fp32); total time {summary['seconds']:.1f} s; files in "
+          f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
     if args.report:
         from cnnlab.report import write_report
 
@@ -229,16 +224,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from cnnlab.data import CLASS_NAMES, FashionMNIST
-    from cnnlab.inference import load_trained
+    from cnnlab.data import CLASS_NAMES
+    from cnnlab.evaluation import evaluate_checkpoint
     from cnnlab.plotting import plot_confusion
-    from cnnlab.train import evaluate, pick_device
+    from cnnlab.runtime import pick_device
 
-    device = pick_device(args.device)
-    loaded = load_trained(args.run, device)
-    data = FashionMNIST(batch_size=1024, resize=loaded.image_size, root=args.data_dir,
-                        normalize=loaded.normalize)
-    result = evaluate(loaded.model, data.val_dataloader(), device)
+    loaded, result = evaluate_checkpoint(args.run, args.data_dir, pick_device(args.device))
     print(f"checkpoint {loaded.checkpoint}")
     print(f"test accuracy {result.accuracy:.4f} ({result.count:,} images), test loss {result.loss:.4f}")
     print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
@@ -316,12 +307,12 @@ def cmd_data(args) -> int:
 
 def cmd_summary(args) -> int:
     from cnnlab.models import create_model, list_models
-    from cnnlab.recipes import BASE, MODEL_DEFAULTS
+    from cnnlab.recipes import model_defaults
     from cnnlab.summary import model_summary
 
     if args.model not in list_models():
         raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
-    shape = args.input or (1, 1, *(2 * (MODEL_DEFAULTS.get(args.model, {}).get("resize", BASE["resize"]),)))
+    shape = args.input or (1, 1, *(2 * (model_defaults(args.model)["resize"],)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))
     return 0
@@ -369,7 +360,7 @@ def cmd_viz(args) -> int:
         print(f"test[{fig.index}] (true: {CLASS_NAMES[fig.true_class]}): predicted "
               f"{CLASS_NAMES[fig.predicted_class]} {fig.probability:.3f}; stages {stages}: {out}")
         return 0
-    from cnnlab.train import pick_device
+    from cnnlab.runtime import pick_device
 
     loaded = load_trained(args.run, pick_device(args.device))
     images, labels = load_fashion_mnist(args.data_dir, train=False)

@@ -42,6 +42,19 @@ class LoadedModel:
     checkpoint: Path
     state: dict
 
+    def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
+        """The test split, batched with the input settings the model trained with.
+
+        Args:
+            data_dir: the Fashion-MNIST folder; default the run's own ``--data-dir``, then the usual places.
+        """
+        from cnnlab.data import FashionMNIST
+
+        config = self.state.get("config") if isinstance(self.state.get("config"), dict) else {}
+        root = data_dir if data_dir is not None else config.get("data_dir")
+        return FashionMNIST(batch_size=batch_size, resize=self.image_size, root=root,
+                            normalize=self.normalize).val_dataloader()
+
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(N, H, W) uint8 -> (N, 1, h, w) float in the model's input scale."""
         X = images_uint8.float().div_(255).unsqueeze(1)

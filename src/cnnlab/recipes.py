@@ -8,7 +8,6 @@ optimizer, schedule and trainer from it, and is what ``cnnlab train``, torchrun 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,13 +16,15 @@ from pathlib import Path
 import torch
 
 from cnnlab import distributed as dist_utils
-from cnnlab.atomic import atomic_write
-from cnnlab.checkpoint import CheckpointError, load_checkpoint
-from cnnlab.errors import ConfigError
-from cnnlab.train import Trainer, TrainingDiverged, bf16_default, evaluate, pick_device
+from cnnlab.checkpoint import load_checkpoint
+from cnnlab.errors import CheckpointError, ConfigError, RunFolderError, TrainingDiverged, UserError
+from cnnlab.evaluation import evaluate_checkpoint
+from cnnlab.runfolder import RunFolder
+from cnnlab.runtime import bf16_default, pick_device
+from cnnlab.train import Trainer
 
-__all__ = ["TrainConfig", "RECIPES", "MODEL_DEFAULTS", "resolve_config", "run_training", "make_optimizer",
-           "make_scheduler", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "RECIPES", "BASE", "model_defaults", "resolve_config", "run_training", "make_optimizer",
+           "make_scheduler", "build_data", "build_model", "build_trainer", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -64,37 +65,19 @@ class TrainConfig:
 # How it runs is ours: channels_last and, where the hardware has it, bf16 autocast (bf16=None: decided by
 # bf16_default) make the seed's LeNet 1.3x faster on an AMX CPU at the same accuracy (benchmarks/train.py
 # --techniques); torch.compile pays for its ~20 s of compiling only on long runs, so it stays opt-in.
+# Each model's own defaults (input size, optimizer, schedule; its learning rate is its builder's `lr`
+# default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, resize=28, augment=False, normalize=False, bf16=None,
             channels_last=True, compile=False)
 
-MODEL_DEFAULTS: dict[str, dict] = {
-    "lenet": {},
-    "lenet-relu": dict(optimizer="momentum", lr=0.05, schedule="onecycle", weight_decay=5e-4, normalize=True),
-    "vgg11": dict(lr=0.05, optimizer="momentum", resize=32, weight_decay=5e-4, schedule="onecycle",
-                  normalize=True),
-    "vgg-small": dict(lr=0.05, optimizer="momentum", resize=32, weight_decay=5e-4, schedule="onecycle",
-                      normalize=True),
-    "resnet18": dict(lr=0.05, optimizer="momentum", resize=96, weight_decay=5e-4, schedule="onecycle",
-                     normalize=True),
-    "resnet18-small": dict(lr=0.05, optimizer="momentum", resize=28, weight_decay=5e-4, schedule="onecycle",
-                           normalize=True, augment=True, label_smoothing=0.1),
-    "resnet34": dict(lr=0.05, optimizer="momentum", resize=96, weight_decay=5e-4, schedule="onecycle",
-                     normalize=True),
-    "fastnet": {},  # its tuned recipe is RECIPES["fast"]; this entry gives `cnnlab summary fastnet` its size
-    # The chapter-8 networks with the book's training cells (d2l §8.1-§8.8): plain SGD, batch 128, 10 epochs,
-    # at the book's input size and learning rate. The -small variants take native 28x28 images.
-    "alexnet": dict(lr=0.01, resize=224),
-    "alexnet-small": dict(lr=0.01, resize=28),
-    "nin": dict(lr=0.05, resize=224),
-    "nin-small": dict(lr=0.05, resize=28),
-    "googlenet": dict(lr=0.01, resize=96),
-    "lenet-bn": dict(lr=0.1, resize=28),
-    "lenet-bn-scratch": dict(lr=0.1, resize=28),
-    "densenet": dict(lr=0.01, resize=96),
-    "densenet-small": dict(lr=0.01, resize=28),
-    "regnetx32": dict(lr=0.05, resize=96),
-}
+
+def model_defaults(model: str) -> dict:
+    """The training defaults of a registered model: the base recipe, then what the model registered."""
+    from cnnlab.models import model_recipe
+
+    return {**BASE, **model_recipe(model)}
+
 
 # Named recipes choose a model too (``cnnlab train --recipe fast``).
 RECIPES: dict[str, dict] = {
@@ -119,7 +102,11 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
         if "model" in recipe_values and config.model == TrainConfig.model:
             given["model"] = recipe_values["model"]
     model = given.get("model", config.model)
-    filled = {**BASE, **MODEL_DEFAULTS.get(model, {}), **recipe_values, **given}
+    from cnnlab.models import list_models
+
+    if model not in list_models():
+        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    filled = {**model_defaults(model), **recipe_values, **given}
     filled["model"] = model
     if filled["bf16"] is None:
         filled["bf16"] = bf16_default(pick_device(filled["device"]))
@@ -206,8 +193,8 @@ def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_data(config: TrainConfig, test: bool = False):
-    """The Fashion-MNIST data module the config describes (``test`` is the 10k test split as val)."""
+def build_data(config: TrainConfig):
+    """The Fashion-MNIST data module the config describes."""
     from cnnlab.data import FashionMNIST
 
     return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
@@ -223,22 +210,35 @@ def build_model(config: TrainConfig):
     return model
 
 
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The settings a run folder was started with (``config.json``), to resume it as it was."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a cnnlab run folder (no config.json); give the folder "
-                              "that `cnnlab train --out` wrote")
+def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
+                  run_dir: str | os.PathLike | None = None, **kwargs) -> Trainer:
+    """The :class:`~cnnlab.train.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...)."""
+    return Trainer(
+        max_epochs=config.epochs, device=device if device is not None else config.device, run_dir=run_dir,
+        seed=config.seed, optimizer=make_optimizer(config), scheduler=make_scheduler(config),
+        autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
+        compile=config.compile, progress=config.progress, checkpoint_extra={"config": config.to_dict()},
+        **kwargs,
+    )
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The settings a run folder was started with (``config.json``), checked field by field, to resume it as it was.
+
+    Raises:
+        RunFolderError: no such folder, no config, or a config that is not what ``cnnlab train`` writes.
+    """
+    folder = RunFolder(run_dir)
+    values = folder.read_config()
     try:
-        values = json.loads(path.read_text())
         config = TrainConfig(**values)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid run config: {exc}") from None
+    except TypeError as exc:
+        raise RunFolderError(f"{folder.config_file} is not a valid run config: {exc}") from None
     for field in dataclasses.fields(TrainConfig):
         value, kinds = getattr(config, field.name), _FIELD_TYPES[field.name]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise CheckpointError(f"{path} is not a valid run config: {field.name} is {value!r}, expected "
-                                  f"{' or '.join(k.__name__ for k in kinds)}")
+            raise RunFolderError(f"{folder.config_file} is not a valid run config: {field.name} is {value!r}, "
+                                 f"expected {' or '.join(k.__name__ for k in kinds)}")
     return config
 
 
@@ -252,28 +252,27 @@ _FIELD_TYPES = {
 }
 
 
-def run_training(config: TrainConfig, resume: str | os.PathLike | None = None, log=print,
-                 on_epoch_end=None) -> dict:
+def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = None, log=print,
+                 on_epoch_end=None, callbacks=()) -> dict:
     """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
 
-    The summary holds the test accuracy of the final weights on the full validation split, the wall time,
-    and where the files are. Under torchrun every rank calls this; only rank 0 writes files.
+    The summary's test accuracy is :func:`cnnlab.evaluation.evaluate_checkpoint` of the run folder: the
+    run's best checkpoint on the whole test set in fp32, the number ``cnnlab evaluate`` prints for it. Under
+    torchrun every rank calls this; only rank 0 writes files and evaluates.
     """
     start = time.perf_counter()
     state = None
     if resume is not None:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"no such run folder: {run_dir}")
-        config = read_run_config(run_dir)
+        config = read_run_config(resume)
         # The same checks as a new run (a hand-edited config.json is no exception), including that the batch
         # splits over this run's processes: a run may be resumed with another number of them.
         validate_config(config)
-        if (run_dir / "last.pt").is_file():
-            state = load_checkpoint(run_dir / "last.pt")
+        folder = RunFolder(resume)
+        if folder.last.is_file():
+            state = load_checkpoint(folder.last)
     else:
         validate_config(config)
-        run_dir = Path(config.out) if config.out else default_run_dir(config.model)
+        folder = RunFolder(config.out or default_run_dir(config.model))
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
     try:
@@ -284,77 +283,50 @@ def run_training(config: TrainConfig, resume: str | os.PathLike | None = None, l
             torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
         data = build_data(config)
         model = build_model(config)
-        run_dir = _set_up_run_dir(run_dir, config if resume is None else None, state, ctx)
-        trainer = Trainer(
-            max_epochs=config.epochs, device=device, run_dir=run_dir, seed=config.seed,
-            optimizer=make_optimizer(config), scheduler=make_scheduler(config),
-            autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
-            compile=config.compile,
-            progress=config.progress, log=log, checkpoint_extra={"config": config.to_dict()},
-            on_epoch_end=on_epoch_end,
-        )
-        if state is not None and state.get("epoch", 0) >= config.epochs:
-            trainer.prepare(model, data)
-            trainer.load_state_dict(state)
-            finished_already = True
-        else:
-            trainer.fit(model, data, resume_from=state)
-            finished_already = False
+        folder = _set_up_run_folder(folder, config if resume is None else None, state, ctx)
+        trainer = build_trainer(config, device, folder.path, log=log, callbacks=callbacks,
+                                on_epoch_end=on_epoch_end)
+        trainer.fit(model, data, resume_from=state)
     except RuntimeError as exc:
         # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
         # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
         if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
             raise
-        raise dist_utils.run_failed(exc, run_dir) from exc
-    result = evaluate(trainer.model, data.val_dataloader(), trainer.device,
-                      autocast_dtype=trainer.autocast_dtype) if ctx.is_main else None
+        raise dist_utils.run_failed(exc, folder.path) from exc
+    result = None
+    if ctx.is_main:
+        _, result = evaluate_checkpoint(folder.path, config.data_dir, device)
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(folder.path),
         "config": config,
         "history": trainer.history,
         "test_accuracy": result.accuracy if result else None,
         "test_count": result.count if result else None,
+        "checkpoint": str(folder.checkpoint()) if ctx.is_main else None,
         "seconds": time.perf_counter() - start,
-        "finished_already": finished_already,
+        "finished_already": state is not None and state.get("epoch", 0) >= config.epochs,
     }
 
 
-def _set_up_run_dir(run_dir: Path, new_config: TrainConfig | None, state: dict | None,
-                    ctx: dist_utils.DistContext) -> Path:
+def _set_up_run_folder(folder: RunFolder, new_config: TrainConfig | None, state: dict | None,
+                       ctx: dist_utils.DistContext) -> RunFolder:
     """Rank 0 creates the run folder (and writes ``config.json`` for a new run); every rank learns its path."""
     error = None
     if ctx.is_main:
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if new_config is not None:
-                _check_writable(run_dir)
-                with atomic_write(run_dir / "config.json", "w") as f:  # a kill never leaves half a config
-                    f.write(json.dumps(new_config.to_dict(), indent=2) + "\n")
-        except OSError as exc:
-            error = CheckpointError(f"cannot create run folder {run_dir}: {exc.strerror or exc}; "
-                                    "choose another --out folder")
-        except ValueError as exc:
+            folder.create(new_config.to_dict() if new_config is not None else None)
+        except UserError as exc:
             error = exc
     # One exchange settles the set-up for all ranks: rank 0's folder (the default name holds a timestamp that
     # could differ between ranks), whether rank 0 could create it (so no rank waits for a rank 0 that gave
     # up), and which checkpoint epoch each rank loaded (they must all resume from the same one).
-    seen = dist_utils.all_gather_object((run_dir, error, state.get("epoch") if state else None), ctx)
-    run_dir, error = seen[0][0], seen[0][1]
+    seen = dist_utils.all_gather_object((str(folder.path), error, state.get("epoch") if state else None), ctx)
+    folder, error = RunFolder(seen[0][0]), seen[0][1]
     if error is not None:
         raise error
     epochs = [epoch for _, _, epoch in seen]
     if len(set(epochs)) > 1:
-        raise CheckpointError(f"the processes of this run found different checkpoints in {run_dir} (epoch by "
-                              f"rank: {epochs}); on several machines the run folder must be on a filesystem "
+        raise CheckpointError(f"the processes of this run found different checkpoints in {folder.path} (epoch "
+                              f"by rank: {epochs}); on several machines the run folder must be on a filesystem "
                               "they all share, at the same path")
-    return run_dir
-
-
-def _check_writable(run_dir: Path) -> None:
-    probe = run_dir / ".write-test"
-    try:
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(f"cannot write into run folder {run_dir}: {exc.strerror or exc}; "
-                              "choose another --out folder") from None
+    return folder

@@ -73,21 +73,6 @@ def _table(header, rows, numeric=()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise ConfigError(f"{path} has a line that is not JSON ({line[:40]!r}); the run folder is "
-                                 "damaged, train it again") from None
-    return rows
-
-
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None, *, test_index: int = 0, num_mistakes: int = 24,
                  device: str = "auto") -> Path:
@@ -106,28 +91,28 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """
     import torch
 
-    from cnnlab.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
+    from cnnlab.evaluation import evaluate
     from cnnlab.inference import load_trained
     from cnnlab.plotting import plot_confusion, plot_curves
+    from cnnlab.runfolder import RunFolder
+    from cnnlab.runtime import pick_device
     from cnnlab.summary import layer_stats
-    from cnnlab.train import evaluate, pick_device
     from cnnlab.viz import plot_layer_kernels, plot_test_features, plot_test_mistakes, predict_probabilities
 
     device = pick_device(device)
     loaded = load_trained(run_dir, device)
-    folder = loaded.checkpoint.parent
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    folder = RunFolder(loaded.checkpoint.parent)
+    config = folder.read_config() if folder.config_file.is_file() else {}
     data_dir = data_dir if data_dir is not None else config.get("data_dir")
-    history = _read_history(folder)
+    history = folder.history()
     model_name = loaded.state.get("model_name") or type(loaded.model).__name__
 
     images, labels = load_fashion_mnist(data_dir, train=False)
     if not 0 <= test_index < len(images):  # checked before the slow part
         raise ConfigError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
                          f"(0..{len(images) - 1})")
-    data = FashionMNIST(batch_size=1024, resize=loaded.image_size, root=data_dir, normalize=loaded.normalize)
-    result = evaluate(loaded.model, data.val_dataloader(), device)
+    result = evaluate(loaded.model, loaded.test_loader(data_dir), device)  # as evaluate_checkpoint does
     probs = predict_probabilities(loaded, images.to(device), labels.to(device))
 
     h, w = loaded.image_size
@@ -171,10 +156,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>cnnlab report: {_e(folder.name)}</title>",
+        f"<title>cnnlab report: {_e(folder.path.name)}</title>",
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
         f"<h1>{_e(model_name)} on Fashion-MNIST</h1>",
-        f'<p class="muted">Run folder {_e(folder)}; weights from {_e(best)} (epoch {epochs_done}); '
+        f'<p class="muted">Run folder {_e(folder.path)}; weights from {_e(best)} (epoch {epochs_done}); '
         f"report written {_e(time.strftime('%Y-%m-%d %H:%M'))} by cnnlab.</p>",
         '<div class="headline">',
         f'<div><span class="label">test accuracy ({result.count:,} test images)</span>'
@@ -223,7 +208,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         if config else '<p class="muted">No config.json in the run folder.</p>',
         "</body></html>",
     ]
-    out = Path(out) if out is not None else folder / "report.html"
+    out = Path(out) if out is not None else folder.path / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, "w") as f:  # a browser never opens half a page
         f.write("\n".join(parts) + "\n")

@@ -1,180 +1,95 @@
 """The training loop: d2l's ``Trainer(max_epochs, num_gpus).fit(model, data)`` (d2l §3.4), made for real runs.
 
-What the book's loop leaves out and this one adds: a device choice, no host sync per step (the loss is summed
-on the device and read at progress refreshes), a progress bar, per-epoch metrics in CSV and JSON lines, a
-curves PNG, atomic checkpoints (``last.pt`` every epoch, ``best.pt`` by validation accuracy), exact resume,
-divergence detection, and DistributedDataParallel when launched by torchrun.
+The trainer owns the loop and nothing else. Each step it calls the model's ``training_step(batch)`` and each
+validation batch its ``validation_step(batch)``, as the book's Trainer does, so a subclass that changes
+either is trained as written. Around the loop: a device, DistributedDataParallel under torchrun, bf16
+autocast, channels_last, ``torch.compile``, a progress bar, divergence detection, exact resume, and hooks
+(:mod:`cnnlab.callbacks`) for what else a run does; the run folder's files are one such hook
+(:class:`cnnlab.runfolder.RunFolder`, added by ``run_dir=``). Torch's process-wide flags are set only for
+the duration of :meth:`Trainer.fit` (:func:`cnnlab.runtime.torch_flags`).
 
 The model is never asked to move itself: the trainer owns devices, as in Lightning.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from cnnlab import distributed as dist_utils
-from cnnlab.atomic import atomic_write
 from cnnlab.board import in_notebook, live_board
-from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from cnnlab.callbacks import Callback
+from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.errors import ConfigError, TrainingDiverged
+from cnnlab.evaluation import EvalResult, evaluate
+from cnnlab.runfolder import METRIC_FIELDS, RunFolder
+from cnnlab.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
-           "EvalResult", "seed_everything"]
-
-METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
-
-
-def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU; ``num_gpus=0`` with no device means the CPU.
-
-    Raises:
-        ValueError: a device that this machine does not have, with what it does have.
-    """
-    if device is None:
-        device = "auto" if num_gpus > 0 else "cpu"
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} was asked for but this machine has no CUDA GPU; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device} was asked for but MPS is not available here; use --device cpu")
-    return device
-
-
-def bf16_is_fast(device: str | torch.device) -> bool:
-    """Whether bfloat16 autocast speeds training up on ``device``.
-
-    True on a CUDA GPU with native bf16 (Ampere or later) and on a CPU with AVX512-BF16 or AMX (Intel since
-    Cooper Lake / Sapphire Rapids, AMD since Zen 4), where oneDNN runs bf16 convolutions 2-4x faster than fp32;
-    False elsewhere, where bf16 is emulated and slower.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(cpu, name, lambda: False)() for name in checks)
-    return False
-
-
-def bf16_default(device: str | torch.device) -> bool:
-    """Whether bf16 autocast is on by default on ``device``: ``$CNNLAB_BF16`` if set, else :func:`bf16_is_fast`.
-
-    ``CNNLAB_BF16=0`` turns it off everywhere (as on a CPU without bf16), ``CNNLAB_BF16=1`` on. The variable
-    exists because CPUs that both have bf16 kernels round differently (Intel's AMX and AMD's AVX512-BF16), so a
-    user comparing runs across machines, or a test suite, must be able to pin it.
-
-    Raises:
-        ValueError: the variable is set to something other than 0 or 1.
-    """
-    text = os.environ.get("CNNLAB_BF16", "").strip()
-    if not text:
-        return bf16_is_fast(device)
-    if text not in ("0", "1"):
-        raise ConfigError(f"CNNLAB_BF16 must be 0 (bf16 autocast off) or 1 (on), got {text!r}; unset it to let "
-                         "cnnlab decide from the hardware")
-    return text == "1"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch's CPU and CUDA generators (cnnlab draws all its randomness from torch)."""
-    torch.manual_seed(seed)
+           "EvalResult", "seed_everything", "METRIC_FIELDS"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     # Each epoch re-seeds from (seed, epoch), so a run resumed at an epoch boundary draws exactly the
-    # random numbers (dropout masks, init of nothing else) that the uninterrupted run drew.
+    # random numbers (dropout masks) that the uninterrupted run drew.
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
 
 
-@dataclass
-class EvalResult:
-    """Loss, accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+class _TrainingStep(nn.Module):
+    """The model's ``training_step`` as a module's forward, so that DDP and ``torch.compile`` wrap the whole step
+    (DDP syncs gradients of what its forward ran; the step may call the model any way it likes)."""
 
-    loss: float
-    accuracy: float
-    count: int
-    confusion: torch.Tensor
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
 
-    @property
-    def per_class_accuracy(self) -> torch.Tensor:
-        totals = self.confusion.sum(dim=1).clamp(min=1)
-        return self.confusion.diagonal().double() / totals
+    def forward(self, batch):
+        return self.model.training_step(batch)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", num_classes: int | None = None,
-             autocast_dtype: torch.dtype | None = None) -> EvalResult:
-    """Evaluate ``model`` on every batch of ``loader``: mean loss, accuracy and the confusion matrix."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    num_classes = num_classes or getattr(model, "num_classes", None) or 10
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    count = 0
-    for X, y in loader:
-        X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, autocast_dtype):
-            logits = model(X)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        confusion += torch.bincount(y * num_classes + logits.argmax(dim=1), minlength=num_classes**2)
-        count += y.numel()
-    model.train(was_training)
-    confusion = confusion.reshape(num_classes, num_classes).cpu()
-    correct = int(confusion.diagonal().sum())
-    return EvalResult(loss=float(loss_sum) / max(count, 1), accuracy=correct / max(count, 1), count=count,
-                      confusion=confusion)
+class _EpochEnd(Callback):
+    """A plain ``(trainer, row)`` function as a callback: the ``on_epoch_end=`` shorthand."""
 
+    def __init__(self, fn: Callable):
+        self.fn = fn
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    def on_train_epoch_end(self, trainer, model, row: dict) -> None:
+        self.fn(trainer, row)
 
 
 class Trainer:
     """Fit a classifier to a data module: ``Trainer(max_epochs=10).fit(model, data)`` (d2l §3.4).
 
+    The model provides ``training_step(batch) -> loss``, ``validation_step(batch) -> (loss_sum, correct,
+    count)`` and ``configure_optimizers()`` (:class:`cnnlab.Classifier` does); the data module provides
+    ``train_dataloader()`` and ``val_dataloader()``.
+
     Args:
         max_epochs: number of passes over the training data.
         num_gpus: the book's argument; 0 trains on the CPU, >= 1 on a GPU when there is one.
         device: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'; overrides ``num_gpus``.
-        run_dir: folder for metrics.csv/jsonl, curves.png, last.pt and best.pt; None writes no files.
-        seed: seeds the run (and each epoch, so that resume is exact); None leaves torch's RNG alone.
+        run_dir: the run folder (metrics, curves, ``last.pt``, ``best.pt``): adds a
+            :class:`~cnnlab.runfolder.RunFolder` callback. None writes no files.
+        seed: seeds the run (and each epoch, so that resume is exact) and makes CPU kernels deterministic;
+            None leaves torch's RNG alone.
         optimizer: ``params -> Optimizer``; None uses ``model.configure_optimizers()``.
         scheduler: ``(optimizer, steps_per_epoch, max_epochs) -> LR scheduler`` stepped every batch, or None.
         clip_grad_norm: clip the global gradient norm to this value (0 disables).
         autocast_dtype: e.g. ``torch.bfloat16`` for mixed precision, None for full precision.
         channels_last: store images and conv weights NHWC (faster convolutions on many CPUs and GPUs).
-        compile: run the training forward and backward through ``torch.compile`` (pays for its compile time,
-            tens of seconds, only on long runs; needs a C++ compiler on the CPU, Triton on a GPU).
+        compile: run the training step through ``torch.compile`` (pays for its compile time, tens of seconds,
+            only on long runs; needs a C++ compiler on the CPU, Triton on a GPU).
+        deterministic: deterministic kernels during ``fit``; None means "when seeded, on the CPU".
         progress: show a tqdm bar per epoch.
         log: where the per-epoch line goes (``print`` by default; None for silence).
+        callbacks: :class:`~cnnlab.callbacks.Callback` objects, called in order after the run folder's.
         checkpoint_extra: plain values stored in every checkpoint (the CLI stores its settings there).
-        on_epoch_end: called with (trainer, row) after each epoch's files are written.
+        on_epoch_end: shorthand for a callback whose ``on_train_epoch_end`` calls ``on_epoch_end(trainer, row)``.
         board: the live figure of the book's ``fit`` (see :mod:`cnnlab.board`): 'auto' draws it in a Jupyter
             notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
             ``epoch(row)`` and ``close()``.
@@ -184,54 +99,64 @@ class Trainer:
                  run_dir: str | os.PathLike | None = None, seed: int | None = None,
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
                  clip_grad_norm: float = 0.0, autocast_dtype: torch.dtype | None = None,
-                 channels_last: bool = False, compile: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = print, checkpoint_extra: dict | None = None,
+                 channels_last: bool = False, compile: bool = False, deterministic: bool | None = None,
+                 progress: bool = True, log: Callable[[str], None] | None = print,
+                 callbacks: Sequence[Callback] = (), checkpoint_extra: dict | None = None,
                  on_epoch_end: Callable | None = None, board="auto"):
         if not isinstance(max_epochs, int) or max_epochs < 1:
-            raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}")
+            raise ConfigError(f"max_epochs must be a positive integer, got {max_epochs!r}")
         self.max_epochs = max_epochs
         self.device = pick_device(device, num_gpus)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_folder = RunFolder(run_dir) if run_dir is not None else None
         self.seed = seed
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.clip_grad_norm = clip_grad_norm
         self.autocast_dtype = autocast_dtype
-        self.channels_last = channels_last
-        self.compile = compile
-        self.progress = progress
-        self.log = log
+        self.channels_last, self.compile = channels_last, compile
+        self.deterministic = (seed is not None and self.device.type == "cpu") if deterministic is None \
+            else deterministic
+        self.progress, self.log, self.board = progress, log, board
+        self.callbacks = [*([self.run_folder] if self.run_folder else []), *callbacks,
+                          *([_EpochEnd(on_epoch_end)] if on_epoch_end is not None else [])]
         self.checkpoint_extra = dict(checkpoint_extra or {})
-        self.on_epoch_end = on_epoch_end
-        self.board = board
-        self._live = None  # the board fit() trains with
         self.history: list[dict] = []
         self.best_val_acc = -1.0
+        self.is_best_epoch = False
         self.epoch = 0
         self.ctx = dist_utils.current()
+        self.model = self.data = None
+        self._live = None  # the board fit() trains with
+
+    @property
+    def run_dir(self):
+        return self.run_folder.path if self.run_folder is not None else None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and prints: rank 0 under torchrun, always otherwise."""
+        return self.ctx.is_main
+
+    def _say(self, message: str) -> None:
+        if self.log is not None and self.is_main:
+            self.log(message)
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     # ---- set-up ----------------------------------------------------------------------------------
 
-    def _say(self, message: str) -> None:
-        if self.log is not None and self.ctx.is_main:
-            self.log(message)
-
-    def prepare(self, model: nn.Module, data) -> None:
+    def _setup(self, model: nn.Module, data) -> None:
         """Move model and data to the device, build loaders and optimizer (and DDP under torchrun)."""
+        for name in ("training_step", "validation_step"):
+            if not callable(getattr(model, name, None)):
+                raise ConfigError(f"{type(model).__name__} has no {name}(batch); the Trainer trains a "
+                                  "cnnlab.Classifier (or any module with training_step and validation_step)")
         if self.seed is not None:
             seed_everything(self.seed)
-        if self.device.type == "cpu" and self.seed is not None:
-            # Same seed, same machine, same weights: CPU kernels are deterministic once asked to be.
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            # Deterministic mode also fills every new tensor with NaN, a debugging aid that exposes reads of
-            # uninitialized memory; results never depend on it, and on small models it costs ~5% of a step.
-            torch.utils.deterministic.fill_uninitialized_memory = False
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            # Every batch has the same shape, so timing cuDNN's algorithms once per shape pays at once.
-            torch.backends.cudnn.benchmark = True
         if hasattr(data, "to"):
             data.to(self.device)
         self.data = data
@@ -244,11 +169,11 @@ class Trainer:
             self.train_loader.shard(self.ctx.rank, world)
             self.val_loader.batch_size = max(world, self.val_loader.batch_size // world * world)
             self.val_loader.shard(self.ctx.rank, world)
-        self.net = dist_utils.wrap_model(self.model, self.device, self.ctx)
+        self.step = dist_utils.wrap_model(_TrainingStep(self.model), self.device, self.ctx)
         if self.compile:
             # dynamic=False: the last, smaller batch gets its own static graph rather than turning every
-            # step's graph into a slower dynamic-shape one. evaluate() runs the model eagerly.
-            self.net = torch.compile(self.net, dynamic=False)
+            # step's graph into a slower dynamic-shape one. Validation runs the model eagerly.
+            self.step = torch.compile(self.step, dynamic=False)
         self.optimizer = (self.optimizer_factory(self.model.parameters()) if self.optimizer_factory
                           else self.model.configure_optimizers())
         self.scheduler = (self.scheduler_factory(self.optimizer, len(self.train_loader), self.max_epochs)
@@ -257,8 +182,9 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        """Everything a resumed run needs, as tensors and plain values; callbacks may add to it."""
         model = self.model
-        return {
+        state = {
             "version": CHECKPOINT_VERSION,
             "model_name": getattr(model, "model_name", None),
             "model_kwargs": dict(getattr(model, "model_kwargs", {}) or {}),
@@ -275,6 +201,8 @@ class Trainer:
             "data_settings": self.data.settings() if hasattr(self.data, "settings") else {},
             **self.checkpoint_extra,
         }
+        self._call("on_save_checkpoint", state)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore model, optimizer, scheduler, epoch, metrics history and RNG from a checkpoint dict."""
@@ -288,80 +216,63 @@ class Trainer:
         if state.get("rng_state") is not None:
             torch.set_rng_state(state["rng_state"].cpu())
 
-    def _write_checkpoints(self, is_best: bool) -> None:
-        state = self.state_dict()
-        # best.pt first: a crash between the two writes then redoes this epoch (resume reads last.pt) and
-        # rewrites best.pt, instead of leaving a best.pt that misses its best epoch forever.
-        if is_best:
-            save_checkpoint(state, self.run_dir / "best.pt")
-        save_checkpoint(state, self.run_dir / "last.pt")
-
-    def _write_metrics(self) -> None:
-        # Rewritten whole from the history each epoch (small), so a resumed run's files never hold rows of
-        # epochs that were lost in a crash; atomic_write keeps them whole if we die mid-write.
-        rows = self.history
-        with atomic_write(self.run_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        with atomic_write(self.run_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        from cnnlab.plotting import plot_curves
-
-        plot_curves(rows, self.run_dir / "curves.png")
-
     # ---- the loop --------------------------------------------------------------------------------
 
-    def fit(self, model: nn.Module, data, resume_from: str | os.PathLike | dict | None = None) -> list[dict]:
-        """Train ``model`` on ``data`` for ``max_epochs`` epochs (continuing a checkpoint if given).
+    def fit(self, model: nn.Module, data, resume_from: str | os.PathLike | dict | None = None,
+            epochs: int | None = None) -> list[dict]:
+        """Train ``model`` on ``data`` up to ``max_epochs`` epochs (continuing a checkpoint if given).
+
+        Calling ``fit`` again with the same model and data continues where the last call stopped, with the
+        same optimizer and schedule (as Keras's ``fit`` does).
+
+        Args:
+            model, data: the classifier and the data module.
+            resume_from: a checkpoint (path or loaded dict) to continue from.
+            epochs: train at most this many epochs in this call (default: up to ``max_epochs``).
 
         Returns:
-            One metrics dict per epoch (train_loss, val_loss, val_acc, images_per_s, seconds).
+            One metrics dict per epoch so far (see :data:`~cnnlab.runfolder.METRIC_FIELDS`).
 
         Raises:
             TrainingDiverged: the loss became NaN or infinite (``last.pt`` still holds the last good epoch).
         """
-        self.prepare(model, data)
-        if resume_from is not None:
-            state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from, self.device)
-            self.load_state_dict(state)
-            if self.epoch < self.max_epochs:
-                self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
-        if self.run_dir is not None and self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        # The book's live figure (cnnlab.board): fed each batch's loss and each epoch's row; None outside Jupyter.
-        self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
-                      if self.ctx.is_main else None)
-        while self.epoch < self.max_epochs:
-            row = self._fit_epoch()
-            self.history.append(row)
-            is_best = row["val_acc"] > self.best_val_acc
-            self.best_val_acc = max(self.best_val_acc, row["val_acc"])
-            if self.run_dir is not None and self.ctx.is_main:
-                self._write_checkpoints(is_best)
-                self._write_metrics()
-            self._say(
-                f"epoch {row['epoch']}/{self.max_epochs}  train loss {row['train_loss']:.4f}  "
-                f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s"
-            )
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self, row)
+        with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda"):
+            if model is not self.model or data is not self.data:
+                self._setup(model, data)
+            if resume_from is not None:
+                state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from, self.device)
+                self.load_state_dict(state)
+                if self.epoch < self.max_epochs:
+                    self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
+            stop = self.max_epochs if epochs is None else min(self.max_epochs, self.epoch + epochs)
+            self._call("on_fit_start", self.model)
+            # The book's live figure (cnnlab.board): fed each batch's loss and each epoch's row.
+            self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
+                          if self.is_main else None)
+            while self.epoch < stop:
+                row = self._train_epoch()
+                self.history.append(row)
+                self.is_best_epoch = row["val_acc"] > self.best_val_acc
+                self.best_val_acc = max(self.best_val_acc, row["val_acc"])
+                self._call("on_train_epoch_end", self.model, row)
+                self._say(f"epoch {row['epoch']}/{self.max_epochs}  train loss {row['train_loss']:.4f}  "
+                          f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+                          f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
+                if self._live is not None:
+                    self._live.epoch(row)
             if self._live is not None:
-                self._live.epoch(row)
-        if self._live is not None:
-            self._live.close()
+                self._live.close()
+            self._call("on_fit_end", self.model)
         return self.history
 
-    def _fit_epoch(self) -> dict:
-        epoch = self.epoch
+    def _train_epoch(self) -> dict:
+        epoch, device = self.epoch, self.device
         if self.seed is not None:
             # Plus the rank, so that ranks draw different dropout masks (rank 0 draws the single-process ones).
             torch.manual_seed(_epoch_seed(self.seed, epoch) + self.ctx.rank)
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         self.model.train()
-        device = self.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
         start = time.perf_counter()
@@ -370,8 +281,8 @@ class Trainer:
             X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if self.channels_last:
                 X = X.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, self.autocast_dtype):
-                loss = self.model.loss(self.net(X), y)
+            with autocast(device, self.autocast_dtype):
+                loss = self.step((X, y))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip_grad_norm:
@@ -393,8 +304,8 @@ class Trainer:
                     self._check_finite(running, epoch)
         if bar is not None:
             bar.close()
-        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device,
-                                                                               dtype=torch.float64)]), self.ctx)
+        totals = dist_utils.all_reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]), self.ctx)
         train_loss = float(totals[0] / totals[1])
         self._check_finite(train_loss, epoch)
         if device.type == "cuda":
@@ -404,31 +315,41 @@ class Trainer:
         val_loss, val_acc = self._validate()
         seconds = time.perf_counter() - start
         self.epoch = epoch + 1
+        elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                "images_per_s": float(totals[1]) / train_seconds, "seconds": seconds}
+                "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": float(totals[1]) / train_seconds,
+                "seconds": seconds, "elapsed": elapsed}
 
     def _validate(self) -> tuple[float, float]:
-        result = evaluate(self.model, self.val_loader, self.device, autocast_dtype=self.autocast_dtype)
-        sums = torch.tensor([result.loss * result.count, result.accuracy * result.count, result.count],
-                            dtype=torch.float64, device=self.device)
+        """Mean loss and accuracy over the validation loader, from the model's ``validation_step``."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
+                for X, y in self.val_loader:
+                    X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    if self.channels_last:
+                        X = X.contiguous(memory_format=torch.channels_last)
+                    loss_sum, correct, count = self.model.validation_step((X, y))
+                    sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
+        finally:
+            self.model.train(was_training)
         sums = dist_utils.all_reduce_sum(sums, self.ctx)
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
-            last = self.run_dir / "last.pt" if self.run_dir is not None else None
+            last = self.run_folder.last if self.run_folder is not None else None
             # Only a checkpoint that exists is named: in epoch 1 there is none yet.
             where = f"; {last} keeps the last good epoch" if last is not None and last.is_file() else ""
             raise TrainingDiverged(
                 f"the training loss became {loss} in epoch {epoch + 1}: training diverged; "
-                f"try a lower --lr (the rate was {self._lr():.3g} at that point){where}"
+                f"try a lower --lr (the rate was {self.optimizer.param_groups[0]['lr']:.3g} at that point){where}"
             )
 
-    def _lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
     def _progress_bar(self, epoch: int):
-        if not self.progress or not self.ctx.is_main:
+        if not self.progress or not self.is_main:
             return None
         from tqdm.auto import tqdm
 

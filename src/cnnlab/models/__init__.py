@@ -23,7 +23,15 @@ from cnnlab.models.lenet import (
     lenet_relu,
 )
 from cnnlab.models.nin import NiN, nin, nin_block, nin_small
-from cnnlab.models.registry import create_model, list_models, prepare_model, register_model
+from cnnlab.models.registry import (
+    MODERN_RECIPE,
+    create_model,
+    list_models,
+    model_recipe,
+    prepare_model,
+    register_model,
+    size_pair,
+)
 from cnnlab.models.regnet import REGNETX32_ARCH, AnyNet, RegNetX32, regnetx32
 from cnnlab.models.resnet import (
     RESNET18_ARCH,
@@ -37,6 +45,7 @@ from cnnlab.models.resnet import (
 from cnnlab.models.vgg import VGG, VGG11_ARCH, VGG_SMALL_ARCH, vgg11, vgg_small
 
 __all__ = [
+    "MODERN_RECIPE",
     "REGNETX32_ARCH",
     "RESNET18_ARCH",
     "RESNET34_ARCH",
@@ -70,6 +79,7 @@ __all__ = [
     "lenet_bn_scratch",
     "lenet_relu",
     "list_models",
+    "model_recipe",
     "nin",
     "nin_block",
     "nin_small",
@@ -79,6 +89,7 @@ __all__ = [
     "resnet18",
     "resnet18_small",
     "resnet34",
+    "size_pair",
     "transition_block",
     "vgg11",
     "vgg_small",

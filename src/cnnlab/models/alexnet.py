@@ -32,7 +32,7 @@ class AlexNet(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1, small_stem: bool = False):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes, in_channels=in_channels, small_stem=small_stem)
         stem = dict(kernel_size=3, stride=1, padding=1) if small_stem else dict(kernel_size=11, stride=4, padding=1)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 96, **stem), nn.ReLU(),
@@ -50,17 +50,16 @@ class AlexNet(Classifier):
         self.net.apply(init_cnn)
 
 
-@register_model("alexnet")
+@register_model("alexnet", resize=224)
 def alexnet(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.01
 ) -> AlexNet:
     """The book's AlexNet (d2l §8.1), trained there on Fashion-MNIST resized to 224 with lr 0.01."""
     model = AlexNet(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(model, "alexnet", in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                         lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("alexnet-small")
+@register_model("alexnet-small", resize=28)
 def alexnet_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.01
 ) -> AlexNet:
@@ -70,5 +69,4 @@ def alexnet_small(
     costs about a quarter of the book's FLOPs at 224.
     """
     model = AlexNet(lr=lr, num_classes=num_classes, in_channels=in_channels, small_stem=True)
-    return prepare_model(model, "alexnet-small", in_channels=in_channels, image_size=image_size,
-                         num_classes=num_classes, lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

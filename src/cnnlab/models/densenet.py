@@ -115,7 +115,8 @@ class DenseNet(Classifier):
         small_stem: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(num_channels=num_channels, growth_rate=growth_rate, arch=arch, lr=lr,
+                                  num_classes=num_classes, in_channels=in_channels, small_stem=small_stem)
         self.net = nn.Sequential(self.b1(num_channels, in_channels, small_stem))
         for i, num_convs in enumerate(arch):
             self.net.add_module(f"dense_blk{i + 1}", DenseBlock(num_convs, growth_rate, in_channels=num_channels))
@@ -143,16 +144,14 @@ class DenseNet(Classifier):
         )  # fmt: skip
 
 
-def _densenet(name: str, small_stem: bool, *, num_classes, in_channels, image_size, lr, num_channels,
-              growth_rate, arch) -> DenseNet:
-    arch = tuple(arch)
-    model = DenseNet(num_channels, growth_rate, arch, lr=lr, num_classes=num_classes, in_channels=in_channels,
-                     small_stem=small_stem)
-    return prepare_model(model, name, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                         lr=lr, num_channels=num_channels, growth_rate=growth_rate, arch=arch)
+def _densenet(small_stem: bool, *, num_classes, in_channels, image_size, lr, num_channels, growth_rate,
+              arch) -> DenseNet:
+    model = DenseNet(num_channels, growth_rate, tuple(arch), lr=lr, num_classes=num_classes,
+                     in_channels=in_channels, small_stem=small_stem)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("densenet")
+@register_model("densenet", resize=96)
 def densenet(
     *,
     num_classes: int = 10,
@@ -164,11 +163,11 @@ def densenet(
     arch: Sequence[int] = (4, 4, 4, 4),
 ) -> DenseNet:
     """The book's DenseNet (d2l §8.7), trained there on Fashion-MNIST resized to 96 with lr 0.01."""
-    return _densenet("densenet", False, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+    return _densenet(False, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                      lr=lr, num_channels=num_channels, growth_rate=growth_rate, arch=arch)
 
 
-@register_model("densenet-small")
+@register_model("densenet-small", resize=28)
 def densenet_small(
     *,
     num_classes: int = 10,
@@ -184,5 +183,5 @@ def densenet_small(
     Same parameters as the book's but for the stem (9 weights per channel instead of 49); one 28x28 image
     costs about a third of the book's at 96x96.
     """
-    return _densenet("densenet-small", True, num_classes=num_classes, in_channels=in_channels,
+    return _densenet(True, num_classes=num_classes, in_channels=in_channels,
                      image_size=image_size, lr=lr, num_channels=num_channels, growth_rate=growth_rate, arch=arch)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.classifier import Classifier
+from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
 
 __all__ = ["FASTNET_WIDTHS", "FastNet", "fastnet"]
@@ -45,7 +45,7 @@ class FastNet(Classifier):
         self, widths: Sequence[int] = FASTNET_WIDTHS, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(widths=widths, lr=lr, num_classes=num_classes, in_channels=in_channels)
         layers = _conv_bn(in_channels, widths[0], pool=False)
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
             layers += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
@@ -54,6 +54,7 @@ class FastNet(Classifier):
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),  # (N, widths[-1])
             nn.Linear(widths[-1], num_classes),
         )  # fmt: skip
+        self.net.apply(init_cnn)
 
 
 @register_model("fastnet")
@@ -67,12 +68,4 @@ def fastnet(
 ) -> FastNet:
     """FastNet for ``in_channels`` x ``image_size`` inputs (28x28 Fashion-MNIST in ``--recipe fast``)."""
     model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(
-        model,
-        "fastnet",
-        in_channels=in_channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        lr=lr,
-        widths=tuple(widths),
-    )
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -97,7 +97,7 @@ class GoogleNet(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes, in_channels=in_channels)
         self.net = nn.Sequential(
             self.b1(in_channels), self.b2(), self.b3(), self.b4(), self.b5(), nn.Linear(1024, num_classes)
         )
@@ -131,7 +131,7 @@ class GoogleNet(Classifier):
         return nn.Sequential(*_inceptions(GOOGLENET_B5, 832), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
 
 
-@register_model("googlenet")
+@register_model("googlenet", resize=96)
 def googlenet(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.01
 ) -> GoogleNet:
@@ -140,5 +140,4 @@ def googlenet(
     It also takes native 28x28 images (the stem cuts them to 7x7), so it needs no small variant.
     """
     model = GoogleNet(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(model, "googlenet", in_channels=in_channels, image_size=image_size,
-                         num_classes=num_classes, lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

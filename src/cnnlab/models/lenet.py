@@ -6,8 +6,8 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.batchnorm import BatchNorm
-from cnnlab.classifier import Classifier
-from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.classifier import Classifier, init_cnn
+from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
 
 __all__ = ["BNLeNet", "BNLeNetScratch", "LeNet", "LeNetReLU", "lenet", "lenet_bn", "lenet_bn_scratch", "lenet_relu"]
 
@@ -40,7 +40,7 @@ class LeNet(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes)
         self.net = _lenet_net(num_classes, nn.Sigmoid, nn.AvgPool2d)
 
 
@@ -60,7 +60,7 @@ class LeNetReLU(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes)
         self.net = _lenet_net(num_classes, nn.ReLU, nn.MaxPool2d)
 
 
@@ -94,10 +94,11 @@ class BNLeNetScratch(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes, in_channels=in_channels)
         self.net = _bn_lenet_net(
             num_classes, in_channels, lambda c: BatchNorm(c, num_dims=4), lambda c: BatchNorm(c, num_dims=2)
         )
+        self.net.apply(init_cnn)  # the eager layers; the lazy Linear is initialized once materialized
 
 
 class BNLeNet(Classifier):
@@ -117,8 +118,9 @@ class BNLeNet(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes, in_channels=in_channels)
         self.net = _bn_lenet_net(num_classes, in_channels, nn.BatchNorm2d, nn.BatchNorm1d)
+        self.net.apply(init_cnn)  # the eager layers; the lazy Linear is initialized once materialized
 
 
 @register_model("lenet")
@@ -126,38 +128,30 @@ def lenet(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.1
 ) -> LeNet:
     """The book's LeNet-5 (d2l §7.6), materialized for `in_channels` x `image_size` inputs (at least 12)."""
-    model = LeNet(lr=lr, num_classes=num_classes)
-    return prepare_model(model, "lenet", in_channels=in_channels, image_size=image_size, num_classes=num_classes, lr=lr)
+    return prepare_model(LeNet(lr=lr, num_classes=num_classes), in_channels=in_channels, image_size=image_size)
 
 
-@register_model("lenet-relu")
+@register_model("lenet-relu", **MODERN_RECIPE)
 def lenet_relu(
-    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.1
+    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.05
 ) -> LeNetReLU:
     """LeNet-5 with ReLU and max pooling, materialized for `in_channels` x `image_size` inputs."""
-    model = LeNetReLU(lr=lr, num_classes=num_classes)
-    return prepare_model(
-        model, "lenet-relu", in_channels=in_channels, image_size=image_size, num_classes=num_classes, lr=lr
-    )
+    return prepare_model(LeNetReLU(lr=lr, num_classes=num_classes), in_channels=in_channels, image_size=image_size)
 
 
-@register_model("lenet-bn")
+@register_model("lenet-bn", resize=28)
 def lenet_bn(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.1
 ) -> BNLeNet:
     """LeNet with torch's batch normalization (d2l §8.5.5), trained there with lr 0.1 on 28x28 images."""
     model = BNLeNet(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(
-        model, "lenet-bn", in_channels=in_channels, image_size=image_size, num_classes=num_classes, lr=lr
-    )
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("lenet-bn-scratch")
+@register_model("lenet-bn-scratch", resize=28)
 def lenet_bn_scratch(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.1
 ) -> BNLeNetScratch:
     """LeNet with the from-scratch `BatchNorm` (d2l §8.5.4), trained there with lr 0.1 on 28x28 images."""
     model = BNLeNetScratch(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(
-        model, "lenet-bn-scratch", in_channels=in_channels, image_size=image_size, num_classes=num_classes, lr=lr
-    )
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -53,7 +53,7 @@ class NiN(Classifier):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1, small_stem: bool = False):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(lr=lr, num_classes=num_classes, in_channels=in_channels, small_stem=small_stem)
         stem = (3, 1, 1) if small_stem else (11, 4, 0)  # kernel_size, strides, padding
         self.net = nn.Sequential(
             nin_block(96, *stem, in_channels=in_channels),
@@ -70,21 +70,19 @@ class NiN(Classifier):
         self.net.apply(init_cnn)
 
 
-@register_model("nin")
+@register_model("nin", resize=224)
 def nin(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.05
 ) -> NiN:
     """The book's NiN (d2l §8.3), trained there on Fashion-MNIST resized to 224 with lr 0.05."""
     model = NiN(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(model, "nin", in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                         lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("nin-small")
+@register_model("nin-small", resize=28)
 def nin_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.05
 ) -> NiN:
     """NiN with a 3x3 stride-1 first conv for native 28x28 images (see `NiN`'s `small_stem`)."""
     model = NiN(lr=lr, num_classes=num_classes, in_channels=in_channels, small_stem=True)
-    return prepare_model(model, "nin-small", in_channels=in_channels, image_size=image_size,
-                         num_classes=num_classes, lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

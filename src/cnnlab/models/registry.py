@@ -1,41 +1,71 @@
 """A small model registry in the style of torchvision's `_api.py` and timm's `create_model`.
 
-Builders are plain functions registered under a name (`@register_model("resnet18")`); `create_model(name,
-**kwargs)` calls one. Every builder returns a model whose lazy layers are already materialized and that
-remembers how it was built (`model.model_name`, `model.model_kwargs`), so a checkpoint can rebuild it with
-`create_model(model.model_name, **model.model_kwargs)` before loading its state dict.
+Builders are plain functions registered under a name (`@register_model("resnet18", resize=96, ...)`);
+`create_model(name, **kwargs)` calls one. The registration records, for every model it returns, how it was
+built: `model.model_name` and `model.model_kwargs` (every builder argument, defaults included, read off the
+builder's signature), so a checkpoint can rebuild it with `create_model(model.model_name, **model.model_kwargs)`
+before loading its state dict. The registration also holds the model's training defaults (its recipe row, see
+`cnnlab.recipes`); the learning rate among them is the builder's own `lr` default, so it is written once.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
-from cnnlab.classifier import eval_mode, init_cnn
+from cnnlab.classifier import device_of, eval_mode, init_cnn
 
-__all__ = ["create_model", "list_models", "prepare_model", "register_model"]
+__all__ = ["create_model", "list_models", "model_recipe", "prepare_model", "register_model", "size_pair",
+           "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
 Builder = Callable[..., nn.Module]
 
 _MODELS: dict[str, Builder] = {}
+_RECIPES: dict[str, dict] = {}
+
+# The training defaults the modern networks share (momentum SGD, weight decay, one-cycle, standardized input);
+# each model's registration adds what differs (input size, learning rate via its builder, augmentation).
+MODERN_RECIPE = dict(optimizer="momentum", weight_decay=5e-4, schedule="onecycle", normalize=True)
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder under `name`; a name can be registered only once."""
+def register_model(name: str, **recipe: Any) -> Callable[[Builder], Builder]:
+    """Decorator registering a keyword-only builder under `name`; a name can be registered only once.
+
+    Args:
+        name: the registry name (`create_model(name)`, `cnnlab train --model name`).
+        **recipe: the model's training defaults (`resize=96`, `optimizer="momentum"`, ...); see
+            `cnnlab.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
+    """
     if name in _MODELS:
         raise ValueError(f"a model named {name!r} is already registered; pick another name.")
+    if "lr" in recipe:
+        raise ValueError(f"{name}: the learning rate is the builder's `lr` default, not a recipe field.")
 
     def wrapper(fn: Builder) -> Builder:
-        if name in _MODELS:
-            raise ValueError(f"a model named {name!r} is already registered; pick another name.")
-        _MODELS[name] = fn
-        return fn
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def build(**kwargs: Any) -> nn.Module:
+            bound = signature.bind(**kwargs)
+            bound.apply_defaults()
+            model = fn(**bound.arguments)
+            model.model_name = name
+            # Plain values only (a checkpoint stores them): an (h, w) list becomes a tuple.
+            model.model_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
+            return model
+
+        _MODELS[name] = build
+        lr = signature.parameters.get("lr")
+        _RECIPES[name] = {**recipe, **({"lr": lr.default} if lr is not None else {})}
+        return build
 
     return wrapper
 
@@ -44,6 +74,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered models, optionally filtered by an `fnmatch` pattern like `"resnet*"`."""
     names = sorted(_MODELS)
     return names if pattern is None else fnmatch.filter(names, pattern)
+
+
+def model_recipe(name: str) -> dict:
+    """The training defaults registered with model `name` (a copy), its builder's `lr` default included."""
+    if name not in _RECIPES:
+        raise ValueError(f"unknown model {name!r}; known models are: {', '.join(sorted(_MODELS))}.")
+    return dict(_RECIPES[name])
 
 
 def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.Module:
@@ -71,49 +108,45 @@ def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.M
     return builder(**kwargs)
 
 
-def _pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def size_pair(size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
+    """An image size given as one int or an `(h, w)` pair, as the pair.
+
+    Raises:
+        ValueError: not a positive int nor a pair of them; the message names `what`.
+    """
     def positive_int(s: object) -> bool:
         return isinstance(s, int) and not isinstance(s, bool) and s > 0
 
-    if positive_int(image_size):
-        return image_size, image_size
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(map(positive_int, image_size)):
-        return image_size[0], image_size[1]
-    raise ValueError(f"image_size must be a positive int or an (h, w) pair of them, got {image_size!r}.")
+    if positive_int(size):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(positive_int, size)):
+        return size[0], size[1]
+    raise ValueError(f"{what} must be a positive int or an (h, w) pair of them, got {size!r}.")
 
 
-def prepare_model(model: M, name: str, *, in_channels: int, image_size: int | tuple[int, int], **kwargs: Any) -> M:
-    """Finish a builder's model: materialize lazy layers, apply `init_cnn`, record how it was built.
+def prepare_model(model: M, *, in_channels: int, image_size: int | tuple[int, int]) -> M:
+    """Finish a builder's model: materialize its lazy layers with one dry forward, then `init_cnn` them.
 
     The dry forward runs on zeros of shape `(2, in_channels, h, w)` in eval mode under no_grad, so
-    BatchNorm statistics stay untouched. Afterwards parameter counts are final, an optimizer can be built
-    and `load_state_dict` works.
-
-    Args:
-        model: the freshly constructed model.
-        name: its registry name, stored as `model.model_name`.
-        in_channels, image_size: the input the model is built for; image_size is an int or `(h, w)`.
-        **kwargs: the builder's remaining arguments, stored with these in `model.model_kwargs`.
+    BatchNorm statistics stay untouched. Only the layers that were lazy are initialized here: a model's
+    eager layers were initialized by its constructor (initializing them twice would only waste random
+    numbers). Afterwards parameter counts are final, an optimizer can be built and `load_state_dict` works.
 
     Raises:
-        ValueError: when `image_size` is malformed or too small for the model.
+        ValueError: when `in_channels` or `image_size` is malformed or the image too small for the model.
     """
     if not (isinstance(in_channels, int) and in_channels > 0):
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
-    h, w = _pair(image_size)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    h, w = size_pair(image_size)
+    lazy = [m for m in model.modules() if isinstance(m, LazyModuleMixin)]
     with eval_mode(model):
         try:
-            model(torch.zeros(2, in_channels, h, w, device=device))
+            model(torch.zeros(2, in_channels, h, w, device=device_of(model)))
         except RuntimeError as e:
             msg = str(e).splitlines()[0]
             raise ValueError(
-                f"model {name!r} cannot take {in_channels}x{h}x{w} images ({msg}); use a larger image_size."
+                f"{type(model).__name__} cannot take {in_channels}x{h}x{w} images ({msg}); use a larger image_size."
             ) from e
-    model.apply(init_cnn)
-    if isinstance(image_size, list):
-        image_size = (h, w)
-    model.model_name = name
-    model.model_kwargs = {"in_channels": in_channels, "image_size": image_size, **kwargs}
+    for module in lazy:  # now nn.Conv2d / nn.Linear: a lazy module turns into its eager class in place
+        init_cnn(module)
     return model

@@ -45,7 +45,8 @@ class AnyNet(Classifier):
         in_channels: int = 1,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(arch=arch, stem_channels=stem_channels, lr=lr, num_classes=num_classes,
+                                  in_channels=in_channels)
         self.net = nn.Sequential(self.stem(stem_channels, in_channels))
         width = stem_channels
         for i, s in enumerate(arch):
@@ -88,7 +89,7 @@ class RegNetX32(AnyNet):
         super().__init__(REGNETX32_ARCH, 32, lr, num_classes, in_channels)
 
 
-@register_model("regnetx32")
+@register_model("regnetx32", resize=96)
 def regnetx32(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> RegNetX32:
@@ -97,5 +98,4 @@ def regnetx32(
     It also takes native 28x28 images (the stem and the two stages leave them at 4x4).
     """
     model = RegNetX32(lr=lr, num_classes=num_classes, in_channels=in_channels)
-    return prepare_model(model, "regnetx32", in_channels=in_channels, image_size=image_size,
-                         num_classes=num_classes, lr=lr)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -9,7 +9,7 @@ from torch import nn
 
 from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.layers import Residual
-from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
 
 __all__ = ["RESNET18_ARCH", "RESNET34_ARCH", "ResNet", "ResNet18", "resnet18", "resnet18_small", "resnet34"]
 
@@ -47,7 +47,8 @@ class ResNet(Classifier):
         in_channels: int | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(arch=arch, lr=lr, num_classes=num_classes, small_stem=small_stem,
+                                  in_channels=in_channels)
         # The stem's width is the first stage's (64 in the book, which hard-codes it): the first stage has
         # no projection shortcut, so any other width could not be added to its input.
         width = arch[0][1]
@@ -114,33 +115,33 @@ class ResNet18(ResNet):
         super().__init__(RESNET18_ARCH, lr, num_classes, small_stem, in_channels)
 
 
-def _resnet(name: str, arch: Sequence[tuple[int, int]], small_stem: bool, *, image_size, **kwargs: Any) -> ResNet:
+def _resnet(arch: Sequence[tuple[int, int]], small_stem: bool, *, image_size, **kwargs: Any) -> ResNet:
     model = ResNet(arch, small_stem=small_stem, **kwargs)
-    return prepare_model(model, name, image_size=image_size, **kwargs)
+    return prepare_model(model, in_channels=kwargs["in_channels"], image_size=image_size)
 
 
-@register_model("resnet18")
+@register_model("resnet18", resize=96, **MODERN_RECIPE)
 def resnet18(
-    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.01
+    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> ResNet:
     """The book's ResNet-18 (d2l §8.6.3) with its 7x7/2 stem, trained there on 96x96 Fashion-MNIST."""
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, lr=lr)
-    return _resnet("resnet18", RESNET18_ARCH, False, **kwargs)
+    return _resnet(RESNET18_ARCH, False, **kwargs)
 
 
-@register_model("resnet18-small")
+@register_model("resnet18-small", resize=28, augment=True, label_smoothing=0.1, **MODERN_RECIPE)
 def resnet18_small(
-    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.01
+    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.05
 ) -> ResNet:
     """ResNet-18 with a 3x3 stride-1 stem and no max pool, for native 28x28 or 32x32 images (CIFAR style)."""
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, lr=lr)
-    return _resnet("resnet18-small", RESNET18_ARCH, True, **kwargs)
+    return _resnet(RESNET18_ARCH, True, **kwargs)
 
 
-@register_model("resnet34")
+@register_model("resnet34", resize=96, **MODERN_RECIPE)
 def resnet34(
-    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.01
+    *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> ResNet:
     """ResNet-34 (He et al. 2016, table 1) from d2l's residual blocks, with the book's stem."""
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, lr=lr)
-    return _resnet("resnet34", RESNET34_ARCH, False, **kwargs)
+    return _resnet(RESNET34_ARCH, False, **kwargs)

@@ -1,0 +1,78 @@
+"""One evaluation for everything that reports an accuracy: the end of ``cnnlab train``, ``cnnlab evaluate``,
+the HTML report and the benchmarks.
+
+:func:`evaluate` runs a model over a loader in full precision and eval mode; :func:`evaluate_checkpoint`
+rebuilds a run's model from its checkpoint and evaluates it on the test split, with the input settings the
+run trained with. The trainer's per-epoch validation (under the run's autocast) is only a progress figure:
+the accuracy a run is known by is this one, so every command prints the same number for the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnlab.classifier import device_of, eval_mode
+
+__all__ = ["EvalResult", "evaluate", "evaluate_checkpoint"]
+
+
+@dataclass
+class EvalResult:
+    """Loss, accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+
+    loss: float
+    accuracy: float
+    count: int
+    confusion: torch.Tensor
+
+    @property
+    def per_class_accuracy(self) -> torch.Tensor:
+        totals = self.confusion.sum(dim=1).clamp(min=1)
+        return self.confusion.diagonal().double() / totals
+
+
+def evaluate(model: nn.Module, loader, device: torch.device | str | None = None,
+             num_classes: int | None = None) -> EvalResult:
+    """Evaluate ``model`` in fp32 on every batch of ``loader``: mean loss, accuracy and the confusion matrix.
+
+    The model's train/eval mode is restored afterwards, also after an error.
+
+    Args:
+        model: a classifier returning logits.
+        loader: yields ``(X, y)`` batches.
+        device: where to compute; default the model's device.
+        num_classes: the confusion matrix's size; default ``model.num_classes``, else 10.
+    """
+    device = torch.device(device) if device is not None else device_of(model)
+    num_classes = num_classes or getattr(model, "num_classes", None) or 10
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    count = 0
+    with eval_mode(model), torch.inference_mode():
+        for X, y in loader:
+            X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(X).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            confusion += torch.bincount(y * num_classes + logits.argmax(dim=1), minlength=num_classes**2)
+            count += y.numel()
+    confusion = confusion.reshape(num_classes, num_classes).cpu()
+    correct = int(confusion.diagonal().sum())
+    return EvalResult(loss=float(loss_sum) / max(count, 1), accuracy=correct / max(count, 1), count=count,
+                      confusion=confusion)
+
+
+def evaluate_checkpoint(run_or_ckpt: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu"):
+    """Rebuild a run's model (its ``best.pt``, else ``last.pt``, or the file given) and evaluate it on the test set.
+
+    Returns:
+        ``(loaded, result)``: the :class:`~cnnlab.inference.LoadedModel` and its :class:`EvalResult`.
+    """
+    from cnnlab.inference import load_trained
+
+    loaded = load_trained(run_or_ckpt, device)
+    return loaded, evaluate(loaded.model, loaded.test_loader(data_dir), device)

@@ -1,0 +1,152 @@
+"""The run folder: the one place that knows what a run writes and how it is read back.
+
+A run folder holds ``config.json`` (the settings it was started with), ``metrics.csv`` and ``metrics.jsonl``
+(one row per epoch), ``curves.png``, and the checkpoints ``last.pt`` (every epoch) and ``best.pt`` (the epoch
+of highest validation accuracy). Every file is written by :func:`cnnlab.atomic.atomic_write` (temporary file,
+fsync, rename, fsync of the folder), so a crash or a full disk leaves each file whole, old or new.
+
+:class:`RunFolder` is also a trainer callback: ``Trainer(run_dir=...)`` adds one, and after each epoch it
+writes the checkpoints and metrics, on rank 0 only under torchrun. ``cnnlab evaluate``, ``report``, ``viz``
+and ``--resume`` read runs through it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from cnnlab.atomic import atomic_write
+from cnnlab.callbacks import Callback
+from cnnlab.checkpoint import resolve_checkpoint, save_checkpoint
+from cnnlab.errors import RunFolderError
+
+__all__ = ["RunFolder", "METRIC_FIELDS"]
+
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "elapsed")
+
+
+class RunFolder(Callback):
+    """A run's folder: its files' paths, their writers and readers, and the per-epoch writing as a callback.
+
+    Args:
+        path: the folder (it need not exist until :meth:`create`).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    # ---- creating and reading --------------------------------------------------------------------
+
+    def create(self, config: dict | None = None) -> RunFolder:
+        """Make the folder, check that it takes files, and write ``config.json`` when ``config`` is given.
+
+        Raises:
+            RunFolderError: the folder cannot be created or written into.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror or exc}; choose another "
+                                 "--out folder") from None
+        try:
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+            if config is not None:
+                with atomic_write(self.config_file, "w") as f:  # a kill never leaves half a config
+                    f.write(json.dumps(config, indent=2) + "\n")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise RunFolderError(f"cannot write into run folder {self.path}: {reason}; choose another --out "
+                                 "folder") from None
+        return self
+
+    def read_config(self) -> dict:
+        """The settings the run was started with, as stored (the caller checks the fields).
+
+        Raises:
+            RunFolderError: no such folder, or no readable ``config.json`` in it.
+        """
+        if not self.path.is_dir():
+            raise RunFolderError(f"no such run folder: {self.path}")
+        if not self.config_file.is_file():
+            raise RunFolderError(f"{self.path} is not a cnnlab run folder (no config.json); give the folder "
+                                 "that `cnnlab train --out` wrote")
+        try:
+            values = json.loads(self.config_file.read_text())
+        except (ValueError, OSError) as exc:
+            raise RunFolderError(f"{self.config_file} is not a valid run config: {exc}") from None
+        if not isinstance(values, dict):
+            raise RunFolderError(f"{self.config_file} is not a valid run config: not a JSON object")
+        return values
+
+    def checkpoint(self, prefer: str = "best") -> Path:
+        """The checkpoint to use: ``best.pt``, else ``last.pt`` (``prefer="last"``: the other way round)."""
+        return resolve_checkpoint(self.path, prefer)
+
+    def history(self) -> list[dict]:
+        """The per-epoch metrics rows of ``metrics.jsonl`` ([] before the first epoch)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise RunFolderError(f"{path} has a line that is not JSON ({line[:40]!r}); the run folder "
+                                         "is damaged, train it again") from None
+        return rows
+
+    # ---- writing -----------------------------------------------------------------------------------
+
+    def save(self, state: dict, is_best: bool) -> None:
+        """Write ``last.pt`` and, for a best epoch, ``best.pt``."""
+        # best.pt first: a crash between the two writes then redoes this epoch (resume reads last.pt) and
+        # rewrites best.pt, instead of leaving a best.pt that misses its best epoch forever.
+        if is_best:
+            save_checkpoint(state, self.best)
+        save_checkpoint(state, self.last)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Rewrite ``metrics.csv``, ``metrics.jsonl`` and ``curves.png`` from all rows so far."""
+        # Rewritten whole each epoch (small), so a resumed run's files never hold rows of epochs that were
+        # lost in a crash.
+        with atomic_write(self.path / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        with atomic_write(self.path / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        from cnnlab.plotting import plot_curves  # matplotlib only once there is something to draw
+
+        plot_curves(rows, self.path / "curves.png")
+
+    # ---- as a trainer callback ---------------------------------------------------------------------
+
+    def on_fit_start(self, trainer, model) -> None:
+        if trainer.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def on_train_epoch_end(self, trainer, model, row: dict) -> None:
+        if trainer.is_main:
+            self.save(trainer.state_dict(), is_best=trainer.is_best_epoch)
+            self.write_metrics(trainer.history)
