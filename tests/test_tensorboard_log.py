@@ -3,7 +3,11 @@ graph and figures are there, a resumed run has one event per step, and only the 
 
 import csv
 import io
+import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -138,6 +142,58 @@ def test_logging_does_not_change_training(tmp_path, data_dir):
     assert plain == logged
     assert all(torch.equal(plain_state[k], logged_state[k]) for k in plain_state)
     assert _events(tmp_path / "tb").Tags()["graph"]
+
+
+# Each of 2 gloo ranks trains on its shard and validates on its half of the 300 validation images; the logger's
+# final evaluation must count all 300 on every rank, and only rank 0 may write.
+_DDP_WORKER = """
+import json, os, sys
+import torch
+from cnnlab import FashionMNIST, Trainer, create_model, distributed
+from cnnlab.tensorboard_log import TensorBoardLogger, _evaluate_everywhere
+distributed.init_from_env("cpu")
+rank, out = int(os.environ["RANK"]), sys.argv[1]
+torch.manual_seed(0)
+data = FashionMNIST(batch_size=64, root=sys.argv[2], num_train=256, num_val=300, seed=0)
+model = create_model("lenet")
+logger = TensorBoardLogger(os.path.join(out, "tb"))
+trainer = Trainer(max_epochs=1, device="cpu", progress=False, log=None, seed=0,
+                  on_epoch_end=lambda tr, row: logger.on_train_epoch_end(tr, tr.model, row))
+trainer.prepare(model, data)
+logger.on_fit_start(trainer, model)
+trainer.fit(model, data)
+result = _evaluate_everywhere(trainer, model, None)
+logger.on_fit_end(trainer, model)
+shard = sum(len(y) for _, y in trainer.val_loader)
+json.dump({"count": result.count, "sum": int(result.confusion.sum()), "shard": shard},
+          open(os.path.join(out, f"rank{rank}.json"), "w"))
+distributed.shutdown(clean=True)
+"""
+
+
+def test_two_ranks_count_the_whole_validation_set_and_only_rank_0_writes(tmp_path, data_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    procs = [subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(tmp_path), str(data_dir)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**env, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": "2",
+                                   "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)})
+             for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert [r["shard"] for r in ranks] == [150, 150]  # each rank validates half...
+    assert [(r["count"], r["sum"]) for r in ranks] == [(300, 300), (300, 300)]  # ...and the matrix counts all
+    files = [p.name for p in (tmp_path / "tb").iterdir()]
+    assert len(files) == 1 and files[0].startswith("events.out.tfevents")  # one writer: rank 0's
+    events = _events(tmp_path / "tb")
+    assert [e.step for e in events.Scalars("val/loss")] == [1]
+    assert [e.step for e in events.Images("val/confusion_matrix")] == [1]
 
 
 def _fake_trainer(**kw):

@@ -207,8 +207,10 @@ def _is_main(trainer) -> bool:
     # The redesigned Trainer has `is_main`; today's keeps it in its distributed context.
     is_main = getattr(trainer, "is_main", None)
     if is_main is None:
-        ctx = getattr(trainer, "ctx", None)
-        is_main = True if ctx is None else ctx.is_main
+        from cnnlab import distributed as dist_utils
+
+        ctx = getattr(trainer, "ctx", None) or dist_utils.current()
+        is_main = ctx.is_main
     return bool(is_main() if callable(is_main) else is_main)
 
 
@@ -217,8 +219,8 @@ def _evaluate_everywhere(trainer, model: nn.Module, class_names):
     from cnnlab import distributed as dist_utils
     from cnnlab.train import evaluate
 
-    ctx = getattr(trainer, "ctx", None)
-    world = getattr(ctx, "world_size", 1)
+    ctx = dist_utils.current()  # the process group itself, whatever the trainer calls its context
+    world = ctx.world_size
     if world == 1 and not _is_main(trainer):
         return None
     num_classes = len(class_names) if class_names else getattr(getattr(trainer, "data", None), "num_classes", None)
