@@ -147,7 +147,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_shape: Seque
             net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
             dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
     proto = program.model_proto
+    exporter_props = {p.key: p.value for p in proto.metadata_props}  # kept: set_model_props replaces them all
     onnx.helper.set_model_props(proto, {
+        **exporter_props,
         "model_name": model_name,
         "class_names": json.dumps(names, ensure_ascii=False),
         "input_size": json.dumps([height, width]),
