@@ -178,7 +178,7 @@ def test_missing_extra_names_the_pip_extra(monkeypatch, tmp_path):
                     mean=0, std=1)
     assert str(info.value) == ("ONNX export needs the 'export' extra (onnxruntime is not installed): "
                                "pip install 'cnnlab[export]'")
-    assert isinstance(info.value, ValueError) and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
     assert require("json", "export") is sys.modules["json"]
 
 
