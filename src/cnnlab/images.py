@@ -12,6 +12,7 @@ drawing visible: a white shirt cut out on transparency lands on black, a dark on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "decode_image", "is_grey", "open_image"]
+__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "decode_array", "decode_image", "is_grey",
+           "open_image", "probe_image"]
 
 # Refuse decompression bombs before decoding: 40 megapixels is far beyond any photo a CNN here is fed.
 MAX_PIXELS = 40_000_000
@@ -59,10 +61,39 @@ def open_image(path: str | os.PathLike, channels: int | None = None, *, formats:
         ImageError: missing, empty, not an image (or not of ``formats``), truncated or corrupt, or larger than
             ``MAX_PIXELS`` (checked from the header, before any pixel is decoded).
     """
-    from PIL import Image, UnidentifiedImageError
-
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
+    with _checked(path, formats) as img:
+        if size_hint is not None and img.format in ("JPEG", "MPO"):
+            # Square, the larger side: an EXIF turn may swap height and width afterwards.
+            side = max(size_hint)
+            img.draft(img.mode, (side, side))
+        img.load()
+        img = _upright(img)
+        grey = is_grey(img) if channels is None else channels == 1
+        return _to_grey(img) if grey else _to_rgb(img)
+
+
+def probe_image(path: str | os.PathLike, formats: tuple[str, ...] | None = FORMATS) -> tuple[int, int, bool]:
+    """Check an image file from its header, as :func:`open_image` would, without decoding its pixels.
+
+    Palette images are the exception: their palette is read (Pillow loads the image to give it).
+
+    Returns:
+        ``(width, height, grey)``, ``grey`` as :func:`is_grey` says.
+
+    Raises:
+        ImageError: as :func:`open_image`, except damage past the header, found only by decoding.
+    """
+    with _checked(path, formats) as img:
+        return img.width, img.height, is_grey(img)
+
+
+@contextlib.contextmanager
+def _checked(path: str | os.PathLike, formats: tuple[str, ...] | None):
+    """The opened (not yet decoded) image, its size checked; every failure inside becomes an ImageError."""
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image {path} does not exist")
@@ -80,14 +111,7 @@ def open_image(path: str | os.PathLike, channels: int | None = None, *, formats:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(f"image {path} is {width}x{height} pixels, {too_big}")
-                if size_hint is not None and img.format in ("JPEG", "MPO"):
-                    # Square, the larger side: an EXIF turn may swap height and width afterwards.
-                    side = max(size_hint)
-                    img.draft(img.mode, (side, side))
-                img.load()
-                img = _upright(img)
-                grey = is_grey(img) if channels is None else channels == 1
-                return _to_grey(img) if grey else _to_rgb(img)
+                yield img
     except ImageError:
         raise
     except Image.DecompressionBombError:
