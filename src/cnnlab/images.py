@@ -25,8 +25,9 @@ __all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "decode_arra
 
 # Refuse decompression bombs before decoding: 40 megapixels is far beyond any photo a CNN here is fed.
 MAX_PIXELS = 40_000_000
-# Pillow's format names: MPO is the JPEG variant many phones write (a JPEG with a second, preview picture).
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF")
+# Pillow's format names. JPEG includes MPO, the variant many phones write (a JPEG with a second picture):
+# Pillow's JPEG opener returns those itself, and "MPO" is no opener's name.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # File names an image folder is scanned for (torchvision's IMG_EXTENSIONS, less the formats not in FORMATS).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -144,7 +145,7 @@ def decode_image(path: str | os.PathLike, channels: int, size: tuple[int, int] |
     Shape:
         ``(channels, h, w)``.
     """
-    return torch.from_numpy(decode_array(path, channels, size))
+    return torch.from_numpy(np.array(decode_array(path, channels, size)))  # a writable, contiguous copy
 
 
 def decode_array(path: str | os.PathLike, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
