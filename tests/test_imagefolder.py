@@ -361,6 +361,15 @@ def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
     assert imagefolder.default_max_bytes() > 1 << 20
 
 
+def test_a_split_whose_files_are_all_bad(tmp_path):
+    grey_folder(tmp_path / "f" / "train")
+    for name in ("a", "b"):
+        (tmp_path / "f" / "test" / name).mkdir(parents=True)
+        (tmp_path / "f" / "test" / name / "x.png").write_text("not a picture")
+    with pytest.raises(ImageFolderError, match="none of the image files of .*'s test split can be read"):
+        ImageFolderData(tmp_path / "f", skip_bad=True, **QUIET)
+
+
 def test_validation_split_needs_two_images_in_a_class(tmp_path):
     with pytest.raises(ImageFolderError, match="too few images to hold out a validation split"):
         ImageFolderData(grey_folder(tmp_path / "f", per_class=1), **QUIET)

@@ -78,6 +78,11 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")  # .ipynb_checkpoints, .DS_Store, .git: never a class or an image
 
 
+def _unreadable(exc: OSError) -> None:
+    raise ImageFolderError(f"the folder {exc.filename} cannot be read ({exc.strerror}); fix its permissions or "
+                           "move it out of the image folder")
+
+
 def _scan(folder: Path) -> _Scan:
     """List ``folder/<class>/**/<image>`` in a fixed order: classes sorted, each class's files sorted."""
     try:
@@ -96,7 +101,7 @@ def _scan(folder: Path) -> _Scan:
         found = len(scan.files)
         # Top-down with sorted subfolders and files: the order is the same on every machine; links to folders
         # are not followed (a link to a parent would loop forever).
-        for here, dirs, files in os.walk(folder / name):
+        for here, dirs, files in os.walk(folder / name, onerror=_unreadable):
             dirs[:] = sorted(d for d in dirs if _visible(d))
             for fname in sorted(files):
                 if not _visible(fname):
@@ -371,7 +376,8 @@ class ImageFolderData:
         skip_bad: leave out files that cannot be read (counted in ``num_skipped``, listed in ``skipped``, and
             reported through ``log``) instead of refusing the folder with an error that lists them all.
         max_bytes: refuse a folder whose decoded images need more memory than this (the check comes before
-            anything is decoded); default half the RAM; None: no cap.
+            anything is decoded; a flat folder's split then copies them once more, for a moment); default half
+            the RAM; None: no cap.
         cache: keep the decoded images in ``<cache_dir()>/imagefolders/`` (``$CNNLAB_CACHE``), keyed by the
             settings and every file's name, size and mtime: an added, removed or touched file decodes afresh.
         device: move the images there once, see :meth:`to`.
@@ -418,6 +424,10 @@ class ImageFolderData:
             self.to(device)
 
     def _assign_splits(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (images, _) in splits.items():
+            if not len(images):  # every file of a split was bad and skipped
+                raise ImageFolderError(f"none of the image files of {self.root}'s {name} split can be read; fix "
+                                       "them, or remove that folder")
         pool_name = "all" if "all" in splits else "train"
         pool_images, pool_labels = splits[pool_name]
         self.test_images, self.test_labels = splits.get("test", (None, None))
