@@ -47,6 +47,7 @@ __all__ = [
     "DataError",
     "FashionMNIST",
     "cache_dir",
+    "check_fraction",
     "default_data_dirs",
     "describe",
     "download",
