@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from cnnlab import data, idx
 from cnnlab.data import (
     CLASS_NAMES,
+    MEAN,
+    STD,
     BatchLoader,
     DataError,
     FashionMNIST,
@@ -30,6 +32,7 @@ from cnnlab.data import (
     find_data_dir,
     load_fashion_mnist,
     read_idx,
+    stratified_split,
 )
 from io_counting import count_idx_reads
 
@@ -519,6 +522,131 @@ def test_settings_rebuild_the_same_batches(fmnist):
     assert original.to("cpu") is original and original.train_images.device.type == "cpu"
     with pytest.raises(ValueError, match="num_train must be between 1 and 60000"):
         FashionMNIST(num_train=60001)
+
+
+# -- images with channels (image folders) ---------------------------------------------------------------------
+
+def three_channels(images: torch.Tensor) -> torch.Tensor:
+    """Real images as three different channels: the image, its negative, and half its brightness."""
+    return torch.stack([images, 255 - images, images // 2], dim=1)  # (N, 3, H, W)
+
+
+def test_channel_images_are_batched_channel_by_channel_like_grey_ones(fmnist):
+    """Each channel of a (N, C, H, W) batch is what the grey loader makes of that channel alone: the same crop
+    and flip for every channel of an image, the resize and the normalization per channel."""
+    images, labels = fmnist.train_images[:300], fmnist.train_labels[:300]
+    colour = three_channels(images)
+    means, stds = (0.3, 0.6, 0.15), (0.35, 0.3, 0.2)
+    kwargs = dict(shuffle=True, augment=True, size=(30, 36), seed=7)
+    batches = list(BatchLoader(colour, labels, 64, normalize=(means, stds), **kwargs))
+    assert [tuple(X.shape) for X, _ in batches] == [(64, 3, 30, 36)] * 4 + [(44, 3, 30, 36)]
+    for c in range(3):
+        grey = BatchLoader(colour[:, c].contiguous(), labels, 64, normalize=(means[c], stds[c]), **kwargs)
+        for (X, y), (Xc, yc) in zip(batches, grey, strict=True):
+            assert torch.equal(y, yc)
+            torch.testing.assert_close(X[:, c:c + 1], Xc, atol=1e-6, rtol=0)
+    # and the channels did differ: the loader did not send one channel three times
+    assert not torch.allclose(batches[0][0][:, 0], batches[0][0][:, 1])
+
+
+def test_one_channel_images_give_exactly_the_grey_batches(fmnist):
+    images, labels = fmnist.train_images[:200], fmnist.train_labels[:200]
+    kwargs = dict(shuffle=True, augment=True, size=(32, 32), seed=2)
+    grey = list(BatchLoader(images, labels, 50, normalize=(MEAN, STD), **kwargs))
+    one = list(BatchLoader(images[:, None], labels, 50, normalize=((MEAN,), (STD,)), **kwargs))
+    assert all(torch.equal(X, X1) and torch.equal(y, y1) for (X, y), (X1, y1) in zip(grey, one, strict=True))
+
+
+def test_per_channel_normalize_standardizes_each_channel(fmnist):
+    colour = three_channels(fmnist.train_images[:2000])
+    x = colour.double() / 255
+    means, stds = x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+    X = torch.cat([X for X, _ in BatchLoader(colour, fmnist.train_labels[:2000], 500, normalize=(means, stds))])
+    torch.testing.assert_close(X.double().mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(X.double().std(dim=(0, 2, 3)), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("normalize, message", [
+    (((0.5, 0.5), (0.2, 0.2, 0.2)), "2 means and 3 standard deviations"),
+    (((0.5, 0.5, 0.5), (0.2, 0.0, 0.2)), "positive standard deviations"),
+    (("mean", "std"), "each a number or one number per channel"),
+    ((0.5,), "each a number or one number per channel"),
+])
+def test_bad_normalize_is_refused(normalize, message):
+    images = torch.zeros(4, 3, 6, 6, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=message):
+        BatchLoader(images, torch.zeros(4, dtype=torch.int64), 2, normalize=normalize)
+
+
+def test_images_of_other_shapes_are_refused():
+    with pytest.raises(ValueError, match=r"uint8 \(N, H, W\) or \(N, C, H, W\)"):
+        BatchLoader(torch.zeros(4, 1, 3, 6, 6, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), 2)
+
+
+# -- validation split -----------------------------------------------------------------------------------------
+
+def test_stratified_split_keeps_class_proportions(fmnist):
+    labels = fmnist.train_labels[:5000]
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=0)
+    counts, val_counts = labels.bincount(minlength=10), labels[val_idx].bincount(minlength=10)
+    assert torch.equal(val_counts, (counts * 0.2 + 0.5).floor().long())  # round(fraction * count), per class
+    assert torch.equal(train_idx, train_idx.sort().values) and torch.equal(val_idx, val_idx.sort().values)
+    assert train_idx.dtype == val_idx.dtype == torch.int64
+    together = torch.cat([train_idx, val_idx])
+    assert len(together.unique()) == len(together) == 5000  # disjoint, and every example is in one of them
+
+
+def test_stratified_split_is_seeded():
+    labels = torch.arange(300) % 3
+    first = stratified_split(labels, 0.1, seed=1)
+    again = stratified_split(labels.tolist(), 0.1, seed=1)  # a plain list works too
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    other = stratified_split(labels, 0.1, seed=2)
+    assert not torch.equal(first[1], other[1]) and len(first[1]) == len(other[1]) == 30
+
+
+def test_stratified_split_small_classes():
+    labels = torch.tensor([0] * 2 + [1] * 1 + [2] * 10 + [3] * 3)
+    _, val_idx = stratified_split(labels, 0.01, seed=0)
+    # a class of 2 or 3 gives one to validation even at 1%, a class of 1 keeps its only example for training
+    assert labels[val_idx].bincount(minlength=4).tolist() == [1, 0, 1, 1]
+    _, val_idx = stratified_split(labels, 0.99, seed=0)
+    assert labels[val_idx].bincount(minlength=4).tolist() == [1, 0, 9, 2]  # each class keeps one to train on
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1, True, "0.1", float("nan")])
+def test_stratified_split_refuses_a_bad_fraction(fraction):
+    with pytest.raises(ValueError, match=r"fraction strictly between 0 and 1, such as 0.1 for 10%, got"):
+        stratified_split(torch.arange(10) % 2, fraction, seed=0)
+
+
+def test_fashion_mnist_val_split_holds_out_training_images(fmnist):
+    d = FashionMNIST(batch_size=100, num_train=2000, num_val=500, val_split=0.1, seed=3)
+    held_out = int((fmnist.train_labels[:2000].bincount() * 0.1 + 0.5).floor().sum())  # rounded per class
+    assert 195 <= held_out <= 205
+    assert (len(d.train_labels), len(d.val_labels), len(d.test_labels)) == (2000 - held_out, held_out, 500)
+    train_idx, val_idx = stratified_split(fmnist.train_labels[:2000], 0.1, seed=3)  # the data seed
+    assert torch.equal(d.val_images, fmnist.train_images[val_idx])
+    assert torch.equal(d.train_labels, fmnist.train_labels[train_idx])
+    assert torch.equal(torch.cat([y for _, y in d.val_dataloader()]), fmnist.train_labels[val_idx])
+    X, y = next(iter(d.test_dataloader()))
+    assert torch.equal(y, fmnist.val_labels[:100])
+    torch.testing.assert_close(X[:, 0], fmnist.val_images[:100] / 255, atol=1e-7, rtol=0)
+    assert d.settings()["val_split"] == 0.1
+    rebuilt = FashionMNIST(**d.settings())
+    assert torch.equal(rebuilt.val_images, d.val_images) and torch.equal(rebuilt.test_images, d.test_images)
+    assert d.to("cpu") is d and d.val_images is not d.test_images
+    with pytest.raises(ValueError, match="fraction strictly between 0 and 1"):
+        FashionMNIST(val_split=10)
+
+
+def test_without_val_split_validation_is_the_test_split(fmnist):
+    d = FashionMNIST(batch_size=250, num_train=100, num_val=500)
+    assert d.settings()["val_split"] is None and d.val_images is d.test_images
+    val, test = list(d.val_dataloader()), list(d.test_dataloader())
+    assert all(torch.equal(X, X2) and torch.equal(y, y2) for (X, y), (X2, y2) in zip(val, test, strict=True))
+    assert d.to("cpu").val_images is d.test_images  # moved once, still one tensor
 
 
 def test_text_labels_and_describe(fmnist, real_dir):

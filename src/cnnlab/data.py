@@ -9,7 +9,10 @@ per-image ``Dataset`` behind a ``DataLoader``. Reading, finding, verifying and d
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +48,14 @@ __all__ = [
     "DataError",
     "FashionMNIST",
     "cache_dir",
+    "check_fraction",
     "default_data_dirs",
     "describe",
     "download",
     "find_data_dir",
     "load_fashion_mnist",
     "read_idx",
+    "stratified_split",
     "text_labels",
 ]
 
@@ -190,33 +195,37 @@ class BatchLoader:
     (about 4 MB), so a batch kept for long keeps its block alive.
 
     Args:
-        images: ``uint8`` images, shape ``(N, H, W)``.
+        images: ``uint8`` images, shape ``(N, H, W)`` (grey, as Fashion-MNIST) or ``(N, C, H, W)``.
         labels: ``int64`` labels, shape ``(N,)``, on the same device.
         batch_size: images per batch (the global batch when sharded, see :meth:`shard`).
         shuffle: a new seeded permutation each pass; else the stored order.
-        augment: random crop (2-pixel zero padding) and random horizontal flip.
+        augment: random crop (2-pixel zero padding) and random horizontal flip, the same for every channel
+            of an image.
         size: output ``(H, W)``; when it differs, resized as ``F.interpolate(mode="bilinear",
-            antialias=True, align_corners=False)`` would, computed as two matmuls.
-        normalize: ``(mean, std)`` to standardize with, or None to keep values in [0, 1].
+            antialias=True, align_corners=False)`` would, computed as two matmuls (each channel alike).
+        normalize: ``(mean, std)`` to standardize with, each a number or a sequence of one value per channel,
+            or None to keep values in [0, 1].
         seed: seed of the permutations and augmentations.
         drop_last: leave out the last, smaller batch.
 
     Shape:
-        Yields ``X`` float32 ``(B, 1, *size)`` and ``y`` int64 ``(B,)``.
+        Yields ``X`` float32 ``(B, C, *size)`` (``C = 1`` for ``(N, H, W)`` images) and ``y`` int64 ``(B,)``.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  augment: bool = False, size: tuple[int, int] | None = None,
-                 normalize: tuple[float, float] | None = None, seed: int = 0, drop_last: bool = False):
+                 normalize: tuple[float, float] | tuple[Sequence[float], Sequence[float]] | None = None,
+                 seed: int = 0, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if images.dtype != torch.uint8 or images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(f"images must be uint8 (N, H, W) with one label each, got {images.dtype} "
-                             f"{tuple(images.shape)} and {len(labels)} labels")
+        if images.dtype != torch.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+            raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W) with one label each, got "
+                             f"{images.dtype} {tuple(images.shape)} and {len(labels)} labels")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.size = tuple(size) if size is not None else tuple(images.shape[1:])
+        self.size = tuple(size) if size is not None else tuple(images.shape[-2:])
         self.normalize, self.seed, self.drop_last = normalize, seed, drop_last
+        self._mean_std = _mean_std(normalize, 1 if images.ndim == 3 else images.shape[1])
         self.rank, self.world_size = 0, 1
         self._next_epoch = 0
 
@@ -279,7 +288,9 @@ class BatchLoader:
         return self._batches(order, shifts if self.augment else None, flips if self.augment else None)
 
     def _batches(self, order, shifts, flips):
-        b, (h, w) = self.per_rank_batch_size, self.images.shape[1:]
+        b, (h, w) = self.per_rank_batch_size, self.images.shape[-2:]
+        grey = self.images.ndim == 3  # (N, H, W): Fashion-MNIST's path, kept exactly as it always was
+        c = 1 if grey else self.images.shape[1]
         resize = None
         if self.size != (h, w):  # (Wh, Ww.T), made here so they live on the images' current device
             resize = (_resize_matrix(h, self.size[0]).to(self.images.device),
@@ -288,27 +299,71 @@ class BatchLoader:
         # to 1, so the result is the same, and the cost is per input pixel rather than per output pixel.
         # Times 1/255 rather than / 255 (as ToTensor): 2x faster, within a float32 ulp, and 255 -> exactly 1.
         scale, shift = 1 / 255, 0.0
-        if self.normalize is not None:
-            scale, shift = 1 / (255 * self.normalize[1]), self.normalize[0] / self.normalize[1]
+        if self._mean_std is not None:
+            mean, std = self._mean_std
+            if isinstance(mean, float):
+                scale, shift = 1 / (255 * std), mean / std
+            else:  # one value per channel, (C, 1, 1) so it broadcasts over (M, C, H, W)
+                scale = torch.tensor([1 / (255 * s) for s in std]).view(c, 1, 1).to(self.images.device)
+                shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(c, 1, 1)
+                shift = shift.to(self.images.device)
         # Several batches are built by each op and then split into views: fewer, larger ops cost less Python
         # and fewer thread-pool wake-ups (which on a busy machine each wait for a scheduler slice), while
         # a chunk small enough to stay in cache keeps the conversion fast.
-        step = b * max(1, _CHUNK_ELEMENTS // (b * self.size[0] * self.size[1]))
+        step = b * max(1, _CHUNK_ELEMENTS // (b * c * self.size[0] * self.size[1]))
         stop = len(self) * b
         for lo in range(0, stop, step):
             hi = min(lo + step, stop)
             idx = order[lo:hi]
-            x = self.images.index_select(0, idx)  # (M, H, W) uint8; index_select beats x[idx]
-            if shifts is not None:
-                x = _crop_flip(x, shifts[lo:hi], flips[lo:hi])
-            x = x.unsqueeze(1).to(torch.float32).mul_(scale)  # (M, 1, H, W)
-            if shift:
+            x = self.images.index_select(0, idx)  # (M, H, W) or (M, C, H, W) uint8; index_select beats x[idx]
+            if grey:
+                if shifts is not None:
+                    x = _crop_flip(x, shifts[lo:hi], flips[lo:hi])
+                x = x.unsqueeze(1)  # (M, 1, H, W)
+            elif shifts is not None:  # every channel of an image gets that image's crop and flip
+                m = len(idx)
+                x = _crop_flip(x.reshape(m * c, h, w), shifts[lo:hi].repeat_interleave(c, 0),
+                               flips[lo:hi].repeat_interleave(c)).view(m, c, h, w)
+            x = x.to(torch.float32).mul_(scale)  # (M, C, H, W)
+            if not isinstance(shift, float) or shift:
                 x = x.sub_(shift)
             if resize is not None:
-                x = resize[0] @ (x @ resize[1])  # (M, 1, H, W) -> (M, 1, *size)
+                x = resize[0] @ (x @ resize[1])  # (M, C, H, W) -> (M, C, *size)
             y = self.labels.index_select(0, idx)
             for start in range(0, hi - lo, b):
                 yield x[start:start + b], y[start:start + b]
+
+
+def _mean_std(normalize, channels: int) -> tuple | None:
+    """``normalize`` checked: None, ``(mean, std)`` floats, or ``(means, stds)`` tuples of ``channels`` floats.
+
+    A sequence of one value is taken as that number, so ``((m,), (s,))`` gives exactly ``(m, s)``'s batches.
+    """
+    if normalize is None:
+        return None
+    try:
+        mean, std = normalize
+        means, stds = _floats(mean), _floats(std)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize must be (mean, std), each a number or one number per channel, "
+                         f"got {normalize!r}") from None
+    if len(means) == len(stds) == 1:
+        means, stds = means * channels, stds * channels
+    if not len(means) == len(stds) == channels:
+        raise ValueError(f"normalize gives {len(means)} means and {len(stds)} standard deviations for images of "
+                         f"{channels} channel(s); give one of each per channel, or one number for all")
+    if not all(s > 0 and math.isfinite(s) for s in stds) or not all(math.isfinite(m) for m in means):
+        raise ValueError(f"normalize needs finite means and positive standard deviations, got {normalize!r}")
+    if len(set(means)) == len(set(stds)) == 1:
+        return means[0], stds[0]  # one number for every channel: the scalar ops, as Fashion-MNIST always had
+    return tuple(means), tuple(stds)
+
+
+def _floats(value) -> list[float]:
+    """A number, or a sequence (list, tuple, array, tensor) of numbers, as a list of floats."""
+    if isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+        return [float(value)]
+    return [float(v) for v in value]
 
 
 def _resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -338,6 +393,48 @@ def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> to
     return torch.where(flips[:, None, None], out.flip(-1), out)
 
 
+def check_fraction(fraction: float) -> None:
+    """Raise a ConfigError unless ``fraction`` is a number strictly between 0 and 1 (a validation share)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+        raise ConfigError(f"the validation split must be a fraction strictly between 0 and 1, such as 0.1 "
+                         f"for 10%, got {fraction!r}")
+
+
+def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split examples into training and validation indices, each class in the same proportion (seeded).
+
+    Class ``k`` with ``n_k`` examples gives ``round(fraction * n_k)`` of them to validation (halves rounded
+    up), at least one when ``n_k >= 2`` and never all of them, so every class keeps a training example; a
+    class of one example stays in training. Which examples go is a seeded permutation per class, drawn
+    class by class in label order from ``torch.Generator().manual_seed(seed)``: the same labels and seed
+    give the same split on every machine.
+
+    Args:
+        labels: class indices (a tensor or sequence of ints), shape ``(N,)``.
+        fraction: the share of each class held out for validation, strictly between 0 and 1.
+        seed: seed of the choice.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted ``int64`` index tensors, disjoint, together ``0 .. N-1``.
+    """
+    check_fraction(fraction)
+    labels = torch.as_tensor(labels).cpu()
+    if labels.ndim != 1 or (labels.numel() and (labels.is_floating_point() or int(labels.min()) < 0)):
+        raise ValueError(f"labels must be non-negative class indices of shape (N,), got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    val = []
+    for k in labels.unique(sorted=True).tolist():
+        members = (labels == k).nonzero().flatten()  # ascending, so the permutation acts on a fixed order
+        n = len(members)
+        take = min(max(math.floor(fraction * n + 0.5), 1), n - 1) if n >= 2 else 0
+        val.append(members[torch.randperm(n, generator=generator)[:take]])
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    if val:
+        is_val[torch.cat(val)] = True
+    return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
 class FashionMNIST:
     """Fashion-MNIST held in memory, with d2l's DataModule API (d2l §4.2): ``get_dataloader(train)``.
 
@@ -351,9 +448,13 @@ class FashionMNIST:
         seed: seed of the training order and augmentation.
         num_train: keep only the first ``num_train`` training images (small real slices for tests).
         num_val: keep only the first ``num_val`` test images.
-        val_batch_size: images per validation batch; default ``batch_size``.
+        val_batch_size: images per validation (and test) batch; default ``batch_size``.
         device: move the images there once, see :meth:`to`.
         verify: check the files' MD5s (see :func:`load_fashion_mnist`).
+        val_split: None validates on the test images, as d2l does. A fraction (e.g. 0.1) instead holds out
+            that share of the (first ``num_train``) training images, stratified by class and chosen by
+            ``seed`` (:func:`stratified_split`), for validation; the test images stay untouched for
+            :meth:`test_dataloader`, the one honest score at the end.
     """
 
     num_classes = len(CLASS_NAMES)
@@ -362,17 +463,26 @@ class FashionMNIST:
     def __init__(self, batch_size: int = 64, resize: int | tuple[int, int] = (28, 28), root=None,
                  normalize: bool = False, augment: bool = False, seed: int = 0, num_train: int | None = None,
                  num_val: int | None = None, val_batch_size: int | None = None, device=None,
-                 verify: bool = True):
+                 verify: bool = True, val_split: float | None = None):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.resize = (resize, resize) if isinstance(resize, int) else tuple(resize)
         if len(self.resize) != 2 or min(self.resize) < 1:
             raise ConfigError(f"resize must be a positive int or (h, w), got {resize!r}")
+        if val_split is not None:
+            check_fraction(val_split)  # before the files are read: a typo costs nothing
         self.normalize, self.augment, self.seed = normalize, augment, seed
-        self.num_train, self.num_val = num_train, num_val
+        self.num_train, self.num_val, self.val_split = num_train, num_val, val_split
         images, labels = load_fashion_mnist(root, train=True, verify=verify)
-        self.train_images, self.train_labels = _first(images, labels, num_train, "num_train")
+        train_images, train_labels = _first(images, labels, num_train, "num_train")
         images, labels = load_fashion_mnist(root, train=False, verify=verify)
-        self.val_images, self.val_labels = _first(images, labels, num_val, "num_val")
+        self.test_images, self.test_labels = _first(images, labels, num_val, "num_val")
+        if val_split is None:
+            self.train_images, self.train_labels = train_images, train_labels
+            self.val_images, self.val_labels = self.test_images, self.test_labels
+        else:
+            train_idx, val_idx = stratified_split(train_labels, val_split, seed)
+            self.train_images, self.train_labels = train_images[train_idx], train_labels[train_idx]
+            self.val_images, self.val_labels = train_images[val_idx], train_labels[val_idx]
         if device is not None:
             self.to(device)
 
@@ -383,15 +493,20 @@ class FashionMNIST:
 
     def to(self, device) -> FashionMNIST:
         """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
+        val_is_test = self.val_images is self.test_images
         self.train_images, self.train_labels = self.train_images.to(device), self.train_labels.to(device)
-        self.val_images, self.val_labels = self.val_images.to(device), self.val_labels.to(device)
+        self.test_images, self.test_labels = self.test_images.to(device), self.test_labels.to(device)
+        if val_is_test:  # one copy on the device, not two
+            self.val_images, self.val_labels = self.test_images, self.test_labels
+        else:
+            self.val_images, self.val_labels = self.val_images.to(device), self.val_labels.to(device)
         return self
 
     def settings(self) -> dict:
         """The constructor arguments that shape the batches, as plain values a checkpoint can store."""
         return {"batch_size": self.batch_size, "resize": self.resize, "normalize": self.normalize,
                 "augment": self.augment, "seed": self.seed, "num_train": self.num_train,
-                "num_val": self.num_val, "val_batch_size": self.val_batch_size}
+                "num_val": self.num_val, "val_batch_size": self.val_batch_size, "val_split": self.val_split}
 
     def get_dataloader(self, train: bool) -> BatchLoader:
         """The shuffled, optionally augmented training loader, or the in-order validation loader."""
@@ -407,6 +522,11 @@ class FashionMNIST:
 
     def val_dataloader(self) -> BatchLoader:
         return self.get_dataloader(train=False)
+
+    def test_dataloader(self) -> BatchLoader:
+        """The (first ``num_val``) test images in order; the validation loader too unless ``val_split``."""
+        return BatchLoader(self.test_images, self.test_labels, self.val_batch_size or self.batch_size,
+                           size=self.resize, normalize=(MEAN, STD) if self.normalize else None, seed=self.seed)
 
     def text_labels(self, indices) -> list[str]:
         """Class names for label indices (d2l §4.2)."""
@@ -424,7 +544,7 @@ class FashionMNIST:
 
     def __repr__(self) -> str:
         return (f"FashionMNIST(batch_size={self.batch_size}, resize={self.resize}, "
-                f"train={len(self.train_labels)}, val={len(self.val_labels)}, "
+                f"train={len(self.train_labels)}, val={len(self.val_labels)}, test={len(self.test_labels)}, "
                 f"device={self.train_images.device})")
 
 

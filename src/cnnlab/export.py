@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from cnnlab.atomic import atomic_write
+from cnnlab.errors import UserError
 from cnnlab.extras import require
 
 __all__ = ["ExportCheckFailed", "ExportResult", "export_onnx", "read_metadata", "MAX_ABS_DIFF", "MIN_AGREEMENT",
@@ -55,8 +56,13 @@ CHECK_BATCH = 256  # images per forward in the check, so 1,000 images also exerc
 DEFAULT_CHECK_IMAGES = 16  # random images checked when the caller passes none
 
 
-class ExportCheckFailed(RuntimeError):
-    """The ONNX model's logits differ from PyTorch's; no file was written. The message gives the figures."""
+class ExportCheckFailed(UserError, RuntimeError):
+    """The ONNX model's logits differ from PyTorch's; no file was written. The message gives the figures.
+
+    Not the user's doing, but not worth a traceback either: the CLI prints the figures and exits 1.
+    """
+
+    exit_code = 1
 
     def __init__(self, message: str, max_abs_diff: float, top1_agreement: float, num_checked: int):
         super().__init__(message)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from cnnlab.errors import MissingExtra
+
 __all__ = ["MissingExtra", "require"]
-
-
-class MissingExtra(ValueError):
-    """An optional dependency is not installed; the message names the extra that installs it."""
 
 
 def require(module: str, extra: str, feature: str | None = None) -> ModuleType:

@@ -4,13 +4,14 @@ Images are read with Pillow (a dependency of matplotlib, so nothing new to insta
 greyscale and resized to the model's input the way Fashion-MNIST was made: a white-background photo is
 inverted so that the garment is bright on black, as in the data set. Image files and checkpoints are
 treated as hostile: a size limit is checked before decoding, and every failure is an :class:`ImageError`
-or a :class:`~cnnlab.checkpoint.CheckpointError` with one clear sentence.
+or a :class:`~cnnlab.checkpoint.CheckpointError` with one clear sentence. The checked reader itself lives in
+:mod:`cnnlab.images` (training on image folders uses it too); ``ImageError`` and ``MAX_PIXELS`` are
+re-exported here so that older imports keep working.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,10 @@ from cnnlab.checkpoint import (
     model_from_checkpoint,
     resolve_checkpoint,
 )
-from cnnlab.errors import ImageError
+from cnnlab.images import MAX_PIXELS, ImageError, open_image
 
 __all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
-# Refuse decompression bombs before decoding: 40 megapixels is far beyond any garment photo.
-MAX_PIXELS = 40_000_000
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
 
 
@@ -88,79 +87,15 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     Any mode Pillow opens is accepted: 1-bit, greyscale (8, 16 or 32 bits, float), palette, RGB, CMYK,
     and alpha (RGBA, LA, palette or ``tRNS`` transparency). The steps follow the data set's own conversion
     (Xiao et al. 2017, "Fashion-MNIST"): greyscale, a light background inverted to black, padded to a centred
-    square, resized to 28x28. EXIF orientation is applied first, so phone photos stand upright.
+    square, resized to 28x28. EXIF orientation is applied first, so phone photos stand upright. The reading
+    and its checks are :func:`cnnlab.images.open_image`'s.
 
     Raises:
         ImageError: missing, empty, not an image, truncated or corrupt, or larger than ``MAX_PIXELS``
             (checked from the header, before any pixel is decoded).
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image {path} does not exist")
-    if not path.is_file():
-        raise ImageError(f"image {path} is not a file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"image {path} is empty (0 bytes)")
-    too_big = (f"over the {MAX_PIXELS:,}-pixel limit (a decompression bomb or a needlessly huge photo); "
-               "shrink it first")
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns from 89 Mpx and refuses from 179 Mpx; our own, lower limit is checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"image {path} is {width}x{height} pixels, {too_big}")
-                img.load()
-                grey = _to_grey(_upright(img))
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"image {path} declares more pixels than Pillow will decode, {too_big}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image file cnnlab can read (use PNG or JPEG)") from None
-    except (OSError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"image {path} is damaged or truncated ({exc}); export it again") from None
-    except Exception as exc:  # noqa: BLE001 - a hostile file must never surface as a traceback
-        raise ImageError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})") from None
-    return _fashion_style(grey)
-
-
-def _upright(img):
-    """Apply the EXIF orientation tag (phone photos are stored sideways); a broken tag is ignored."""
-    from PIL import ImageOps
-
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - the pixels are fine; only the optional tag is damaged
-        return img
-
-
-def _to_grey(img):
-    """Any Pillow mode -> 8-bit greyscale ('L'); transparency becomes background, of whichever shade
-    keeps the drawing visible (a white shirt on transparency must not vanish onto white)."""
-    import numpy as np
-    from PIL import Image
-
-    if img.mode in ("I", "F") or img.mode.startswith("I;"):
-        # 16/32-bit integer or float greyscale: stretch the real range to 0-255 rather than clip it.
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32)  # (H, W, 2): luminance, alpha
-        lum, alpha = la[..., 0], la[..., 1] / 255
-        coverage = float(alpha.sum())
-        drawing_is_light = coverage > 0 and float((lum * alpha).sum()) / coverage > 127
-        background = 0.0 if drawing_is_light else 255.0
-        out = lum * alpha + background * (1 - alpha)
-        return Image.fromarray(out.round().astype(np.uint8), mode="L")
-    if img.mode not in ("1", "L", "P", "RGB", "CMYK"):
-        img = img.convert("RGB")  # YCbCr, LAB, HSV...: Pillow converts these to L only through RGB
-    return img.convert("L")
+    # formats=None: predict has always opened every format Pillow knows; the image-folder reader is stricter.
+    return _fashion_style(open_image(path, channels=1, formats=None))
 
 
 def _fashion_style(grey) -> torch.Tensor:
