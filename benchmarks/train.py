@@ -72,7 +72,7 @@ class _Variant:
                                  num_train=min(60_000, steps * config.batch_size), num_val=num_val,
                                  val_batch_size=change.get("val_batch_size", 1024))
         torch.manual_seed(config.seed)
-        self.model = build_model(config)
+        self.model = build_model(config, self.data)
         optimizer = _optimizer(config, change["optimizer"]) if "optimizer" in change else make_optimizer(config)
         # Deterministic kernels as `cnnlab train` runs (seeded, on the CPU) unless the variant turns them off;
         # the Trainer sets them only inside its fit.

@@ -44,7 +44,7 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
     config = replace(config, num_train=steps * config.batch_size, num_val=min(config.batch_size, 256))
     data = build_data(config)
     torch.manual_seed(seed)
-    reference = build_model(config)
+    reference = build_model(config, data)
     size = config.resize
     forward = sum(s.flops for s in layer_stats(reference, (1, 1, size, size)))
     train_flops = training_flops_per_image(reference, (1, size, size), batch=2)

@@ -53,12 +53,12 @@ def _die_after(steps: int):
 _run_training, _build_model = recipes.run_training, recipes.build_model
 
 
-def run_training(config, resume=None, log=print, on_epoch_end=None):
-    return _run_training(config, resume, log=log, on_epoch_end=_dump)
+def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=()):
+    return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks)
 
 
-def build_model(config):
-    model = _build_model(config)
+def build_model(config, data):
+    model = _build_model(config, data)
     die_step = int(os.environ.get("CNNLAB_TEST_DIE_STEP", "0"))
     if die_step and RANK == int(os.environ.get("CNNLAB_TEST_DIE_RANK", "1")):
         model.register_forward_pre_hook(_die_after(die_step))

@@ -236,7 +236,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     bf16 = matmul_flops(dtype=torch.bfloat16)
     data = recipes.build_data(config)
     torch.manual_seed(config.seed)
-    reference = recipes.build_model(config)
+    reference = recipes.build_model(config, data)
     flops = training_flops_per_image(reference, (1, *data.resize))
     rows: dict[str, list[dict]] = {"book": [], "plain": [], "cnnlab": []}
     steps_per_epoch = -(-len(data.train_labels) // config.batch_size)

@@ -48,6 +48,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, such as 0.1, got {text!r}")
+    return value
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(part) for part in text.split(","))
@@ -91,6 +98,17 @@ def _add_train(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the four Fashion-MNIST IDX files")
     p.add_argument("--num-train", type=_positive_int, help="train on the first N training images only")
     p.add_argument("--num-val", type=_positive_int, help="validate on the first N test images only")
+    p.add_argument("--val-split", type=_fraction, metavar="F", help="validate on a seeded, stratified share F of "
+                   "the training images (e.g. 0.1) instead of the test set, which is then scored once, at the end")
+    p.add_argument("--images", metavar="DIR", help="train on your own image folder instead of Fashion-MNIST: "
+                   "DIR/<class>/<image> (or DIR/train/<class>/..., DIR/test/<class>/...), as torchvision's "
+                   "ImageFolder; without test/ or val/, --val-split (default 0.1) holds out a share")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="with --images: 1 (grey) or 3 (colour); default "
+                   "1 if every image is grey, else 3")
+    p.add_argument("--skip-bad", action="store_true", help="with --images: leave unreadable files out (counted) "
+                   "instead of stopping with their list")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard/ (needs the "
+                   "'tensorboard' extra); view with `tensorboard --logdir runs/`")
     p.add_argument("--out", help="the run folder itself (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN", help="continue this run folder with its saved settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=_positive_int, default=18)
     d.add_argument("--out", default="fashion-mnist.png")
     d.add_argument("--data-dir")
+    d = dsub.add_parser("export-folder", help="write Fashion-MNIST as an image folder of PNGs (DIR/<split>/"
+                        "<class>/NNNNN.png), the layout `cnnlab train --images` reads")
+    d.add_argument("dir", metavar="DIR")
+    d.add_argument("--split", choices=("train", "test"), default="train")
+    d.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of the split")
+    d.add_argument("--data-dir")
     d = dsub.add_parser("download", help="fetch the four files from the official mirror, verified")
     d.add_argument("--data-dir", "--dir", dest="dir", help="destination (default ~/.cache/cnnlab/fashion-mnist, "
                    "or $CNNLAB_CACHE/fashion-mnist)")
@@ -146,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder holding train-images-idx3-ubyte.gz and the other archives")
     d.add_argument("--any-archive", action="store_true", help="accept archives that were recompressed (e.g. "
                    "Debian's): only the MD5 of the data inside is checked, not the archive's")
+
+    p = sub.add_parser("export", help="write a trained model as ONNX, checked against PyTorch by onnxruntime "
+                       "(needs the 'export' extra)")
+    p.add_argument("run", metavar="RUN|CKPT")
+    p.add_argument("--out", help="ONNX file to write (default: <run>/model.onnx)")
+    p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: torch's exporter's)")
+    p.add_argument("--data-dir", help="where the test images for the check are (default: the run's)")
 
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs of a model")
     p.add_argument("model")
@@ -224,7 +255,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from cnnlab.data import CLASS_NAMES
     from cnnlab.evaluation import evaluate_checkpoint
     from cnnlab.plotting import plot_confusion
     from cnnlab.runtime import pick_device
@@ -233,12 +263,14 @@ def cmd_evaluate(args) -> int:
     print(f"checkpoint {loaded.checkpoint}")
     print(f"test accuracy {result.accuracy:.4f} ({result.count:,} images), test loss {result.loss:.4f}")
     print(f"{'class':<12} {'accuracy':>8} {'images':>7}")
-    for name, acc, n in zip(CLASS_NAMES, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
+    names = loaded.class_names
+    width = max(12, *(len(name) for name in names))
+    for name, acc, n in zip(names, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
                             strict=True):
-        print(f"{name:<12} {acc:>8.4f} {n:>7,}")
+        print(f"{name:<{width}} {acc:>8.4f} {n:>7,}")
     run_dir = loaded.checkpoint.parent
     out = Path(args.out) if args.out else run_dir / "confusion.png"
-    plot_confusion(result.confusion, CLASS_NAMES, out, title=f"Confusion matrix (accuracy {result.accuracy:.4f})")
+    plot_confusion(result.confusion, names, out, title=f"Confusion matrix (accuracy {result.accuracy:.4f})")
     print(f"confusion matrix: {out}")
     return 0
 
@@ -246,46 +278,75 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
-    from cnnlab.inference import load_image, load_trained, top_k
+    from cnnlab.inference import load_trained, top_k
 
     if not args.images and not args.test_index:
         raise ConfigError("give IMAGE files and/or --test-index N...")
     loaded = load_trained(args.run)
+    class_names = loaded.class_names
     names, images, truths = [], [], []
     for path in args.images:
-        images.append(load_image(path))
+        images.append(loaded.read_image(path))
         names.append(str(path))
         truths.append(None)
     if args.test_index:
-        test_images, test_labels = load_fashion_mnist(args.data_dir, train=False)
+        test_images, test_labels = loaded.test_split(args.data_dir)
         for index in args.test_index:
             if index >= len(test_images):
                 raise ConfigError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
-                               f"images (0..{len(test_images) - 1})")
+                                  f"images (0..{len(test_images) - 1})")
             images.append(test_images[index])
             names.append(f"test[{index}]")
             truths.append(int(test_labels[index]))
     probs, classes = top_k(loaded, torch.stack(images), k=args.top)
     for name, truth, p_row, c_row in zip(names, truths, probs.tolist(), classes.tolist(), strict=True):
-        ranked = ", ".join(f"{CLASS_NAMES[c]} {p:.3f}" for p, c in zip(p_row, c_row, strict=True))
-        label = f" (true: {CLASS_NAMES[truth]})" if truth is not None else ""
+        ranked = ", ".join(f"{class_names[c]} {p:.3f}" for p, c in zip(p_row, c_row, strict=True))
+        label = f" (true: {class_names[truth]})" if truth is not None else ""
         print(f"{name}{label}: {ranked}")
     if args.grid:
         from cnnlab.plotting import show_images
 
-        titles = [(f"{CLASS_NAMES[t]}\n" if t is not None else "") + CLASS_NAMES[c[0]]
+        titles = [(f"{class_names[t]}\n" if t is not None else "") + class_names[c[0]]
                   for t, c in zip(truths, classes.tolist(), strict=True)]
         cols = min(8, len(images))
-        show_images(torch.stack(images).float() / 255, (len(images) + cols - 1) // cols, cols, titles=titles,
-                    path=args.grid)
+        pictures = torch.stack(images).float() / 255
+        # (N, H, W) grey, or (N, C, H, W): grey squeezed, colour channels last, as matplotlib draws them
+        pictures = pictures.squeeze(1) if pictures.ndim == 4 and pictures.shape[1] == 1 else (
+            pictures.permute(0, 2, 3, 1) if pictures.ndim == 4 else pictures)
+        show_images(pictures, (len(images) + cols - 1) // cols, cols, titles=titles, path=args.grid)
         print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cnnlab.export import export_onnx
+    from cnnlab.extras import require
+    from cnnlab.inference import load_trained
+
+    require("onnxruntime", "export", "ONNX export")  # before any work: a missing extra is one line
+    loaded = load_trained(args.run)
+    # The check's inputs: the first 1,000 test images, batched by the run's own input path.
+    check_images = next(iter(loaded.test_loader(args.data_dir, batch_size=1000)))[0]
+    mean, std = loaded.normalization() or (0.0, 1.0)
+    out = Path(args.out) if args.out else loaded.checkpoint.parent / "model.onnx"
+    result = export_onnx(loaded.model, out, image_shape=(loaded.channels, *loaded.image_size),
+                         class_names=list(loaded.class_names), mean=mean, std=std, opset=args.opset,
+                         check_images=check_images, model_name=loaded.state.get("model_name"))
+    print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}); checked with onnxruntime on "
+          f"{result.num_checked:,} test images: max |logit difference| {result.max_abs_diff:.2e}, same top-1 "
+          f"class on {result.top1_agreement:.2%}")
     return 0
 
 
 def cmd_data(args) -> int:
     from cnnlab import data as data_mod
 
+    if args.data_command == "export-folder":
+        from cnnlab.imagefolder import export_folder
+
+        out = export_folder(args.dir, split=args.split, limit=args.limit, root=args.data_dir)
+        print(f"wrote Fashion-MNIST's {args.split} split as PNG class folders in {out}")
+        return 0
     if args.data_command == "download":
         dest = data_mod.download(args.dir, base_url=args.mirror or data_mod.MIRROR_URL,
                                  check_archive=not args.any_archive)
@@ -342,7 +403,6 @@ def cmd_demo(args) -> int:
 
 def cmd_viz(args) -> int:
     from cnnlab import viz
-    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
     from cnnlab.inference import load_trained
 
     if args.viz_command == "kernels":
@@ -353,17 +413,18 @@ def cmd_viz(args) -> int:
         return 0
     if args.viz_command == "features":
         loaded = load_trained(args.run)
-        images, labels = load_fashion_mnist(args.data_dir, train=False)
+        images, labels = loaded.test_split(args.data_dir)
         out = Path(args.out) if args.out else loaded.checkpoint.parent / f"features-{args.test_index}.png"
         fig = viz.plot_test_features(loaded, images, labels, args.test_index, out)
         stages = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in fig.stages)
-        print(f"test[{fig.index}] (true: {CLASS_NAMES[fig.true_class]}): predicted "
-              f"{CLASS_NAMES[fig.predicted_class]} {fig.probability:.3f}; stages {stages}: {out}")
+        names = loaded.class_names
+        print(f"test[{fig.index}] (true: {names[fig.true_class]}): predicted "
+              f"{names[fig.predicted_class]} {fig.probability:.3f}; stages {stages}: {out}")
         return 0
     from cnnlab.runtime import pick_device
 
     loaded = load_trained(args.run, pick_device(args.device))
-    images, labels = load_fashion_mnist(args.data_dir, train=False)
+    images, labels = loaded.test_split(args.data_dir)
     out = Path(args.out) if args.out else loaded.checkpoint.parent / "mistakes.png"
     fig = viz.plot_test_mistakes(loaded, images, labels, out, n=args.n)
     print(f"{len(fig.indices)} most confident of {fig.wrong:,} mistakes on {fig.total:,} test images: {out}")
@@ -384,7 +445,8 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+            "data": cmd_data,
             "summary": cmd_summary, "models": cmd_models, "demo": cmd_demo, "viz": cmd_viz,
             "report": cmd_report, "bench": cmd_bench}
 
@@ -405,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"cnnlab: {'' if exc.exit_code == 3 else 'error: '}{exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`cnnlab evaluate RUN | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("cnnlab: interrupted; the last finished epoch is saved in last.pt (resume with --resume RUN)",
               file=sys.stderr)

@@ -28,12 +28,13 @@ from cnnlab.images import MAX_PIXELS, ImageError, open_image
 
 __all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
-FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
-
-
 @dataclass
 class LoadedModel:
-    """A model rebuilt from a checkpoint, with the input settings it was trained with."""
+    """A model rebuilt from a checkpoint, with the input settings it was trained with.
+
+    ``data`` is the checkpoint's ``data_settings``: the data module's own description of its batches (size,
+    normalization, and for an image folder its classes, channels, mean and std).
+    """
 
     model: torch.nn.Module
     image_size: tuple[int, int]
@@ -41,28 +42,91 @@ class LoadedModel:
     checkpoint: Path
     state: dict
 
-    def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
-        """The test split, batched with the input settings the model trained with.
+    @property
+    def data(self) -> dict:
+        settings = self.state.get("data_settings")
+        return settings if isinstance(settings, dict) else {}
+
+    @property
+    def is_image_folder(self) -> bool:
+        return self.data.get("dataset") == "imagefolder"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names the model was trained with (an image folder's, or Fashion-MNIST's)."""
+        from cnnlab.data import CLASS_NAMES
+
+        names = self.data.get("classes")
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            return tuple(names)
+        return CLASS_NAMES
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.get("channels", 1))
+
+    def normalization(self):
+        """``(mean, std)`` the batches were standardized with, or None; as the data module's loaders use it."""
+        if not self.normalize:
+            return None
+        if self.is_image_folder:
+            return tuple(self.data["mean"]), tuple(self.data["std"])
+        from cnnlab.data import MEAN, STD
+
+        return MEAN, STD
+
+    def test_data(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
+        """The data module of the test split, with the input settings the model trained with.
 
         Args:
             data_dir: the Fashion-MNIST folder; default the run's own ``--data-dir``, then the usual places.
+                For an image-folder run, its folder (the training run's by default).
         """
+        config = self.state.get("config") if isinstance(self.state.get("config"), dict) else {}
+        if self.is_image_folder:
+            from cnnlab.imagefolder import ImageFolderData
+
+            overrides = {"root": data_dir} if data_dir is not None else {}
+            return ImageFolderData.from_settings(self.data, batch_size=batch_size, val_batch_size=batch_size,
+                                                 log=None, progress=False, **overrides)
         from cnnlab.data import FashionMNIST
 
-        config = self.state.get("config") if isinstance(self.state.get("config"), dict) else {}
         root = data_dir if data_dir is not None else config.get("data_dir")
-        return FashionMNIST(batch_size=batch_size, resize=self.image_size, root=root,
-                            normalize=self.normalize).val_dataloader()
+        return FashionMNIST(batch_size=batch_size, resize=self.image_size, root=root, normalize=self.normalize)
+
+    def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
+        """The test split's loader (an image folder without ``test/``: its validation split)."""
+        data = self.test_data(data_dir, batch_size)
+        return data.test_dataloader() if getattr(data, "has_test", True) else data.val_dataloader()
+
+    def test_split(self, data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images (uint8) and labels, as :meth:`test_loader` batches them."""
+        data = self.test_data(data_dir)
+        if getattr(data, "has_test", True):
+            return data.test_images, data.test_labels
+        return data.val_images, data.val_labels
 
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) uint8 -> (N, 1, h, w) float in the model's input scale."""
-        X = images_uint8.float().div_(255).unsqueeze(1)
-        if tuple(X.shape[-2:]) != self.image_size:
-            X = torch.nn.functional.interpolate(X, size=self.image_size, mode="bilinear", antialias=True,
-                                                align_corners=False)
-        if self.normalize:
-            X = (X - FASHION_MEAN) / FASHION_STD
-        return X
+        """``(N, H, W)`` or ``(N, C, H, W)`` uint8 -> the model's float input, by the training batches' own path.
+
+        The images go through :class:`~cnnlab.data.BatchLoader` with the run's size and normalization, so
+        ``predict`` feeds a model exactly what ``evaluate`` and training fed it.
+        """
+        from cnnlab.data import BatchLoader
+
+        labels = torch.zeros(len(images_uint8), dtype=torch.int64, device=images_uint8.device)
+        loader = BatchLoader(images_uint8, labels, batch_size=max(1, len(images_uint8)), size=self.image_size,
+                             normalize=self.normalization())
+        return next(iter(loader))[0]
+
+    def read_image(self, path: str | os.PathLike) -> torch.Tensor:
+        """An image file as the model's uint8 input: Fashion-MNIST style for a Fashion-MNIST model
+        (:func:`load_image`), else decoded as the image-folder run decoded its training images."""
+        if self.is_image_folder:
+            from cnnlab.images import decode_image
+
+            return decode_image(path, self.channels, self.image_size)
+        return load_image(path)
 
 
 def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:

@@ -54,6 +54,11 @@ class TrainConfig:
     data_dir: str | None = None
     num_train: int | None = None
     num_val: int | None = None
+    val_split: float | None = None
+    images: str | None = None
+    channels: int | None = None
+    skip_bad: bool = False
+    tensorboard: bool = False
     out: str | None = None
     progress: bool = True
 
@@ -108,6 +113,8 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
         raise ConfigError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
     filled = {**model_defaults(model), **recipe_values, **given}
     filled["model"] = model
+    if config.images is not None and config.resize is None:
+        filled["resize"] = None  # an image folder's own default: 28 for grey images, 32 for colour
     if filled["bf16"] is None:
         filled["bf16"] = bf16_default(pick_device(filled["device"]))
     return TrainConfig(**{k: filled.get(k) for k in (f.name for f in dataclasses.fields(TrainConfig))})
@@ -127,7 +134,11 @@ def validate_config(config: TrainConfig) -> None:
         (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
         (0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}"),
         (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
-        (8 <= config.resize <= 512, f"--resize must be between 8 and 512 pixels, got {config.resize}"),
+        (config.resize is None and config.images is not None or config.resize is not None and
+         8 <= config.resize <= 512, f"--resize must be between 8 and 512 pixels, got {config.resize}"),
+        (config.val_split is None or 0 < config.val_split < 1,
+         f"--val-split must be a fraction between 0 and 1, such as 0.1, got {config.val_split}"),
+        (config.channels in (None, 1, 3), f"--channels must be 1 or 3, got {config.channels}"),
         (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
         (config.num_train is None or config.num_train >= 1, "--num-train must be at least 1"),
@@ -194,18 +205,29 @@ def default_run_dir(model: str) -> Path:
 
 
 def build_data(config: TrainConfig):
-    """The Fashion-MNIST data module the config describes."""
+    """The data module the config describes: Fashion-MNIST, or the image folder of ``--images``."""
+    if config.images is not None:
+        from cnnlab.imagefolder import ImageFolderData
+
+        return ImageFolderData(config.images, batch_size=config.batch_size, resize=config.resize,
+                               channels=config.channels, normalize=config.normalize, augment=config.augment,
+                               seed=config.seed, val_split=config.val_split, val_batch_size=1024,
+                               skip_bad=config.skip_bad, progress=config.progress)
     from cnnlab.data import FashionMNIST
 
     return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
                         normalize=config.normalize, augment=config.augment, seed=config.seed,
-                        num_train=config.num_train, num_val=config.num_val, val_batch_size=1024)
+                        num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
+                        val_batch_size=1024)
 
 
-def build_model(config: TrainConfig):
+def build_model(config: TrainConfig, data):
+    """The registered model the config names, sized for ``data``'s classes, channels and image size."""
     from cnnlab.models import create_model
 
-    model = create_model(config.model, num_classes=10, in_channels=1, image_size=config.resize, lr=config.lr)
+    channels, height, width = data.image_shape
+    model = create_model(config.model, num_classes=len(data.classes), in_channels=channels,
+                         image_size=(height, width) if height != width else height, lr=config.lr)
     model.label_smoothing = config.label_smoothing
     return model
 
@@ -248,7 +270,9 @@ _FIELD_TYPES = {
     "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
     "resize": (int,), "augment": (bool,), "normalize": (bool,), "bf16": (bool,), "channels_last": (bool,),
     "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
-    "num_train": (int, type(None)), "num_val": (int, type(None)), "out": (str, type(None)), "progress": (bool,),
+    "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
+    "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),
+    "out": (str, type(None)), "progress": (bool,),
 }
 
 
@@ -282,8 +306,14 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         if config.seed is not None:
             torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
         data = build_data(config)
-        model = build_model(config)
+        if config.resize is None:  # an image folder chose its size: the run's config records it
+            config = dataclasses.replace(config, resize=data.resize[0])
+        model = build_model(config, data)
         folder = _set_up_run_folder(folder, config if resume is None else None, state, ctx)
+        if config.tensorboard:
+            from cnnlab.tensorboard_log import TensorBoardLogger
+
+            callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
         trainer = build_trainer(config, device, folder.path, log=log, callbacks=callbacks,
                                 on_epoch_end=on_epoch_end)
         trainer.fit(model, data, resume_from=state)

@@ -91,7 +91,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """
     import torch
 
-    from cnnlab.data import CLASS_NAMES, load_fashion_mnist
     from cnnlab.evaluation import evaluate
     from cnnlab.inference import load_trained
     from cnnlab.plotting import plot_confusion, plot_curves
@@ -108,7 +107,9 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     history = folder.history()
     model_name = loaded.state.get("model_name") or type(loaded.model).__name__
 
-    images, labels = load_fashion_mnist(data_dir, train=False)
+    images, labels = loaded.test_split(data_dir)
+    class_names = loaded.class_names
+    dataset = f"the image folder {loaded.data.get('root')}" if loaded.is_image_folder else "Fashion-MNIST"
     if not 0 <= test_index < len(images):  # checked before the slow part
         raise ConfigError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
                          f"(0..{len(images) - 1})")
@@ -123,7 +124,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             plot_curves(history, tmp / "curves.png")
             figures["curves"] = _img(tmp / "curves.png", "training curves",
                                      "Loss and validation accuracy after each epoch (metrics.jsonl).")
-        plot_confusion(result.confusion, CLASS_NAMES, tmp / "confusion.png",
+        plot_confusion(result.confusion, class_names, tmp / "confusion.png",
                        title=f"Confusion matrix (test accuracy {result.accuracy:.4f})")
         figures["confusion"] = _img(tmp / "confusion.png", "confusion matrix",
                                     "Rows: true class; columns: predicted class; cells: image counts.")
@@ -146,7 +147,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     prefix = "net." if isinstance(getattr(loaded.model, "net", None), torch.nn.Module) else ""  # named_modules()
     total = sum(p.numel() for p in loaded.model.parameters())
     per_class = [(name, f"{acc:.4f}", f"{int(n):,}") for name, acc, n in
-                 zip(CLASS_NAMES, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
+                 zip(class_names, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
                      strict=True)]
     last = history[-1] if history else {}
     epochs_done = int(loaded.state.get("epoch", len(history)))
@@ -158,7 +159,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>cnnlab report: {_e(folder.path.name)}</title>",
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
-        f"<h1>{_e(model_name)} on Fashion-MNIST</h1>",
+        f"<h1>{_e(model_name)} on {_e(dataset)}</h1>",
         f'<p class="muted">Run folder {_e(folder.path)}; weights from {_e(best)} (epoch {epochs_done}); '
         f"report written {_e(time.strftime('%Y-%m-%d %H:%M'))} by cnnlab.</p>",
         '<div class="headline">',

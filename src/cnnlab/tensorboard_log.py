@@ -224,8 +224,7 @@ def _evaluate_everywhere(trainer, model: nn.Module, class_names):
     if world == 1 and not _is_main(trainer):
         return None
     num_classes = len(class_names) if class_names else getattr(getattr(trainer, "data", None), "num_classes", None)
-    result = evaluate(model, trainer.val_loader, trainer.device, num_classes=num_classes,
-                      autocast_dtype=getattr(trainer, "autocast_dtype", None))  # as the epoch's validation ran
+    result = evaluate(model, trainer.val_loader, trainer.device, num_classes=num_classes)  # fp32, as cnnlab evaluate
     if world > 1:
         device = torch.device(trainer.device)
         confusion = dist_utils.all_reduce_sum(result.confusion.to(device), ctx).cpu()

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.data import CLASS_NAMES, MEAN, STD, BatchLoader
+from cnnlab.classifier import device_of, eval_mode
+from cnnlab.data import BatchLoader
 from cnnlab.errors import ConfigError
 from cnnlab.inference import LoadedModel
 
@@ -152,9 +153,11 @@ def feature_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return stages
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def picture(image: torch.Tensor) -> torch.Tensor:
+    """A uint8 image ``(H, W)`` or ``(C, H, W)`` as matplotlib draws it: ``(H, W)`` grey or ``(H, W, 3)``."""
+    if image.ndim == 3:
+        return image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+    return image
 
 
 @torch.inference_mode()
@@ -184,11 +187,9 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
 
     handles = [module.register_forward_hook(keep(name)) for name, module in stages]
     try:
-        was_training = model.training
-        model.eval()
-        X = loaded.preprocess(images[index:index + 1]).to(_device(model))  # (1, 1, h, w)
-        probs = torch.softmax(model(X).float(), dim=1)[0].cpu()
-        model.train(was_training)
+        with eval_mode(model):
+            X = loaded.preprocess(images[index:index + 1]).to(device_of(model))  # (1, C, h, w)
+            probs = torch.softmax(model(X).float(), dim=1)[0].cpu()
     finally:
         for handle in handles:
             handle.remove()
@@ -208,10 +209,11 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     truth, pred = int(labels[index]), int(probs.argmax())
     verdict = "right" if pred == truth else "wrong"
     h, w = loaded.image_size
-    image_title = (f"input: test image {index}, 1x{h}x{w}; true {CLASS_NAMES[truth]}, "
-                   f"predicted {CLASS_NAMES[pred]} {float(probs[pred]):.2f} ({verdict})")
+    names = loaded.class_names
+    image_title = (f"input: test image {index}, {loaded.channels}x{h}x{w}; true {names[truth]}, "
+                   f"predicted {names[pred]} {float(probs[pred]):.2f} ({verdict})")
     title = f"Feature maps of {loaded.state.get('model_name') or type(model).__name__} for test image {index}"
-    plot_feature_maps(images[index], image_title, rows, path, title, max_channels=max_channels)
+    plot_feature_maps(picture(images[index]), image_title, rows, path, title, max_channels=max_channels)
     return FeatureFigure(path=Path(path), index=index, true_class=truth, predicted_class=pred,
                          probability=float(probs[pred]), stages=shapes)
 
@@ -225,13 +227,10 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: tor
     evaluation uses, so the predictions are those behind the accuracy ``cnnlab evaluate`` prints.
     """
     model = loaded.model
-    device = _device(model)
-    loader = BatchLoader(images, labels, batch_size, size=loaded.image_size,
-                         normalize=(MEAN, STD) if loaded.normalize else None)
-    was_training = model.training
-    model.eval()
-    probs = [torch.softmax(model(X.to(device)).float(), dim=1).cpu() for X, _ in loader]
-    model.train(was_training)
+    device = device_of(model)
+    loader = BatchLoader(images, labels, batch_size, size=loaded.image_size, normalize=loaded.normalization())
+    with eval_mode(model):
+        probs = [torch.softmax(model(X.to(device)).float(), dim=1).cpu() for X, _ in loader]
     return torch.cat(probs)
 
 
@@ -249,10 +248,11 @@ def plot_test_mistakes(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     confidence, predicted = probs.max(dim=1)
     wrong = (predicted != labels.cpu()).nonzero().flatten()
     ranked = wrong[confidence[wrong].argsort(descending=True, stable=True)][:n].tolist()
-    titles = [f"#{i}  true: {CLASS_NAMES[int(labels[i])]}\npred: {CLASS_NAMES[int(predicted[i])]} "
+    names = loaded.class_names
+    titles = [f"#{i}  true: {names[int(labels[i])]}\npred: {names[int(predicted[i])]} "
               f"{float(confidence[i]):.2f}" for i in ranked]
     total = len(labels)
     title = (f"The {len(ranked)} most confident mistakes of {loaded.state.get('model_name') or 'the model'} "
              f"({len(wrong):,} wrong of {total:,} test images; pred = predicted class and its probability)")
-    plot_mistakes([images[i] for i in ranked], titles, path, title)
+    plot_mistakes([picture(images[i]) for i in ranked], titles, path, title)
     return MistakesFigure(path=Path(path), indices=ranked, wrong=len(wrong), total=total)
