@@ -19,7 +19,7 @@ from cnnlab.data import CLASS_NAMES, MEAN, STD
 from cnnlab.export import ExportCheckFailed, export_onnx, read_metadata
 from cnnlab.extras import MissingExtra, require
 from cnnlab.models import create_model, list_models
-from cnnlab.recipes import MODEL_DEFAULTS
+from cnnlab.recipes import model_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"
@@ -54,7 +54,7 @@ def _logits(model, x):
 @pytest.mark.parametrize("name", _models())
 def test_every_model_exports_with_a_dynamic_batch(name, tmp_path):
     torch.manual_seed(0)
-    size = SMALLEST.get(name, MODEL_DEFAULTS.get(name, {}).get("resize", 28))
+    size = SMALLEST.get(name, model_defaults(name)["resize"])
     model = create_model(name, image_size=size)
     images = torch.randn(7, 1, size, size)
     path = tmp_path / "model.onnx"

@@ -180,7 +180,9 @@ def plot_edge_demo(X, kernel, Y, path) -> Path:
 def _array(x):
     import numpy as np
 
-    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    # A colour (H, W, 3) uint8 picture stays uint8: matplotlib reads 0..255 for integers, 0..1 for floats.
+    return a if a.ndim == 3 and a.dtype == np.uint8 else a.astype(float)
 
 
 def _draw_tiles(ax, arrays, ncols: int, cmap: str, vmin: float, vmax: float, titles=None, ncols_total=None):

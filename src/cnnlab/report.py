@@ -143,7 +143,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                                    f"Test image {test_index} and the feature maps after each conv stage "
                                    f"({len(features.stages)} stages).")
 
-    rows = layer_stats(loaded.model, (1, 1, h, w))
+    rows = layer_stats(loaded.model, (1, loaded.channels, h, w))
     prefix = "net." if isinstance(getattr(loaded.model, "net", None), torch.nn.Module) else ""  # named_modules()
     total = sum(p.numel() for p in loaded.model.parameters())
     per_class = [(name, f"{acc:.4f}", f"{int(n):,}") for name, acc, n in
