@@ -721,13 +721,13 @@ def test_a_sigkilled_download_leaves_a_temp_file_the_next_download_removes(mirro
     (dest / ".t10k-labels-idx1-ubyte.gz.a1b2c3.part").write_bytes(b"x" * 1000)  # an older cnnlab's leftover
     child = (
         "import os, signal, sys\n"
-        "import cnnlab.idx as idx\n"
+        "import cnnlab.download as dl\n"
         "def stream(url, out, timeout):\n"
         "    out.write(b'\\x1f\\x8b' + bytes(2 << 20))\n"
         "    out.flush()\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "idx._stream = stream\n"
-        f"idx.download({str(dest)!r}, base_url={mirror.as_uri()!r}, check_archive=False)\n"
+        "dl._stream = stream\n"
+        f"dl.download({str(dest)!r}, base_url={mirror.as_uri()!r}, check_archive=False)\n"
     )
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr

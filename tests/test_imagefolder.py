@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import imagefolder
+from cnnlab import imagedecode, imagefolder
 from cnnlab.data import FashionMNIST, load_fashion_mnist
 from cnnlab.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
 from cnnlab.images import MAX_PIXELS, ImageError, decode_image, open_image
@@ -351,7 +351,7 @@ def test_train_and_test_must_hold_the_same_classes(tmp_path):
 def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
     root = grey_folder(tmp_path / "f", per_class=5)
     calls = []
-    monkeypatch.setattr(imagefolder, "decode_array", lambda *a: calls.append(a))
+    monkeypatch.setattr(imagedecode, "decode_array", lambda *a: calls.append(a))
     with pytest.raises(ImageFolderError, match=r"10 images of 1x28x28 need 7,840 bytes .* over the limit of "
                                                r"7,000 bytes"):
         ImageFolderData(root, max_bytes=7000, **QUIET)
@@ -422,13 +422,13 @@ def test_second_load_comes_from_the_cache_and_any_change_invalidates_it(tmp_path
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     root = grey_folder(tmp_path / "f", per_class=4)
     calls = []
-    real = imagefolder.decode_array
+    real = imagedecode.decode_array
 
     def counting(*args):
         calls.append(args[0])
         return real(*args)
 
-    monkeypatch.setattr(imagefolder, "decode_array", counting)
+    monkeypatch.setattr(imagedecode, "decode_array", counting)
 
     def load():
         calls.clear()

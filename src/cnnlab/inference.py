@@ -24,7 +24,9 @@ from cnnlab.checkpoint import (
     model_from_checkpoint,
     resolve_checkpoint,
 )
+from cnnlab.classifier import device_of
 from cnnlab.images import MAX_PIXELS, ImageError, open_image
+from cnnlab.ops import size_pair
 
 __all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
@@ -136,9 +138,12 @@ def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "c
     model = model_from_checkpoint(state).to(device).eval()
     data = state.get("data_settings") or {}
     resize = data.get("resize") or (state.get("model_kwargs") or {}).get("image_size") or 28
-    size = tuple(resize) if isinstance(resize, (list, tuple)) else (resize, resize)
+    try:
+        size = size_pair(resize, "resize")
+    except ValueError:
+        size = (0, 0)
     # Every input is interpolated to this size: a crafted checkpoint must not make that a huge allocation.
-    if len(size) != 2 or not all(type(s) is int and 1 <= s <= MAX_INPUT_SIDE for s in size):
+    if max(size) > MAX_INPUT_SIDE or min(size) < 1:
         raise CheckpointError(f"checkpoint {path} asks for input images of size {resize!r}; a cnnlab model "
                               f"takes 1 to {MAX_INPUT_SIDE} pixels a side, so the file is corrupt or not cnnlab's")
     return LoadedModel(model=model, image_size=size, normalize=bool(data.get("normalize", False)),
@@ -184,7 +189,7 @@ def _fashion_style(grey) -> torch.Tensor:
 @torch.inference_mode()
 def top_k(loaded: LoadedModel, images_uint8: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and class indices of the ``k`` likeliest classes for each (H, W) uint8 image."""
-    device = next(loaded.model.parameters()).device
+    device = device_of(loaded.model)
     logits = loaded.model(loaded.preprocess(images_uint8).to(device))
     probs = torch.softmax(logits.float(), dim=1)
     return probs.topk(min(k, probs.shape[1]), dim=1)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "pair",
+    "size_pair",
     "conv_output_shape",
     "sliding_windows",
     "corr2d",
@@ -368,3 +369,18 @@ def avg_pool2d(X: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
         X: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out) or (C, H_out, W_out).
     """
     return _pool(X, kernel_size, stride, padding, "avg")
+
+
+def size_pair(size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
+    """An image size given as one int or an ``(h, w)`` pair, as the pair of positive ints.
+
+    Raises:
+        ValueError: not a positive int nor a pair of them; the message names ``what``.
+    """
+    try:
+        h, w = pair(size, what)
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} must be a positive int or an (h, w) pair of them, got {size!r}.")
+    return h, w

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.classifier import eval_mode
+from cnnlab.classifier import device_of, eval_mode
 
 __all__ = ["LayerStats", "layer_stats", "model_summary"]
 
@@ -49,7 +49,7 @@ def layer_stats(model: nn.Module, input_shape: Sequence[int]) -> list[LayerStats
     if not layers:
         raise ValueError(f"{type(model).__name__} has no layers to summarize.")
     p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device = device_of(model)
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     rows = []
     with eval_mode(model):

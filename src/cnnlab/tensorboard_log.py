@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from cnnlab.callbacks import Callback
+from cnnlab.classifier import device_of
 from cnnlab.extras import require
+from cnnlab.ops import size_pair
 
 __all__ = ["TensorBoardLogger", "kernel_grid"]
 
@@ -116,8 +118,7 @@ class TensorBoardLogger(Callback):
             warnings.warn("TensorBoard: the model graph was left out: the input shape is unknown (the data module "
                           "has no image_shape and the model no model_kwargs)", RuntimeWarning, stacklevel=3)
             return
-        p = next(model.parameters(), None)
-        example = torch.zeros(2, *shape, device=p.device if p is not None else "cpu")
+        example = torch.zeros(2, *shape, device=device_of(model))
         try:
             # eval mode under no_grad: tracing must not move BatchNorm statistics or draw dropout masks, or a run
             # with TensorBoard would train differently from one without. add_graph prints its errors: muted.
@@ -240,7 +241,7 @@ def _input_shape(trainer, model: nn.Module) -> tuple[int, ...] | None:
     kwargs = getattr(model, "model_kwargs", None) or {}
     if "in_channels" in kwargs and "image_size" in kwargs:
         size = kwargs["image_size"]
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        h, w = size_pair(size)
         return kwargs["in_channels"], h, w
     return None
 

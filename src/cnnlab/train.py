@@ -25,6 +25,7 @@ from cnnlab import distributed as dist_utils
 from cnnlab.board import in_notebook, live_board
 from cnnlab.callbacks import Callback
 from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from cnnlab.classifier import eval_mode
 from cnnlab.errors import ConfigError, TrainingDiverged
 from cnnlab.evaluation import EvalResult, evaluate
 from cnnlab.runfolder import METRIC_FIELDS, RunFolder
@@ -323,18 +324,13 @@ class Trainer:
     def _validate(self) -> tuple[float, float]:
         """Mean loss and accuracy over the validation loader, from the model's ``validation_step``."""
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-                for X, y in self.val_loader:
-                    X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    if self.channels_last:
-                        X = X.contiguous(memory_format=torch.channels_last)
-                    loss_sum, correct, count = self.model.validation_step((X, y))
-                    sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode(), autocast(self.device, self.autocast_dtype):
+            for X, y in self.val_loader:
+                X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    X = X.contiguous(memory_format=torch.channels_last)
+                loss_sum, correct, count = self.model.validation_step((X, y))
+                sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
         sums = dist_utils.all_reduce_sum(sums, self.ctx)
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 

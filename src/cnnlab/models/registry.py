@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from cnnlab.classifier import device_of, eval_mode, init_cnn
+from cnnlab.ops import size_pair
 
 __all__ = ["create_model", "list_models", "model_recipe", "prepare_model", "register_model", "size_pair",
            "MODERN_RECIPE"]
@@ -106,22 +107,6 @@ def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.M
     if unknown:
         raise ValueError(f"model {name!r} takes no argument(s) {', '.join(unknown)}; it takes: {', '.join(params)}.")
     return builder(**kwargs)
-
-
-def size_pair(size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
-    """An image size given as one int or an `(h, w)` pair, as the pair.
-
-    Raises:
-        ValueError: not a positive int nor a pair of them; the message names `what`.
-    """
-    def positive_int(s: object) -> bool:
-        return isinstance(s, int) and not isinstance(s, bool) and s > 0
-
-    if positive_int(size):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(positive_int, size)):
-        return size[0], size[1]
-    raise ValueError(f"{what} must be a positive int or an (h, w) pair of them, got {size!r}.")
 
 
 def prepare_model(model: M, *, in_channels: int, image_size: int | tuple[int, int]) -> M:
