@@ -104,6 +104,10 @@ RECIPES: dict[str, dict] = {
     # on 2 CPU cores (the previous choice, FastNet 24-48-96 for 6 epochs, scored 0.928 on the test set).
     "fast": dict(model="fastnet-wide", epochs=6, batch_size=256, lr=0.2, optimizer="momentum",
                  weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True),
+    # The same for 12 epochs, for >= 0.940 in <= 15 min on 2 CPU cores (~9 min estimated: room for more epochs
+    # that the tuning budget did not allow validating).
+    "fast-long": dict(model="fastnet-wide", epochs=12, batch_size=256, lr=0.2, optimizer="momentum",
+                      weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True),
 }
 
 
