@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cnnlab.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from cnnlab.errors import RunFolderError
 
 
 def _state(value=1.0):
@@ -82,9 +83,9 @@ def test_torch_file_that_is_not_a_checkpoint(tmp_path):
 def test_missing_checkpoint_and_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match="no such run folder"):
+    with pytest.raises(RunFolderError, match="no such run folder"):
         resolve_checkpoint(tmp_path / "nope")
-    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+    with pytest.raises(RunFolderError, match="holds no checkpoint"):
         resolve_checkpoint(tmp_path)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.atomic import atomic_write
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, RunFolderError
 
 __all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "model_from_checkpoint"]
@@ -65,9 +65,9 @@ def resolve_checkpoint(run_or_file: str | os.PathLike, prefer: str = "best") -> 
         for name in order:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"run folder {path} holds no checkpoint (best.pt or last.pt); train into it first")
+        raise RunFolderError(f"run folder {path} holds no checkpoint (best.pt or last.pt); train into it first")
     if not path.exists():
-        raise CheckpointError(f"no such run folder or checkpoint: {path}")
+        raise RunFolderError(f"no such run folder or checkpoint: {path}")
     return path
 
 
