@@ -18,12 +18,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnlab import FashionMNIST, Trainer, create_model, load_checkpoint
+from cnnlab import Callback, FashionMNIST, Trainer, create_model
 from cnnlab.extras import MissingExtra
 from cnnlab.tensorboard_log import TensorBoardLogger, kernel_grid
 
-SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc",
-           "images_per_s": "images_per_s", "time/epoch_s": "seconds"}
+SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc", "lr": "lr",
+           "images_per_s": "images_per_s", "time/epoch_s": "seconds", "time/elapsed_s": "elapsed"}
 
 
 def _data(data_dir):
@@ -31,22 +31,14 @@ def _data(data_dir):
 
 
 def _fit(trainer, model, data, logger, resume_from=None, after_epoch=None):
-    """Drive the logger as the Trainer's callbacks will be driven: on_fit_start after set-up (and after a resumed
-    run's state is loaded), on_train_epoch_end with each epoch's row, on_fit_end after the last epoch. Today's
-    Trainer has only its on_epoch_end hook, so the other two are called around fit here."""
+    """Train with ``logger`` among the trainer's callbacks (after its run folder's), then ``after_epoch``."""
 
-    def epoch_end(tr, row):
-        logger.on_train_epoch_end(tr, tr.model, row)
-        if after_epoch is not None:
+    class AfterEpoch(Callback):
+        def on_train_epoch_end(self, tr, model, row):
             after_epoch(tr, row)
 
-    trainer.on_epoch_end = epoch_end
-    trainer.prepare(model, data)
-    if resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(resume_from))
-    logger.on_fit_start(trainer, model)
+    trainer.callbacks += [logger] + ([AfterEpoch()] if after_epoch is not None else [])
     trainer.fit(model, data, resume_from=resume_from)
-    logger.on_fit_end(trainer, model)
 
 
 def _events(log_dir):
@@ -72,12 +64,12 @@ def test_scalars_graph_and_figures(tmp_path, data_dir):
     rows = _csv(run_dir)
     events = _events(log_dir)
     tags = events.Tags()
-    assert set(tags["scalars"]) == {*SCALARS, "lr"}  # today's rows have no elapsed: no time/elapsed_s
+    assert set(tags["scalars"]) == set(SCALARS)
     for tag, column in SCALARS.items():
         got = [(e.step, e.value) for e in events.Scalars(tag)]
         # TensorBoard keeps float32: each value is the CSV's, rounded once to float32.
         assert got == [(int(r["epoch"]), float(np.float32(r[column]))) for r in rows], tag
-    lr = float(np.float32(0.1))  # LeNet's SGD rate; today's rows carry no lr, so the optimizer's is logged
+    lr = float(np.float32(0.1))  # LeNet's SGD rate, from each epoch's row
     assert [(e.step, e.value) for e in events.Scalars("lr")] == [(1, lr), (2, lr)]
     assert tags["graph"] and len(events.Graph().node) > 5
     assert set(tags["images"]) == {"val/confusion_matrix", "kernels/net.0"}
@@ -113,7 +105,7 @@ def test_resume_logs_each_step_once(tmp_path, data_dir):
     for tag, column in SCALARS.items():
         scalars = events.Scalars(tag)
         assert [e.step for e in scalars] == [1, 2, 3], tag
-        if tag != "time/epoch_s":  # wall time differs between the runs; the metrics are exactly reproduced
+        if not tag.startswith("time/"):  # wall time differs between the runs; the metrics are exactly reproduced
             assert [e.value for e in scalars] == [float(np.float32(r[column])) for r in rows], tag
     assert [e.step for e in events.Images("val/confusion_matrix")] == [3]  # the purged run's figures are dropped
     # A finished run resumed again trains nothing and adds nothing.
@@ -157,13 +149,9 @@ torch.manual_seed(0)
 data = FashionMNIST(batch_size=64, root=sys.argv[2], num_train=256, num_val=300, seed=0)
 model = create_model("lenet")
 logger = TensorBoardLogger(os.path.join(out, "tb"))
-trainer = Trainer(max_epochs=1, device="cpu", progress=False, log=None, seed=0,
-                  on_epoch_end=lambda tr, row: logger.on_train_epoch_end(tr, tr.model, row))
-trainer.prepare(model, data)
-logger.on_fit_start(trainer, model)
-trainer.fit(model, data)
+trainer = Trainer(max_epochs=1, device="cpu", progress=False, log=None, seed=0, callbacks=[logger])
+trainer.fit(model, data)  # the logger's on_fit_end draws its figures from a collective evaluation
 result = _evaluate_everywhere(trainer, model, None)
-logger.on_fit_end(trainer, model)
 shard = sum(len(y) for _, y in trainer.val_loader)
 json.dump({"count": result.count, "sum": int(result.confusion.sum()), "shard": shard},
           open(os.path.join(out, f"rank{rank}.json"), "w"))
