@@ -21,7 +21,7 @@ from torch import nn
 from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
 
-__all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_wide"]
+__all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_flip", "fastnet_wide"]
 
 FASTNET_WIDTHS = (24, 48, 96)  # stem, then one conv group per further width
 FASTNET_WIDE_WIDTHS = (32, 64, 128)  # 1.8x the parameters and FLOPs, ~1.6x the time per image on a CPU
@@ -81,9 +81,26 @@ def fastnet(
     image_size: int | tuple[int, int] = 28,
     lr: float = 0.1,
     widths: Sequence[int] = FASTNET_WIDTHS,
+    flip_tta: bool = False,
 ) -> FastNet:
-    """FastNet for ``in_channels`` x ``image_size`` inputs (28x28 Fashion-MNIST in ``--recipe fast``)."""
-    model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels)
+    """FastNet 24-48-96 for ``in_channels`` x ``image_size`` inputs (28x28 Fashion-MNIST)."""
+    model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels, flip_tta=flip_tta)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
+
+
+@register_model("fastnet-flip")
+def fastnet_flip(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 28,
+    lr: float = 0.1,
+    widths: Sequence[int] = FASTNET_WIDTHS,
+    flip_tta: bool = True,
+) -> FastNet:
+    """FastNet 24-48-96 with test-time flip averaging (the mean of the logits of an image and its mirror image
+    in eval mode): the model of ``--recipe fast``."""
+    model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels, flip_tta=flip_tta)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
