@@ -31,7 +31,7 @@ system-deps:
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 
-# Every table of the README's Performance section, each from the run that prints it (about an hour on 2 cores).
+# Every table of the README's Performance section, each from the run that prints it (about two hours on 2 cores).
 bench: setup
 	$(BIN)/python benchmarks/ops.py
 	$(BIN)/python benchmarks/data.py --repeats 3
@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python benchmarks/train.py --techniques
 	$(BIN)/python benchmarks/fast.py
 	$(BIN)/python benchmarks/zoo.py
+	$(BIN)/python benchmarks/imagefolder.py
+	$(BIN)/python benchmarks/time_to_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
