@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import data, idx
+from cnnlab import batching, data, idx
 from cnnlab.data import (
     CLASS_NAMES,
     MEAN,
@@ -424,7 +424,7 @@ def index_loader(n: int, batch_size: int, **kwargs) -> BatchLoader:
 @pytest.mark.parametrize("chunk", [None, 3 * 64 * 36])  # one op for the whole pass, or 3 batches per op
 def test_every_index_once_per_epoch(monkeypatch, chunk):
     if chunk:
-        monkeypatch.setattr(data, "_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(batching, "_CHUNK_ELEMENTS", chunk)
     loader = index_loader(1000, 64, shuffle=True)
     assert len(loader) == 16
     for _ in range(2):
@@ -507,7 +507,7 @@ def test_augmentation_is_a_reproducible_crop_and_flip(fmnist):
 def test_batches_do_not_depend_on_how_many_are_built_at_once(fmnist, monkeypatch):
     small = FashionMNIST(batch_size=32, num_train=300, augment=True, normalize=True, resize=(30, 36))
     whole = list(small.train_dataloader())
-    monkeypatch.setattr(data, "_CHUNK_ELEMENTS", 2 * 32 * 30 * 36)  # two batches per op
+    monkeypatch.setattr(batching, "_CHUNK_ELEMENTS", 2 * 32 * 30 * 36)  # two batches per op
     for (X, y), (X2, y2) in zip(whole, small.train_dataloader(), strict=True):
         assert torch.equal(y, y2)
         torch.testing.assert_close(X, X2, atol=1e-6, rtol=0)
