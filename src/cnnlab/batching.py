@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["BatchLoader", "check_fraction", "stratified_split"]
+__all__ = ["BatchLoader", "check_fraction", "move_splits", "stratified_split"]
 
 _PAD = 2  # random-crop padding, in pixels of the 28x28 image
 _CHUNK_ELEMENTS = 1 << 20  # output floats built at once (4 MB, cache-sized): 10 batches of 128 at 28x28
@@ -273,3 +273,21 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[torch.Tens
     if val:
         is_val[torch.cat(val)] = True
     return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
+def move_splits(data, device) -> None:
+    """Move a data module's ``train_``/``val_``/``test_images`` and ``_labels`` to ``device`` (once).
+
+    When validation is the test split (the same tensors), the device holds one copy, not two. A split that
+    is None (an image folder without ``test/``) stays None.
+    """
+    val_is_test = data.val_images is getattr(data, "test_images", None)
+    for split in ("train", "test", "val"):
+        images = getattr(data, f"{split}_images", None)
+        if images is None:
+            continue
+        if split == "val" and val_is_test:
+            data.val_images, data.val_labels = data.test_images, data.test_labels
+            continue
+        setattr(data, f"{split}_images", images.to(device))
+        setattr(data, f"{split}_labels", getattr(data, f"{split}_labels").to(device))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.batching import BatchLoader, check_fraction, stratified_split
+from cnnlab.batching import BatchLoader, check_fraction, move_splits, stratified_split
 from cnnlab.errors import ConfigError
 from cnnlab.idx import (
     ARCHIVE_MD5,
@@ -238,13 +238,7 @@ class FashionMNIST:
 
     def to(self, device) -> FashionMNIST:
         """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
-        val_is_test = self.val_images is self.test_images
-        self.train_images, self.train_labels = self.train_images.to(device), self.train_labels.to(device)
-        self.test_images, self.test_labels = self.test_images.to(device), self.test_labels.to(device)
-        if val_is_test:  # one copy on the device, not two
-            self.val_images, self.val_labels = self.test_images, self.test_labels
-        else:
-            self.val_images, self.val_labels = self.val_images.to(device), self.val_labels.to(device)
+        move_splits(self, device)
         return self
 
     def settings(self) -> dict:

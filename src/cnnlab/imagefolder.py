@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.batching import move_splits
 from cnnlab.data import BatchLoader, check_fraction, load_fashion_mnist, stratified_split
 from cnnlab.imagedecode import Decoded, ImageFolderError, decode_folder, default_max_bytes
 
@@ -157,14 +158,7 @@ class ImageFolderData:
 
     def to(self, device) -> ImageFolderData:
         """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
-        val_is_test = self.val_images is self.test_images
-        self.train_images, self.train_labels = self.train_images.to(device), self.train_labels.to(device)
-        if self.has_test:
-            self.test_images, self.test_labels = self.test_images.to(device), self.test_labels.to(device)
-        if val_is_test:  # one copy on the device, not two
-            self.val_images, self.val_labels = self.test_images, self.test_labels
-        else:
-            self.val_images, self.val_labels = self.val_images.to(device), self.val_labels.to(device)
+        move_splits(self, device)
         return self
 
     def settings(self) -> dict:
