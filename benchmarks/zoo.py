@@ -1,6 +1,7 @@
 """The model zoo in one table: parameters, FLOPs, and CPU training speed of cnnlab's Trainer against a plain loop.
 
     python benchmarks/zoo.py [--models NAME ...] [--steps 2] [--rounds 3] [--batch-size N] [--json PATH]
+                             [--accuracy [--budget-minutes 20]]
 
 For every registered model (or those named), at its recipe's input size and batch size
 (``cnnlab.recipes.model_defaults``):
@@ -17,6 +18,14 @@ For every registered model (or those named), at its recipe's input size and batc
 The short epochs keep the whole table to minutes on two cores; their figures are the steady-state speed
 of the training step, not a full epoch's (no per-epoch validation is counted: each epoch validates on one
 small batch, outside the timed training pass).
+
+With ``--accuracy``, every model whose full recipe is estimated to train within ``--budget-minutes`` on this
+machine (its epochs x 60,000 images at the cnnlab rate just measured) is then trained as ``cnnlab train
+--model NAME`` would (its recipe, all 60,000 training images, on the CPU), and the table gains its test
+accuracy on the 10,000 test images in fp32: of the last epoch's weights (``last.pt``), and of ``best.pt``,
+the epoch with the best per-epoch validation accuracy. Validation is the test set there, as in the book, so
+the best-epoch figure is chosen on the test set; the last-epoch figure is not. The others show their
+estimate instead.
 """
 
 from __future__ import annotations
@@ -27,14 +36,24 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
 import torch
 
 from cnnlab.bench import PlainLoop, cpu_name, load_average, training_flops_per_image
+from cnnlab.evaluation import evaluate_checkpoint
 from cnnlab.models import list_models
-from cnnlab.recipes import TrainConfig, build_data, build_model, build_trainer, make_optimizer, resolve_config
+from cnnlab.recipes import (
+    TrainConfig,
+    build_data,
+    build_model,
+    build_trainer,
+    make_optimizer,
+    resolve_config,
+    run_training,
+)
 from cnnlab.summary import layer_stats
 
 
@@ -75,17 +94,44 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
     }
 
 
+def recipe_accuracy(name: str, seed: int = 0) -> dict:
+    """Train ``name`` on its full recipe on the CPU (as ``cnnlab train --model NAME``); its test accuracies."""
+    with tempfile.TemporaryDirectory(prefix=f"zoo-{name}-") as out:
+        summary = run_training(resolve_config(TrainConfig(model=name, device="cpu", seed=seed, out=out,
+                                                          progress=False)))
+        _, last = evaluate_checkpoint(f"{out}/last.pt", summary["config"].data_dir, "cpu")
+    return {"epochs": summary["config"].epochs, "recipe_seconds": summary["seconds"],
+            "test_accuracy_last": last.accuracy, "test_accuracy_best": summary["test_accuracy"]}
+
+
+def estimated_minutes(row: dict, train_images: int = 60_000) -> float:
+    """The recipe's training time at the measured cnnlab rate (per-epoch validation not counted)."""
+    epochs = resolve_config(TrainConfig(model=row["model"])).epochs
+    return epochs * train_images / row["cnnlab_images_per_s"] / 60
+
+
 def format_rows(rows: list[dict]) -> str:
     header = (f"{'model':<18}{'input':>6}{'params':>13}{'fwd MFLOP':>11}{'train MFLOP':>13}"
               f"{'cnnlab img/s':>14}{'plain img/s':>13}{'cnnlab/plain':>14}{'cnnlab GFLOP/s':>16}")
+    with_accuracy = any("estimated_minutes" in r for r in rows)
+    if with_accuracy:
+        header += f"{'recipe':>22}{'test acc last':>15}{'test acc best':>15}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['model']:<18}{r['input']:>6}{r['params']:>13,}{r['forward_flops'] / 1e6:>11,.1f}"
             f"{r['train_flops'] / 1e6:>13,.1f}{r['cnnlab_images_per_s']:>14,.1f}{r['plain_images_per_s']:>13,.1f}"
             f"{r['ratio']:>13.2f}x{r['cnnlab_images_per_s'] * r['train_flops'] / 1e9:>16.1f}"
+            + (_accuracy_cells(r) if with_accuracy else "")
         )
     return "\n".join(lines)
+
+
+def _accuracy_cells(r: dict) -> str:
+    if r.get("test_accuracy_last") is None:
+        return f"{'est. ' + format(r['estimated_minutes'], ',.0f') + ' min, not run':>22}{'-':>15}{'-':>15}"
+    recipe = f"{r['epochs']} ep, {r['recipe_seconds'] / 60:.1f} min"
+    return f"{recipe:>22}{r['test_accuracy_last']:>15.4f}{r['test_accuracy_best']:>15.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per pipeline (median reported)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: each recipe's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="also train each model's full recipe whose estimate fits --budget-minutes")
+    parser.add_argument("--budget-minutes", type=float, default=20.0,
+                        help="largest estimated recipe training time to run with --accuracy (default 20)")
     args = parser.parse_args(argv)
     names = args.models or list_models()
     unknown = sorted(set(names) - set(list_models()))
@@ -114,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"  {name}: {r['cnnlab_images_per_s']:,.1f} vs {r['plain_images_per_s']:,.1f} images/s "
               f"({time.perf_counter() - t:.0f} s; load {load_average()})", flush=True)
+    if args.accuracy:
+        for r in rows:
+            r["estimated_minutes"] = estimated_minutes(r)
+            if r["estimated_minutes"] > args.budget_minutes:
+                continue
+            r.update(recipe_accuracy(r["model"]))
+            print(f"  {r['model']}: test accuracy {r['test_accuracy_last']:.4f} (last epoch), "
+                  f"{r['test_accuracy_best']:.4f} (best epoch) after {r['epochs']} epochs in "
+                  f"{r['recipe_seconds']:.0f} s (estimate {r['estimated_minutes'] * 60:.0f} s; load "
+                  f"{load_average()})", flush=True)
     ended = load_average()
     print()
     print(format_rows(rows))

@@ -391,8 +391,6 @@ OVERFIT = {
     # The chapter-8 networks at small sides they take (MIN_SIZE above; the -small stems take 16).
     "alexnet": (67, 1e-4),
     "alexnet-small": (16, 1e-4),
-    "nin": (67, 1e-4),
-    "nin-small": (16, 1e-4),
     "googlenet": (28, 1e-3),
     "densenet": (32, 1e-3),
     "densenet-small": (16, 1e-3),
@@ -400,14 +398,12 @@ OVERFIT = {
     "lenet-bn": (28, 1e-2),
     "lenet-bn-scratch": (28, 1e-2),
 }
-# vgg11: about a minute on two cores, and vgg-small covers the same code. The book's AlexNet and NiN and
-# their small-stem variants cost 0.1-0.2 GFLOP per 16-67 pixel image, and GoogLeNet (no BN) needs ~150
+# vgg11: about a minute on two cores, and vgg-small covers the same code. The book's AlexNet and its
+# small-stem variant cost 0.1-0.2 GFLOP per 16-67 pixel image, and GoogLeNet (no BN) needs ~150
 # Adam steps to leave its loss plateau: tens of seconds each.
-SLOW_OVERFIT = {"vgg11", "alexnet", "alexnet-small", "nin", "nin-small", "googlenet"}
-# NiN's logits come out of a ReLU (its last block, then the global pool), so a class whose channel dies
-# gets no gradient again. Measured on these 64 images: lr 1e-3 stays at loss 2.29 (all dead); lr 1e-4
-# reaches 0.80 after 300 steps and still 0.76 after 1000 (nin at 67; nin-small at 16 similar).
-NOT_OVERFITTING = {"nin", "nin-small"}
+SLOW_OVERFIT = {"vgg11", "alexnet", "alexnet-small", "googlenet"}
+# NiN's logits come out of a ReLU (its last block, then the global pool): its own tests are below.
+RELU_LOGITS = {"nin", "nin-small"}
 
 
 @pytest.fixture(scope="module")
@@ -420,13 +416,9 @@ def fashion64(data_dir):
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            n,
-            marks=[pytest.mark.slow] * (n in SLOW_OVERFIT)
-            + [pytest.mark.xfail(reason="NiN's ReLU logits die (see NOT_OVERFITTING)", strict=False)]
-            * (n in NOT_OVERFITTING),
-        )
+        pytest.param(n, marks=[pytest.mark.slow] * (n in SLOW_OVERFIT))
         for n in list_models()
+        if n not in RELU_LOGITS
     ],
 )
 def test_model_overfits_64_images(name, fashion64):
@@ -451,3 +443,60 @@ def test_model_overfits_64_images(name, fashion64):
         if losses[-1] < 0.05:
             break
     assert losses[-1] < 0.05, f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} after {len(losses)} steps"
+
+
+def _last_nin_conv(model):
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1]  # the last block's second 1x1 conv: one channel per class, then ReLU and the global pool
+
+
+def test_a_dead_nin_class_channel_gets_no_gradient_so_it_cannot_come_back():
+    """Why NiN cannot memorize 64 images (and is left out of the overfitting test above).
+
+    NiN's logits are ReLU outputs averaged over the image: never negative, and zero for a class whose last
+    conv channel is negative at every pixel. Such a class gets no gradient, even from images of that class,
+    so it never comes back. Memorizing pushes each class's channel down on the ~90% of images of other
+    classes, and channels die on the way: on an H200, 14 settings of Adam and SGD (lr 1e-5 to 0.1, 2,000
+    full-batch steps each, nin at 67 px and nin-small at 16 and 28) memorized none of them; the best reached
+    loss 0.25 (benchmarks/results/nin_overfit_probe_h200.log). On the full data it trains (the README's GPU
+    table: 0.79 after the book's 10 epochs).
+    """
+    torch.manual_seed(0)
+    model = create_model("nin-small", image_size=16)
+    last = _last_nin_conv(model)
+    assert last.out_channels == 10
+    with torch.no_grad():
+        last.bias[3] = -1e3  # channel 3 negative everywhere: class 3 is dead
+    X, y = torch.randn(8, 1, 16, 16), torch.full((8,), 3)  # and every image is of class 3
+    logits = model(X)
+    assert (logits[:, 3] == 0).all() and (logits >= 0).all()
+    model.loss(logits, y).backward()
+    assert last.weight.grad[3].abs().sum() == 0 and last.bias.grad[3] == 0
+    assert last.weight.grad.abs().sum() > 0  # the live classes still learn: only class 3 is stuck
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size", [("nin-small", 16)])  # about a minute on 2 cores; the 67 px nin ~5x that
+def test_nin_learns_64_images_far_below_chance(name, size, fashion64):
+    """NiN learns (every layer gets gradient), though dying class channels stop it short of memorizing."""
+    X, y = fashion64
+    X = F.interpolate(X, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    torch.manual_seed(0)
+    model = create_model(name, image_size=size)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(400):
+        loss = model.training_step((X, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 2.2  # chance is ln 10 = 2.30
+    # Where it ends depends on which class channels die on the way, which differs between machines: measured
+    # 1.55 (AMD EPYC, 2 cores) and 0.94 (H200). A network whose gradient does not get through stays at 2.30.
+    assert min(losses) < 2.0, f"{name}: loss {losses[0]:.3f} -> best {min(losses):.3f} in 400 steps"
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters()), "a layer did not move"
