@@ -11,7 +11,9 @@ For every registered model (or those named), at its recipe's input size and batc
 * training images/s of (a) cnnlab's ``Trainer`` with the model's recipe (channels_last, bf16 autocast where
   the CPU has it, batched uint8 loader, augmentation if the recipe asks) and (b) the plain PyTorch loop of
   ``cnnlab.bench`` (float tensors in memory, fp32, ``loss.item()`` every step, no augmentation). Both
-  start from the same weights with the same optimizer and batch, train ``--steps`` batches per epoch, and
+  start from the same weights with the same optimizer and batch, train ``--steps`` batches per epoch (more
+  for the smallest models: enough for ``--min-gflop`` of training work, at most 40 batches, so that a LeNet's
+  epoch is not all per-epoch overhead), and
   alternate epoch by epoch after one untimed warm-up epoch each; the figure is the median over
   ``--rounds`` epochs, and the ratio is cnnlab's over the plain loop's.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -56,17 +59,22 @@ from cnnlab.recipes import (
 )
 from cnnlab.summary import layer_stats
 
+MAX_STEPS = 40
 
-def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: int = 0) -> dict:
+
+def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: int = 0,
+            min_gflop: float = 20.0) -> dict:
     """One model's row: sizes, FLOPs, and the median training images/s of both pipelines."""
     config = resolve_config(TrainConfig(model=name, batch_size=batch_size, device="cpu", seed=seed, progress=False))
-    config = replace(config, num_train=steps * config.batch_size, num_val=min(config.batch_size, 256))
-    data = build_data(config)
+    config = replace(config, num_val=min(config.batch_size, 256))
     torch.manual_seed(seed)
-    reference = build_model(config, data)
+    reference = build_model(config, build_data(replace(config, num_train=config.batch_size)))
     size = config.resize
     forward = sum(s.flops for s in layer_stats(reference, (1, 1, size, size)))
     train_flops = training_flops_per_image(reference, (1, size, size), batch=2)
+    steps = max(steps, min(MAX_STEPS, math.ceil(min_gflop * 1e9 / (train_flops * config.batch_size))))
+    config = replace(config, num_train=steps * config.batch_size)
+    data = build_data(config)
 
     plain_model = copy.deepcopy(reference)
     plain_opt = make_optimizer(config)(plain_model.parameters())
@@ -87,7 +95,7 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
                 rates[pipeline].append(ips)
     cnnlab_ips, plain_ips = statistics.median(rates["cnnlab"]), statistics.median(rates["plain"])
     return {
-        "model": name, "input": size, "batch_size": config.batch_size, "bf16": config.bf16,
+        "model": name, "input": size, "batch_size": config.batch_size, "steps": steps, "bf16": config.bf16,
         "channels_last": config.channels_last, "params": sum(p.numel() for p in reference.parameters()),
         "forward_flops": forward, "train_flops": train_flops, "cnnlab_images_per_s": cnnlab_ips,
         "plain_images_per_s": plain_ips, "ratio": cnnlab_ips / plain_ips, "rates": rates,
@@ -138,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", metavar="NAME", help="registered models (default: all)")
     parser.add_argument("--steps", type=int, default=2, help="training batches per timed epoch")
+    parser.add_argument("--min-gflop", type=float, default=20.0,
+                        help="training work per timed epoch; small models get more batches (at most 40)")
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per pipeline (median reported)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: each recipe's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -155,14 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     started, start = load_average(), time.perf_counter()
     print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"load average {started} at start", flush=True)
-    print(f"{args.steps} training batches per epoch, median of {args.rounds} epochs after a warm-up epoch, "
+    print(f"{args.steps} training batches per epoch (up to {MAX_STEPS} for {args.min_gflop:g} GFLOP), median of "
+          f"{args.rounds} epochs after a warm-up epoch, "
           "cnnlab and plain alternated", flush=True)
     rows = []
     for name in names:
         t = time.perf_counter()
-        rows.append(measure(name, args.steps, args.rounds, args.batch_size))
+        rows.append(measure(name, args.steps, args.rounds, args.batch_size, min_gflop=args.min_gflop))
         r = rows[-1]
-        print(f"  {name}: {r['cnnlab_images_per_s']:,.1f} vs {r['plain_images_per_s']:,.1f} images/s "
+        print(f"  {name}: {r['cnnlab_images_per_s']:,.1f} vs {r['plain_images_per_s']:,.1f} images/s, "
+              f"{r['steps']} batches per epoch "
               f"({time.perf_counter() - t:.0f} s; load {load_average()})", flush=True)
     if args.accuracy:
         for r in rows:
@@ -177,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ended = load_average()
     print()
     print(format_rows(rows))
+    fp32 = [r["model"] for r in rows if not r["bf16"]]
     print(f"\nbatch: each recipe's ({', '.join(sorted({str(r['batch_size']) for r in rows}))}); bf16 autocast in "
-          f"cnnlab: {'on' if any(r['bf16'] for r in rows) else 'off'}; load average {started} at start, {ended} "
+          f"cnnlab: {'off for ' + ', '.join(fp32) if fp32 else 'on'}"
+          f"{'' if len(fp32) in (0, len(rows)) else ', on for the others'}; load average {started} at start, {ended} "
           f"at end; {time.perf_counter() - start:.0f} s in all")
     if args.json:
         with open(args.json, "w") as f:

@@ -4,12 +4,14 @@ Every cell must run; a cell that calls `trainer.fit` must show the book's live f
 (updated in place, not appended), the progress bar must be tqdm.auto's notebook widget, and nothing may be
 written to stderr. d2l's plotting helpers (`d2l.plot`, `d2l.show_images`, `FashionMNIST.visualize`) show
 one inline PNG when they are a cell's value. The VGG and ResNet notebooks train at 224x224 and 96x96, so
-they run with `pytest -m slow`; LeNet's is the fit notebook of the default run.
+they run with `pytest -m slow`; LeNet's is the fit notebook of the default run. §7.1 has no code in the
+book: its notebook checks the seed's three points about it with cnnlab's operators.
 """
 
 from pathlib import Path
 
 import pytest
+import torch
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -33,8 +35,8 @@ def images(cell) -> int:
 
 def test_the_notebooks_are_the_seeds_sections_without_outputs():
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["7.2-conv-layer", "7.3-padding-and-strides", "7.4-channels", "7.5-pooling", "7.6-lenet",
-                     "8.2-vgg", "8.6-resnet"]
+    assert names == ["7.1-why-conv", "7.2-conv-layer", "7.3-padding-and-strides", "7.4-channels", "7.5-pooling",
+                     "7.6-lenet", "8.2-vgg", "8.6-resnet"]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         nbformat.validate(nb)
@@ -60,6 +62,12 @@ def test_notebook_runs_in_a_kernel(name, tmp_path, data_dir):
         assert images(cell) == 1  # the live figure, redrawn in place
         assert any(WIDGET in out.get("data", {}) for out in cell.outputs)  # tqdm.auto's notebook bar
         assert any(o.output_type == "stream" and "epoch 1/1  train loss" in o.text for o in cell.outputs)
+    if name == "7.1-why-conv":  # the seed's three points about §7.1, checked
+        assert "615,440 parameters, a 3x3 d2l.Conv2D 10" in code[1].outputs[0].text
+        assert code[2].outputs[-1]["data"]["text/plain"] == "True"  # shifted input, shifted output
+        window = torch.zeros(8, 8, dtype=torch.int32)
+        window[4:7, 2:5] = 1
+        assert code[3].outputs[-1]["data"]["text/plain"] == repr(window)  # the 3x3 window of H[4, 2], no more
     if name == "7.6-lenet":
         assert images(code[-1]) == 1  # data.visualize(...)
         assert "Conv2d output shape:\t torch.Size([1, 6, 28, 28])" in code[3].outputs[0].text
