@@ -31,7 +31,7 @@ system-deps:
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 
-# Every table of the README's Performance section, each from the run that prints it (about two hours on 2 cores).
+# Every table of the README's Performance section, each from the run that prints it (about three hours on 2 cores; the GPU one is benchmarks/gpu.sh).
 bench: setup
 	$(BIN)/python benchmarks/ops.py
 	$(BIN)/python benchmarks/data.py --repeats 3
@@ -41,7 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/train.py --model resnet18 --max-steps 8 --epochs 2 --no-plain
 	$(BIN)/python benchmarks/train.py --techniques
 	$(BIN)/python benchmarks/fast.py
-	$(BIN)/python benchmarks/zoo.py
+	$(BIN)/python benchmarks/zoo.py --accuracy --json benchmarks/results/zoo.json
 	$(BIN)/python benchmarks/imagefolder.py
 	$(BIN)/python benchmarks/time_to_accuracy.py
 

@@ -413,6 +413,30 @@ def fashion64(data_dir):
     return X[:, None], labels[:64]
 
 
+def _model_without_dropout(name: str, size: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, image_size=size)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # dropout fights memorization; capacity is what is tested here
+    return model
+
+
+def _adam_full_batch(model, X, y, lr: float, steps: int, stop_below: float | None = None) -> list[float]:
+    """Adam on the one batch (X, y); the loss of every step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.training_step((X, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if stop_below is not None and losses[-1] < stop_below:
+            break
+    return losses
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -427,21 +451,7 @@ def test_model_overfits_64_images(name, fashion64):
     X, y = fashion64
     if size != 28:
         X = F.interpolate(X, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    torch.manual_seed(0)
-    model = create_model(name, image_size=size)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0  # dropout fights memorization; capacity is what is tested here
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(300):
-        loss = model.training_step((X, y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if losses[-1] < 0.05:
-            break
+    losses = _adam_full_batch(_model_without_dropout(name, size), X, y, lr, steps=300, stop_below=0.05)
     assert losses[-1] < 0.05, f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} after {len(losses)} steps"
 
 
@@ -481,20 +491,9 @@ def test_nin_learns_64_images_far_below_chance(name, size, fashion64):
     """NiN learns (every layer gets gradient), though dying class channels stop it short of memorizing."""
     X, y = fashion64
     X = F.interpolate(X, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    torch.manual_seed(0)
-    model = create_model(name, image_size=size)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    model = _model_without_dropout(name, size)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(400):
-        loss = model.training_step((X, y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _adam_full_batch(model, X, y, lr=1e-4, steps=400)
     assert losses[0] > 2.2  # chance is ln 10 = 2.30
     # Where it ends depends on which class channels die on the way, which differs between machines: measured
     # 1.55 (AMD EPYC, 2 cores) and 0.94 (H200). A network whose gradient does not get through stays at 2.30.
