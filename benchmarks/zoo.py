@@ -95,10 +95,11 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
                 rates[pipeline].append(ips)
     cnnlab_ips, plain_ips = statistics.median(rates["cnnlab"]), statistics.median(rates["plain"])
     return {
-        "model": name, "input": size, "batch_size": config.batch_size, "steps": steps, "bf16": config.bf16,
-        "channels_last": config.channels_last, "params": sum(p.numel() for p in reference.parameters()),
-        "forward_flops": forward, "train_flops": train_flops, "cnnlab_images_per_s": cnnlab_ips,
-        "plain_images_per_s": plain_ips, "ratio": cnnlab_ips / plain_ips, "rates": rates,
+        "model": name, "input": size, "batch_size": config.batch_size, "epochs": config.epochs, "steps": steps,
+        "bf16": config.bf16, "channels_last": config.channels_last,
+        "params": sum(p.numel() for p in reference.parameters()), "forward_flops": forward,
+        "train_flops": train_flops, "cnnlab_images_per_s": cnnlab_ips, "plain_images_per_s": plain_ips,
+        "ratio": cnnlab_ips / plain_ips, "rates": rates,
     }
 
 
@@ -108,14 +109,13 @@ def recipe_accuracy(name: str, seed: int = 0) -> dict:
         summary = run_training(resolve_config(TrainConfig(model=name, device="cpu", seed=seed, out=out,
                                                           progress=False)))
         _, last = evaluate_checkpoint(f"{out}/last.pt", summary["config"].data_dir, "cpu")
-    return {"epochs": summary["config"].epochs, "recipe_seconds": summary["seconds"],
+    return {"recipe_seconds": summary["seconds"],
             "test_accuracy_last": last.accuracy, "test_accuracy_best": summary["test_accuracy"]}
 
 
 def estimated_minutes(row: dict, train_images: int = 60_000) -> float:
     """The recipe's training time at the measured cnnlab rate (per-epoch validation not counted)."""
-    epochs = resolve_config(TrainConfig(model=row["model"])).epochs
-    return epochs * train_images / row["cnnlab_images_per_s"] / 60
+    return row["epochs"] * train_images / row["cnnlab_images_per_s"] / 60
 
 
 def format_rows(rows: list[dict]) -> str:
