@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
-from cnnlab.data import FashionMNIST  # noqa: E402
+from cnnlab.data.fashion_mnist import FashionMNIST  # noqa: E402
 
 
 class PerImageDataset(Dataset):

@@ -2,12 +2,12 @@
 
     python benchmarks/imagefolder.py [--dir DIR] [--limit N] [--repeats 3]
 
-The images are exported once (:func:`cnnlab.imagefolder.export_folder`) into ``--dir`` (kept) or a temporary
+The images are exported once (:func:`cnnlab.data.imagefolder.export_folder`) into ``--dir`` (kept) or a temporary
 folder (removed). Three figures, in images per second, each the median of ``--repeats`` runs:
 
 - the baseline: a bare Pillow loop (``Image.open(path).convert("L")`` into a NumPy array, no checks), the
   floor any per-file decoder pays;
-- cold: :func:`cnnlab.imagefolder.decode_folder` without its cache: listing, header checks, checked decoding
+- cold: :func:`cnnlab.data.imagefolder.decode_folder` without its cache: listing, header checks, checked decoding
   into one ``uint8`` tensor;
 - cached: the same call when its cache file exists (listing and stat of every file, then one ``torch.load``).
 
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
 from cnnlab.bench import cpu_name, load_average  # noqa: E402
-from cnnlab.imagefolder import decode_folder, export_folder  # noqa: E402
+from cnnlab.data.imagefolder import decode_folder, export_folder  # noqa: E402
 
 
 def bare_pillow(paths: list[str]) -> np.ndarray:

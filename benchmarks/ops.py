@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
-from cnnlab import ops  # noqa: E402
+from cnnlab.nn import ops  # noqa: E402
 
 
 def naive_corr2d(X, K):

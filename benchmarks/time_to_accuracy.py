@@ -82,7 +82,7 @@ def run_one(name: str, seed: int, extra: list[str], keep: Path | None) -> dict:
 
 
 def plot(results: list[dict], path: Path, title: str, zoom: bool = True) -> None:
-    from matplotlib.figure import Figure  # as cnnlab.plotting: no pyplot, no display needed
+    from matplotlib.figure import Figure  # as cnnlab.visual.plotting: no pyplot, no display needed
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()

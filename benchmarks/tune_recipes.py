@@ -4,13 +4,13 @@
     python benchmarks/tune_recipes.py --recipe fast --model fastnet --widths 32,64,128 --epochs 8
 
 The validation split is carved from the 60,000 *training* images: per class, a seeded (``--split-seed``,
-default 0) random 10% (600 of each class's 6,000, so 6,000 in all; :func:`cnnlab.data.stratified_split`) go
-to validation, the rest (54,000) to
-training. The test set is never scored here; choose settings on these numbers, then score the test set once
-with ``cnnlab train --recipe R`` (which trains on all 60k).
+default 0) random 10% (600 of each class's 6,000, so 6,000 in all;
+:func:`cnnlab.data.batching.stratified_split`) go to validation, the rest (54,000) to training. The test set is
+never scored here; choose settings on these numbers, then score the test set once with
+``cnnlab train --recipe R`` (which trains on all 60k).
 
 Every option left unset takes the recipe's value (``--recipe``), then the model's defaults, as
-``cnnlab train`` does (:func:`cnnlab.recipes.resolve_config`). The run uses ``--threads`` threads (default 1:
+``cnnlab train`` does (:func:`cnnlab.training.recipes.resolve_config`). The run uses ``--threads`` threads (default 1:
 other jobs share the machine, and accuracy per epoch does not depend on the thread count). Each epoch prints
 validation accuracy (also with horizontal-flip averaging when ``--tta-flip``), images/s and the load average;
 the whole run is appended as one JSON line to ``--results`` (default benchmarks/results/tuning.jsonl).
@@ -28,10 +28,10 @@ import torch
 
 from cnnlab import __version__ as cnnlab_version
 from cnnlab.bench import cpu_name, load_average
-from cnnlab.data import stratified_split
-from cnnlab.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
-from cnnlab.runtime import pick_device
-from cnnlab.train import Trainer
+from cnnlab.data.batching import stratified_split
+from cnnlab.training.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
+from cnnlab.training.runtime import pick_device
+from cnnlab.training.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results" / "tuning.jsonl"
 
@@ -39,8 +39,8 @@ RESULTS = Path(__file__).parent / "results" / "tuning.jsonl"
 def split_data(data, fraction: float, seed: int, num_train: int | None = None):
     """Replace ``data``'s validation set (the test split) by a stratified split of its training images.
 
-    The split is :func:`cnnlab.data.stratified_split`'s (``cnnlab train --val-split``'s), seeded by ``seed``
-    alone, so that runs with different training seeds are scored on the same validation images.
+    The split is :func:`cnnlab.data.batching.stratified_split`'s (``cnnlab train --val-split``'s), seeded by
+    ``seed`` alone, so that runs with different training seeds are scored on the same validation images.
     """
     images, labels = data.train_images, data.train_labels
     train_idx, val_idx = stratified_split(labels, fraction, seed)
@@ -69,7 +69,7 @@ def flip_tta_accuracy(model, loader, device, autocast_dtype) -> float:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=None, help="the recipe to start from (cnnlab.recipes.RECIPES)")
+    p.add_argument("--recipe", default=None, help="the recipe to start from (cnnlab.training.recipes.RECIPES)")
     p.add_argument("--model")
     p.add_argument("--widths", help="fastnet only: comma-separated widths, e.g. 32,64,128 (a harness-only knob)")
     p.add_argument("--epochs", type=int)

@@ -4,7 +4,7 @@
                              [--accuracy [--budget-minutes 20]]
 
 For every registered model (or those named), at its recipe's input size and batch size
-(``cnnlab.recipes.model_defaults``):
+(``cnnlab.training.recipes.model_defaults``):
 
 * parameters, and FLOPs per image: forward (as ``cnnlab summary`` counts them) and forward + backward
   (``cnnlab.bench.training_flops_per_image``), both from ``torch.utils.flop_counter``;
@@ -46,9 +46,10 @@ from dataclasses import replace
 import torch
 
 from cnnlab.bench import PlainLoop, cpu_name, load_average, training_flops_per_image
-from cnnlab.evaluation import evaluate_checkpoint
 from cnnlab.models import list_models
-from cnnlab.recipes import (
+from cnnlab.nn.summary import layer_stats
+from cnnlab.training.evaluation import evaluate_checkpoint
+from cnnlab.training.recipes import (
     TrainConfig,
     build_data,
     build_model,
@@ -57,7 +58,6 @@ from cnnlab.recipes import (
     resolve_config,
     run_training,
 )
-from cnnlab.summary import layer_stats
 
 MAX_STEPS = 40
 

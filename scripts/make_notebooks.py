@@ -5,7 +5,7 @@ Usage: ``python scripts/make_notebooks.py`` (needs nbformat, in the dev extra).
 Each notebook holds the book's PyTorch cells for its section as tests/book/<chapter>.py keeps them (the
 import line is ``import cnnlab as d2l``; the training cells train one epoch on a slice, marked
 ``# shortened``), after a title cell that says where they come from. In Jupyter, ``trainer.fit`` draws the
-book's live figure (cnnlab.board). The notebooks are stored without outputs; rerun this script after
+book's live figure (cnnlab.visual.board). The notebooks are stored without outputs; rerun this script after
 regenerating tests/book/.
 """
 

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-import cnnlab.recipes as recipes
-from cnnlab.cli import run
+import cnnlab.training.recipes as recipes
+from cnnlab.cli.main import run
 
 RANK = int(os.environ.get("RANK", "0"))
 

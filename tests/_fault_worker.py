@@ -23,10 +23,10 @@ import sys
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import cnnlab.plotting
-import cnnlab.runfolder
-import cnnlab.train
-from cnnlab.cli import main
+import cnnlab.training.runfolder
+import cnnlab.training.trainer
+import cnnlab.visual.plotting
+from cnnlab.cli.main import main
 
 POINT, *WHERE = os.environ.get("CNNLAB_TEST_KILL", "none").split(":")
 WHERE = [int(x) for x in WHERE]
@@ -39,7 +39,7 @@ def _die(what: str) -> None:
 
 # The epoch being trained (1-based), as Trainer._train_epoch starts it, and optimizer steps taken in it.
 _now = {"epoch": 0, "steps": 0}
-_train_epoch = cnnlab.train.Trainer._train_epoch
+_train_epoch = cnnlab.training.trainer.Trainer._train_epoch
 
 
 def _counting_train_epoch(self):
@@ -69,7 +69,7 @@ def _half_written_save(obj, f, *args, **kwargs):
     return _torch_save(obj, f, *args, **kwargs)
 
 
-_save_checkpoint = cnnlab.runfolder.save_checkpoint
+_save_checkpoint = cnnlab.training.runfolder.save_checkpoint
 _writes: list[tuple[int, str]] = []
 
 
@@ -82,7 +82,7 @@ def _save_checkpoint_then_maybe_die(state, path):
     return result
 
 
-_plot_curves = cnnlab.plotting.plot_curves
+_plot_curves = cnnlab.visual.plotting.plot_curves
 
 
 def _plot_curves_or_die(rows, path):
@@ -92,9 +92,9 @@ def _plot_curves_or_die(rows, path):
 
 
 if __name__ == "__main__":
-    cnnlab.train.Trainer._train_epoch = _counting_train_epoch
+    cnnlab.training.trainer.Trainer._train_epoch = _counting_train_epoch
     register_optimizer_step_post_hook(_after_step)
     torch.save = _half_written_save
-    cnnlab.runfolder.save_checkpoint = _save_checkpoint_then_maybe_die
-    cnnlab.plotting.plot_curves = _plot_curves_or_die
+    cnnlab.training.runfolder.save_checkpoint = _save_checkpoint_then_maybe_die
+    cnnlab.visual.plotting.plot_curves = _plot_curves_or_die
     sys.exit(main(sys.argv[1:]))

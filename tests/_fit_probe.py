@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from cnnlab.train import Trainer, evaluate
+from cnnlab.training.trainer import Trainer, evaluate
 
 _fit = Trainer.fit
 reports = []

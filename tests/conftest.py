@@ -2,7 +2,8 @@
 
 import pytest
 
-from cnnlab.idx import DataError, find_data_dir
+from cnnlab.data.files import find_data_dir
+from cnnlab.data.idx import DataError
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
-"""Test helper: count the bytes cnnlab.idx reads from disk and from gzip streams (no clock involved)."""
+"""Test helper: count the bytes cnnlab.data.idx reads from disk and from gzip streams (no clock involved)."""
 
 import builtins
 import gzip
 
-from cnnlab import idx
+from cnnlab.data import idx
 
 
 class _CountingFile:
@@ -33,7 +33,7 @@ class _CountingFile:
 
 
 def count_idx_reads(monkeypatch) -> dict:
-    """Make ``cnnlab.idx`` count its reads: ``{"file": bytes read from disk, "gzip": bytes decompressed}``."""
+    """Make ``cnnlab.data.idx`` count its reads: ``{"file": bytes read from disk, "gzip": bytes decompressed}``."""
     counts = {"file": 0, "gzip": 0}
 
     def counting_open(path, mode="r", *args, **kwargs):

@@ -10,7 +10,7 @@ import pytest
 
 from cnnlab import atomic
 from cnnlab.atomic import atomic_write, temp_path
-from cnnlab.cli import main
+from cnnlab.cli.main import main
 
 
 def test_write_replace_and_no_litter(tmp_path):

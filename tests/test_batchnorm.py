@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from book_tables import BN_LENET_TABLE
-from cnnlab.batchnorm import BatchNorm, batch_norm
 from cnnlab.models import create_model
 from cnnlab.models.lenet import BNLeNet, BNLeNetScratch
+from cnnlab.nn.batchnorm import BatchNorm, batch_norm
 from seed_tables import table
 
 f64 = dict(dtype=torch.float64)

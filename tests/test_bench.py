@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from cnnlab import bench
 from cnnlab.bench import BookDataset, compare, format_result, matmul_flops, training_flops_per_image
-from cnnlab.cli import main
-from cnnlab.data import FashionMNIST
+from cnnlab.cli.main import main
+from cnnlab.data.fashion_mnist import FashionMNIST
 from cnnlab.models import create_model
-from cnnlab.train import Trainer
+from cnnlab.training.trainer import Trainer
 
 
 def test_lenet_training_flops_match_the_hand_count():

@@ -1,4 +1,4 @@
-"""cnnlab.board outside a notebook (inside one: tests/test_notebooks.py runs real kernels)."""
+"""cnnlab.visual.board outside a notebook (inside one: tests/test_notebooks.py runs real kernels)."""
 
 import subprocess
 import sys
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cnnlab as d2l
-from cnnlab.board import ProgressBoard, TrainingBoard, in_notebook, live_board
-from cnnlab.train import Trainer
+from cnnlab.training.trainer import Trainer
+from cnnlab.visual.board import ProgressBoard, TrainingBoard, in_notebook, live_board
 
 
 def test_outside_a_notebook_nothing_is_drawn():

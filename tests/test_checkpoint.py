@@ -1,4 +1,4 @@
-"""Atomic checkpoint writes and safe loads (cnnlab.checkpoint)."""
+"""Atomic checkpoint writes and safe loads (cnnlab.training.checkpoint)."""
 
 import os
 import pickle
@@ -8,8 +8,14 @@ import sys
 import pytest
 import torch
 
-from cnnlab.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from cnnlab.errors import RunFolderError
+from cnnlab.training.checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 
 def _state(value=1.0):
@@ -162,7 +168,7 @@ def test_unsaveable_state_leaves_no_temp_file(tmp_path):
     ({"lr": "0.1"}, "lr"),
 ], ids=["huge-image", "huge-width", "huge-channels", "huge-classes", "bool-classes", "nan-lr", "text-lr"])
 def test_crafted_model_kwargs_are_refused_before_building(kwargs, words):
-    from cnnlab.checkpoint import model_from_checkpoint
+    from cnnlab.training.checkpoint import model_from_checkpoint
 
     state = {**_state(), "model_name": "lenet-relu", "model_kwargs": kwargs}
     with pytest.raises(CheckpointError, match=f"out of range.*{words}"):
@@ -170,7 +176,7 @@ def test_crafted_model_kwargs_are_refused_before_building(kwargs, words):
 
 
 def test_model_state_that_is_not_a_state_dict_is_refused():
-    from cnnlab.checkpoint import model_from_checkpoint
+    from cnnlab.training.checkpoint import model_from_checkpoint
 
     for bad in ([1, 2, 3], {"w": "not a tensor"}, "text"):
         with pytest.raises(CheckpointError, match="do not fit"):
@@ -232,7 +238,8 @@ def test_a_deflated_checkpoint_is_refused_before_it_inflates(bomb, tmp_path):
         load_checkpoint(bomb)
     assert f"would inflate to {BOMB_ELEMENTS * 4 // 2**20}." in str(err.value)  # MiB, plus the small entries
     intact = save_checkpoint(_lenet_state(), tmp_path / "intact.pt")
-    load = "from cnnlab.checkpoint import load_checkpoint\ntry:\n    load_checkpoint({!r})\nexcept Exception:\n    pass"
+    load = ("from cnnlab.training.checkpoint import load_checkpoint\n"
+            "try:\n    load_checkpoint({!r})\nexcept Exception:\n    pass")
     normal, _ = _peak_rss_mib(load.format(str(intact)))
     refused, _ = _peak_rss_mib(load.format(str(bomb)))
     # Inflating would add 256 MiB; refusing from the zip directory costs nothing measurable.
@@ -264,7 +271,7 @@ def test_the_cli_refuses_a_bomb_with_one_line_and_exit_2(bomb, tmp_path, command
     import json
     import shutil
 
-    from cnnlab.cli import main
+    from cnnlab.cli.main import main
 
     run = tmp_path / "run"
     run.mkdir()

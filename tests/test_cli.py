@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from cnnlab.cli import main
+from cnnlab.cli.main import main
 
 TINY = ["--num-train", "1000", "--num-val", "300", "--no-progress"]
 
@@ -54,7 +54,7 @@ def test_evaluate_prints_accuracy_table_and_writes_confusion(run_dir, tmp_path, 
 def test_predict_a_png_written_here(run_dir, tmp_path, capsys):
     from PIL import Image
 
-    from cnnlab.data import load_fashion_mnist
+    from cnnlab.data.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist(train=False)
     # A trouser from the test set, saved as a light-background photo would be (inverted, 3x larger, RGB).
@@ -119,9 +119,9 @@ def test_bad_input_is_one_clear_line_and_exit_2(argv, words, capsys):
 
 
 def test_missing_data_lists_places_and_remedies(tmp_path, capsys, monkeypatch):
-    import cnnlab.idx
+    import cnnlab.data.files
 
-    monkeypatch.setattr(cnnlab.idx, "default_data_dirs", lambda: (tmp_path / "nowhere", tmp_path / "nor-here"))
+    monkeypatch.setattr(cnnlab.data.files, "default_data_dirs", lambda: (tmp_path / "nowhere", tmp_path / "nor-here"))
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -159,7 +159,7 @@ def test_checkpoint_file_works_where_run_folder_does(run_dir, capsys):
 def test_data_info_show_and_download_from_a_mirror(data_dir, tmp_path, capsys):
     import shutil
 
-    from cnnlab import idx
+    from cnnlab.data import files
 
     assert main(["data", "info", "--data-dir", str(data_dir)]) == 0
     info = capsys.readouterr().out
@@ -171,8 +171,8 @@ def test_data_info_show_and_download_from_a_mirror(data_dir, tmp_path, capsys):
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for name in idx.FILE_NAMES:
-        source = idx.data_file(data_dir, name)
+    for name in files.FILE_NAMES:
+        source = files.data_file(data_dir, name)
         shutil.copyfile(source, mirror / f"{name}.gz") if source.suffix == ".gz" else \
             (mirror / f"{name}.gz").write_bytes(__import__("gzip").compress(source.read_bytes(), compresslevel=1))
     dest = tmp_path / "dest"
@@ -182,7 +182,7 @@ def test_data_info_show_and_download_from_a_mirror(data_dir, tmp_path, capsys):
     assert err.count("\n") == 1 and "expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d" in err
     assert main(["data", "download", "--data-dir", str(dest), "--mirror", mirror.as_uri(), "--any-archive"]) == 0
     assert f"Fashion-MNIST ready in {dest}" in capsys.readouterr().out
-    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in idx.FILE_NAMES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in files.FILE_NAMES)
     assert main(["data", "info", "--data-dir", str(dest)]) == 0
     assert "checksums verified" in capsys.readouterr().out
 

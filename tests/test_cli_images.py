@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.cli import main
-from cnnlab.inference import load_trained
+from cnnlab.cli.main import main
+from cnnlab.inference.loaded import load_trained
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 QUOTED = "a&b \"c\" 'd'"
@@ -57,7 +57,7 @@ def test_train_on_an_image_folder_then_evaluate_predict_report_and_export(tmp_pa
     assert "test accuracy 1.0000" in capsys.readouterr().out
 
     pytest.importorskip("onnxruntime")
-    from cnnlab.export import read_metadata
+    from cnnlab.inference.export import read_metadata
 
     assert main(["export", str(run)]) == 0
     assert "same top-1 class on 100.00%" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from torch import nn
 
 import cnnlab
 import cnnlab as d2l
-from cnnlab.classifier import Classifier
+from cnnlab.nn.classifier import Classifier
 
 # The alias block that ends d2l/torch.py in d2l-en 23d7a5ae ("Alias defined in config.ini"), name for name.
 D2L_ALIASES = """nn_Module ones_like ones zeros_like zeros tensor arange meshgrid sin sinh cos cosh tanh linspace exp

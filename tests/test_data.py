@@ -1,4 +1,4 @@
-"""Tests for cnnlab.data and cnnlab.idx: real Fashion-MNIST, corrupted copies, batching, download."""
+"""Tests for cnnlab.data.fashion_mnist and cnnlab.data.idx: real Fashion-MNIST, corrupted copies, batching, download."""
 
 from __future__ import annotations
 
@@ -20,20 +20,19 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import batching, data, idx
-from cnnlab.data import (
+from cnnlab.data import batching, files, idx
+from cnnlab.data import fashion_mnist as data
+from cnnlab.data.batching import BatchLoader, stratified_split
+from cnnlab.data.download import download
+from cnnlab.data.fashion_mnist import (
     CLASS_NAMES,
     MEAN,
     STD,
-    BatchLoader,
-    DataError,
     FashionMNIST,
-    download,
-    find_data_dir,
     load_fashion_mnist,
-    read_idx,
-    stratified_split,
 )
+from cnnlab.data.files import find_data_dir
+from cnnlab.data.idx import DataError, read_idx
 from io_counting import count_idx_reads
 
 T10K_IMAGES, T10K_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
@@ -136,7 +135,7 @@ def test_gzip_is_detected_by_content_not_name(t10k, tmp_path):
 def test_default_places_follow_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "d"))
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "c"))
-    assert idx.default_data_dirs() == (
+    assert files.default_data_dirs() == (
         tmp_path / "d", tmp_path / "d" / "FashionMNIST" / "raw", tmp_path / "c" / "fashion-mnist",
         Path("/usr/share/datasets/fashion-mnist"),
     )
@@ -145,8 +144,8 @@ def test_default_places_follow_the_environment(monkeypatch, tmp_path):
 def test_torchvision_layout_and_env_var_are_found(real_dir, monkeypatch, tmp_path):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in idx.FILE_NAMES:
-        (raw / f"{name}.gz").symlink_to(idx.data_file(real_dir, name))
+    for name in files.FILE_NAMES:
+        (raw / f"{name}.gz").symlink_to(files.data_file(real_dir, name))
     assert find_data_dir(tmp_path) == raw
     monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
     assert find_data_dir() == raw
@@ -155,7 +154,7 @@ def test_torchvision_layout_and_env_var_are_found(real_dir, monkeypatch, tmp_pat
 def test_with_no_folder_named_the_error_names_every_place_and_both_remedies(monkeypatch, tmp_path):
     partial = write_t10k_dir(tmp_path / "partial", b"", b"")
     (partial / T10K_LABELS).unlink()
-    monkeypatch.setattr(idx, "default_data_dirs", lambda: (partial, tmp_path / "elsewhere"))
+    monkeypatch.setattr(files, "default_data_dirs", lambda: (partial, tmp_path / "elsewhere"))
     with pytest.raises(DataError) as err:
         find_data_dir()
     message = str(err.value)
@@ -166,10 +165,10 @@ def test_with_no_folder_named_the_error_names_every_place_and_both_remedies(monk
         read_idx(tmp_path / "nothing-here")
 
 
-def _link_data(real_dir: Path, dest: Path, names=idx.FILE_NAMES) -> Path:
+def _link_data(real_dir: Path, dest: Path, names=files.FILE_NAMES) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
-        source = idx.data_file(real_dir, name)
+        source = files.data_file(real_dir, name)
         (dest / source.name).symlink_to(source)
     return dest
 
@@ -180,7 +179,7 @@ def _link_data(real_dir: Path, dest: Path, names=idx.FILE_NAMES) -> Path:
 @pytest.fixture
 def data_elsewhere(real_dir, monkeypatch, tmp_path) -> Path:
     elsewhere = _link_data(real_dir, tmp_path / "elsewhere")
-    monkeypatch.setattr(idx, "default_data_dirs", lambda: (elsewhere,))
+    monkeypatch.setattr(files, "default_data_dirs", lambda: (elsewhere,))
     assert find_data_dir() == elsewhere  # the fallback a named folder must not take
     return elsewhere
 
@@ -188,7 +187,7 @@ def data_elsewhere(real_dir, monkeypatch, tmp_path) -> Path:
 @pytest.mark.parametrize("named_by", ["root", "CNNLAB_DATA"])
 def test_a_named_folder_with_some_files_missing_is_an_error(real_dir, data_elsewhere, monkeypatch, tmp_path,
                                                             named_by):
-    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[:3])
+    named = _link_data(real_dir, tmp_path / "mine", files.FILE_NAMES[:3])
     if named_by == "CNNLAB_DATA":
         monkeypatch.setenv("CNNLAB_DATA", str(named))
     root = named if named_by == "root" else None
@@ -196,7 +195,7 @@ def test_a_named_folder_with_some_files_missing_is_an_error(real_dir, data_elsew
         with pytest.raises(DataError) as err:
             call()
         message = str(err.value)
-        assert f"it lacks {idx.FILE_NAMES[3]}" in message and str(named) in message
+        assert f"it lacks {files.FILE_NAMES[3]}" in message and str(named) in message
         assert f"`cnnlab data download --data-dir {named}`" in message
         assert str(data_elsewhere) not in message
 
@@ -217,7 +216,7 @@ def test_a_named_empty_folder_says_where_the_data_is_instead(data_elsewhere, mon
 
 
 def test_a_named_folder_with_a_bad_file_names_it_and_the_remedy(real_dir, data_elsewhere, tmp_path, t10k):
-    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[:3])
+    named = _link_data(real_dir, tmp_path / "mine", files.FILE_NAMES[:3])
     labels = bytearray(t10k[T10K_LABELS])
     labels[100] = (labels[100] + 1) % 10  # still a valid label: only the checksum can tell
     (named / T10K_LABELS).write_bytes(bytes(labels))
@@ -237,13 +236,13 @@ def test_a_named_folder_is_used_even_when_the_default_places_hold_the_data(real_
 
 
 def test_cli_data_dir_is_obeyed(real_dir, data_elsewhere, tmp_path, capsys):
-    from cnnlab.cli import main
+    from cnnlab.cli.main import main
 
-    named = _link_data(real_dir, tmp_path / "mine", idx.FILE_NAMES[1:])
+    named = _link_data(real_dir, tmp_path / "mine", files.FILE_NAMES[1:])
     assert main(["train", "--data-dir", str(named), "--epochs", "1", "--num-train", "64", "--no-progress",
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"it lacks {idx.FILE_NAMES[0]}" in err and "--data-dir" in err
+    assert err.count("\n") == 1 and f"it lacks {files.FILE_NAMES[0]}" in err and "--data-dir" in err
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -251,7 +250,7 @@ def test_cli_data_dir_is_obeyed(real_dir, data_elsewhere, tmp_path, capsys):
 
 def test_truncated_gzip(real_dir, tmp_path):
     bad = tmp_path / f"{T10K_IMAGES}.gz"
-    bad.write_bytes(idx.data_file(real_dir, T10K_IMAGES).read_bytes()[:1_000_000])
+    bad.write_bytes(files.data_file(real_dir, T10K_IMAGES).read_bytes()[:1_000_000])
     with pytest.raises(DataError, match=f"{bad}.*truncated"):
         read_idx(bad)
 
@@ -665,8 +664,8 @@ def test_visualize_saves_a_png(fmnist, tmp_path):
 
 def test_import_has_no_side_effects(tmp_path):
     env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", "import cnnlab.data, cnnlab.idx, cnnlab.plotting"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    code = "import cnnlab.data.fashion_mnist, cnnlab.data.idx, cnnlab.visual.plotting"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "cache").exists()
 
 
@@ -677,8 +676,8 @@ def mirror(real_dir, tmp_path) -> Path:
     """A file:// mirror holding copies of the installed (Debian-recompressed) archives."""
     root = tmp_path / "mirror"
     root.mkdir()
-    for name in idx.FILE_NAMES:
-        source = idx.data_file(real_dir, name)
+    for name in files.FILE_NAMES:
+        source = files.data_file(real_dir, name)
         if source.suffix == ".gz":
             shutil.copyfile(source, root / f"{name}.gz")
         else:
@@ -688,7 +687,7 @@ def mirror(real_dir, tmp_path) -> Path:
 
 def test_download_from_a_mirror(mirror, tmp_path):
     dest = download(tmp_path / "dest", base_url=mirror.as_uri(), check_archive=False)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in idx.FILE_NAMES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in files.FILE_NAMES)
     assert find_data_dir(dest) == dest
     images, labels = load_fashion_mnist(dest, train=False)
     assert images.shape == (10000, 28, 28) and labels[:3].tolist() == [9, 2, 1]
@@ -721,7 +720,7 @@ def test_a_sigkilled_download_leaves_a_temp_file_the_next_download_removes(mirro
     (dest / ".t10k-labels-idx1-ubyte.gz.a1b2c3.part").write_bytes(b"x" * 1000)  # an older cnnlab's leftover
     child = (
         "import os, signal, sys\n"
-        "import cnnlab.download as dl\n"
+        "import cnnlab.data.download as dl\n"
         "def stream(url, out, timeout):\n"
         "    out.write(b'\\x1f\\x8b' + bytes(2 << 20))\n"
         "    out.flush()\n"
@@ -734,4 +733,4 @@ def test_a_sigkilled_download_leaves_a_temp_file_the_next_download_removes(mirro
     temps = [p.name for p in dest.iterdir()]
     assert len(temps) == 2 and any(n.startswith(".train-images-idx3-ubyte.gz.tmp-") for n in temps)
     download(dest, base_url=mirror.as_uri(), check_archive=False)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in idx.FILE_NAMES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in files.FILE_NAMES)

@@ -20,9 +20,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cnnlab import distributed
-from cnnlab.checkpoint import load_checkpoint
-from cnnlab.cli import main
+from cnnlab.cli.main import main
+from cnnlab.training import distributed
+from cnnlab.training.checkpoint import load_checkpoint
 
 WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
 RUN_FILES = {"config.json", "metrics.csv", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}
@@ -330,7 +330,7 @@ def test_processes_that_see_different_checkpoints_refuse_to_start(tmp_path, data
     argv = _args(data_dir, "--out", "run")
     assert main([*argv[:-2], "--out", str(first / "run"), "--epochs", "2"]) == 0
     assert main([*argv[:-2], "--out", str(second / "run"), "--epochs", "2"]) == 0
-    from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.training.checkpoint import save_checkpoint
 
     state = load_checkpoint(first / "run" / "last.pt")
     save_checkpoint({**state, "epoch": 1}, first / "run" / "last.pt")

@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cnnlab.models
-from cnnlab.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
-from cnnlab.cli import main
-from cnnlab.idx import DataError, read_idx
-from cnnlab.inference import MAX_PIXELS, ImageError, load_image
-from cnnlab.train import Trainer
+from cnnlab.cli.main import main
+from cnnlab.data.idx import DataError, read_idx
+from cnnlab.inference.loaded import MAX_PIXELS, ImageError, load_image
+from cnnlab.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+from cnnlab.training.trainer import Trainer
 from io_counting import count_idx_reads
 
 TINY = ["--model", "lenet-relu", "--num-train", "1000", "--num-val", "200", "--no-progress"]

@@ -1,4 +1,4 @@
-"""Training on image folders (cnnlab.imagefolder) and the image reader under it (cnnlab.images).
+"""Training on image folders (cnnlab.data.imagefolder) and the image reader under it (cnnlab.data.images).
 
 Real data only: a Fashion-MNIST slice exported to PNG files, generated colour images, and bad files made by
 damaging good ones in tmp_path.
@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import imagedecode, imagefolder
-from cnnlab.data import FashionMNIST, load_fashion_mnist
-from cnnlab.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
-from cnnlab.images import MAX_PIXELS, ImageError, decode_image, open_image
+from cnnlab.data import imagedecode, imagefolder
+from cnnlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
+from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
+from cnnlab.data.images import MAX_PIXELS, ImageError, decode_image, open_image
 from cnnlab.models import create_model
-from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
-from cnnlab.train import Trainer, evaluate
+from cnnlab.training.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
+from cnnlab.training.trainer import Trainer, evaluate
 
 QUIET = dict(log=None, progress=False)
 
@@ -248,7 +248,8 @@ def test_rgba_png_and_sixteen_bit_grey(tmp_path):
 
 
 def test_inference_keeps_its_old_imports():
-    from cnnlab import images, inference
+    from cnnlab.data import images
+    from cnnlab.inference import loaded as inference
 
     assert inference.ImageError is images.ImageError and issubclass(ImageError, ValueError)
     assert inference.MAX_PIXELS == MAX_PIXELS

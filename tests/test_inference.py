@@ -1,4 +1,4 @@
-"""Using a trained model (cnnlab.inference): rebuilding it from a checkpoint, reading images, top-k.
+"""Using a trained model (cnnlab.inference.loaded): rebuilding it from a checkpoint, reading images, top-k.
 
 Hostile inputs (bombs, crafted checkpoints, truncated files) are in test_hostile.py; these are the ordinary
 cases, on a checkpoint built here without training.
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
-from cnnlab.inference import LoadedModel, load_image, load_trained, top_k
+from cnnlab.inference.loaded import LoadedModel, load_image, load_trained, top_k
 from cnnlab.models import create_model
+from cnnlab.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
 
 
 def _checkpoint(path, resize=28, normalize=True, **overrides):
@@ -68,7 +68,7 @@ def test_checkpoint_with_weights_of_another_shape_is_refused(tmp_path):
 
 
 def test_fashion_mnist_image_round_trips_through_a_png(tmp_path, data_dir):
-    from cnnlab.data import load_fashion_mnist
+    from cnnlab.data.fashion_mnist import load_fashion_mnist
 
     images, _ = load_fashion_mnist(data_dir, train=False)
     Image.fromarray(images[0].numpy()).save(tmp_path / "test0.png")

@@ -1,10 +1,11 @@
-"""cnnlab.layers.Conv2D and the edge-detection experiment of d2l §7.2."""
+"""cnnlab.nn.layers.Conv2D and the edge-detection experiment of d2l §7.2."""
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab import demo, ops
-from cnnlab.layers import Conv2D
+from cnnlab.cli import demo
+from cnnlab.nn import ops
+from cnnlab.nn.layers import Conv2D
 
 
 def test_conv2d_layer_matches_f_conv2d_in_value_and_every_gradient():

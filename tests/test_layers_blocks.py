@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.layers import Residual, vgg_block
+from cnnlab.nn.layers import Residual, vgg_block
 
 
 def n_params(module: nn.Module) -> int:

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import cnnlab.classifier as d2l  # the seed's snippets run with cnnlab standing in for d2l
-from cnnlab.classifier import Classifier, init_cnn
-from cnnlab.data import load_fashion_mnist
+import cnnlab.nn.classifier as d2l  # the seed's snippets run with cnnlab standing in for d2l
+from cnnlab.data.fashion_mnist import load_fashion_mnist
 from cnnlab.models import (
     RESNET18_ARCH,
     VGG,
@@ -25,6 +24,7 @@ from cnnlab.models import (
     register_model,
 )
 from cnnlab.models.lenet import LeNet
+from cnnlab.nn.classifier import Classifier, init_cnn
 from seed_tables import LENET_TABLE, RESNET18_TABLE, VGG_TABLE, table
 
 UNINITIALIZED = nn.parameter.UninitializedParameter

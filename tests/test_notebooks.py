@@ -85,7 +85,7 @@ def test_plotting_helpers_show_inline(tmp_path, data_dir):
         "fig = d2l.plot(x, x)\nNone",  # a figure that is not the cell's value is not shown (pyplot is not used)
         # The training board throttles: 50 quick epochs (200 points) redraw at most once a second, plus the
         # first and the last time, always in the same image.
-        "import time\nfrom cnnlab.board import TrainingBoard\nstart = time.monotonic()\n"
+        "import time\nfrom cnnlab.visual.board import TrainingBoard\nstart = time.monotonic()\n"
         "tb = TrainingBoard(max_epochs=50, num_batches=10)\nfor e in range(50):\n"
         "    for s in range(10):\n        tb.step(torch.tensor(1.0 / (e + 1)))\n"
         "    tb.epoch({'epoch': e + 1, 'val_loss': 1.0 / (e + 1), 'val_acc': 0.5})\ntb.close()\n"

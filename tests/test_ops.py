@@ -1,4 +1,4 @@
-"""cnnlab.ops against the seed's printed outputs (d2l §7.2-7.5) and against torch.nn.functional."""
+"""cnnlab.nn.ops against the seed's printed outputs (d2l §7.2-7.5) and against torch.nn.functional."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import ops
+from cnnlab.nn import ops
 
 
 def seed_corr2d(X, K):

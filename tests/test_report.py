@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.cli import main
+from cnnlab.cli.main import main
 
 NUM_FIGURES = 5  # curves, confusion matrix, mistakes, kernels, feature maps
 # A run folder name with every character HTML cares about, to prove the page escapes what it shows.

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.models import create_model
 from cnnlab.models.lenet import LeNet
-from cnnlab.summary import layer_stats, model_summary
+from cnnlab.nn.summary import layer_stats, model_summary
 
 
 def number(text: str, label: str) -> int:

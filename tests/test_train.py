@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cnnlab import FashionMNIST, Trainer, TrainingDiverged, create_model, load_checkpoint
-from cnnlab.classifier import Classifier
-from cnnlab.train import evaluate, pick_device
+from cnnlab.nn.classifier import Classifier
+from cnnlab.training.trainer import evaluate, pick_device
 
 
 def _data(data_dir, **kw):

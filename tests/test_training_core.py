@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cnnlab import Callback, FashionMNIST, Trainer, create_model
-from cnnlab.cli import main
-from cnnlab.evaluation import evaluate_checkpoint
+from cnnlab.cli.main import main
 from cnnlab.models.lenet import LeNetReLU
 from cnnlab.models.registry import prepare_model
+from cnnlab.training.evaluation import evaluate_checkpoint
 
 
 def _data(data_dir, **kw):
@@ -225,7 +225,7 @@ def test_predict_on_test_images_saved_as_png_equals_evaluate(tmp_path, data_dir,
 # ---- errors: a user's mistake is one line, a bug is a traceback ----------------------------------------
 
 def test_a_bug_surfaces_as_a_traceback_with_exit_code_1(monkeypatch, capsys):
-    import cnnlab.cli as cli
+    import cnnlab.cli.main as cli
 
     def broken(args):
         raise KeyError("a bug in cnnlab")

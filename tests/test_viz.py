@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import viz
-from cnnlab.cli import main
-from cnnlab.data import load_fashion_mnist
-from cnnlab.inference import load_trained
+from cnnlab.cli.main import main
+from cnnlab.data.fashion_mnist import load_fashion_mnist
+from cnnlab.inference.loaded import load_trained
+from cnnlab.visual import inspect as viz
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ from book_tables import (
     NIN_TABLE,
     REGNETX32_TABLE,
 )
-from cnnlab.cli import main
-from cnnlab.layers import ResNeXtBlock
+from cnnlab.cli.main import main
 from cnnlab.models import (
     AlexNet,
     AnyNet,
@@ -39,8 +38,9 @@ from cnnlab.models import (
     nin_block,
     transition_block,
 )
-from cnnlab.recipes import TrainConfig, model_defaults, resolve_config
-from cnnlab.summary import layer_stats
+from cnnlab.nn.layers import ResNeXtBlock
+from cnnlab.nn.summary import layer_stats
+from cnnlab.training.recipes import TrainConfig, model_defaults, resolve_config
 from seed_tables import table
 
 UNINITIALIZED = nn.parameter.UninitializedParameter

@@ -11,12 +11,6 @@ One flat API, so that the book's snippets run with ``import cnnlab as d2l``::
 Importing cnnlab does no work: no downloads, no file reads, no prints, no backend flags.
 """
 
-from cnnlab.batchnorm import BatchNorm, batch_norm
-from cnnlab.board import ProgressBoard
-from cnnlab.callbacks import Callback
-from cnnlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cnnlab.classifier import Classifier, init_cnn
-
 # The book's names (cnnlab.compat). d2l/torch.py's tensor aliases (d2l.tensor, d2l.zeros, d2l.reshape, ...,
 # listed in compat.ALIASES) are attributes, as in d2l, but not in __all__, so that `from cnnlab import *` keeps
 # Python's own abs.
@@ -73,10 +67,11 @@ from cnnlab.compat import (  # noqa: F401
     zeros,
     zeros_like,
 )
-from cnnlab.data import CLASS_NAMES, BatchLoader, FashionMNIST, load_fashion_mnist
+from cnnlab.data.batching import BatchLoader
+from cnnlab.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from cnnlab.data.files import find_data_dir
+from cnnlab.data.idx import DataError, read_idx
 from cnnlab.errors import UserError
-from cnnlab.idx import DataError, find_data_dir, read_idx
-from cnnlab.layers import Conv2D, Residual, ResNeXtBlock, vgg_block
 from cnnlab.models import (
     VGG,
     AlexNet,
@@ -100,7 +95,10 @@ from cnnlab.models import (
     register_model,
     transition_block,
 )
-from cnnlab.ops import (
+from cnnlab.nn.batchnorm import BatchNorm, batch_norm
+from cnnlab.nn.classifier import Classifier, init_cnn
+from cnnlab.nn.layers import Conv2D, Residual, ResNeXtBlock, vgg_block
+from cnnlab.nn.ops import (
     avg_pool2d,
     conv2d,
     conv_output_shape,
@@ -111,10 +109,13 @@ from cnnlab.ops import (
     max_pool2d,
     pool2d,
 )
-from cnnlab.plotting import plot, show_images
-from cnnlab.runfolder import RunFolder
-from cnnlab.summary import model_summary
-from cnnlab.train import Trainer, TrainingDiverged, evaluate
+from cnnlab.nn.summary import model_summary
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.trainer import Trainer, TrainingDiverged, evaluate
+from cnnlab.visual.board import ProgressBoard
+from cnnlab.visual.plotting import plot, show_images
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ What is here and where it comes from (d2l-en, ``d2l/torch.py``):
 * devices (d2l §6.7): ``cpu``, ``gpu``, ``num_gpus``, ``try_gpu``, ``try_all_gpus``.
 * the base classes of d2l §3.2: ``HyperParameters``, ``DataModule``, ``Module`` (cnnlab's ``Classifier``
   plays d2l's ``Module`` and ``Classifier``), and ``Timer`` (d2l §3.1). d2l's ``ProgressBoard`` lives in
-  :mod:`cnnlab.board`, its ``plot`` in :mod:`cnnlab.plotting`.
+  :mod:`cnnlab.visual.board`, its ``plot`` in :mod:`cnnlab.visual.plotting`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import time
 import torch
 from torch import nn
 
-from cnnlab.classifier import Classifier, caller_arguments
-from cnnlab.layers import ResNeXtBlock  # noqa: F401 - d2l §8.6.5 saves it, §8.8 uses it as d2l.ResNeXtBlock
+from cnnlab.nn.classifier import Classifier, caller_arguments
+from cnnlab.nn.layers import ResNeXtBlock  # noqa: F401 - d2l §8.6.5 saves it, §8.8 uses it as d2l.ResNeXtBlock
 
 __all__ = ["ALIASES", "DataModule", "HyperParameters", "Module", "Timer", "add_to_class", "cpu", "gpu",
            "num_gpus", "try_all_gpus", "try_gpu"]

@@ -7,7 +7,6 @@ submodule of the same name as an attribute of this package; import classes from 
 `from ... import`.
 """
 
-from cnnlab.layers import ResNeXtBlock  # re-exported: AnyNet is built from it
 from cnnlab.models.alexnet import AlexNet, alexnet, alexnet_small
 from cnnlab.models.densenet import DenseBlock, DenseNet, conv_block, densenet, densenet_small, transition_block
 from cnnlab.models.fastnet import FastNet, fastnet  # noqa: F401 (registers 'fastnet')
@@ -43,6 +42,7 @@ from cnnlab.models.resnet import (
     resnet34,
 )
 from cnnlab.models.vgg import VGG, VGG11_ARCH, VGG_SMALL_ARCH, vgg11, vgg_small
+from cnnlab.nn.layers import ResNeXtBlock  # re-exported: AnyNet is built from it
 
 __all__ = [
     "MODERN_RECIPE",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
 
 __all__ = ["AlexNet", "alexnet", "alexnet_small"]
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
 
 __all__ = ["DenseBlock", "DenseNet", "conv_block", "densenet", "densenet_small", "transition_block"]
 

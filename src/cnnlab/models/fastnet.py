@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
 
 __all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_flip", "fastnet_wide"]
 

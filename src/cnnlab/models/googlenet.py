@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
 
 __all__ = ["GOOGLENET_B3", "GOOGLENET_B4", "GOOGLENET_B5", "GoogleNet", "Inception", "googlenet"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnlab.batchnorm import BatchNorm
-from cnnlab.classifier import Classifier, init_cnn
 from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
+from cnnlab.nn.batchnorm import BatchNorm
+from cnnlab.nn.classifier import Classifier, init_cnn
 
 __all__ = ["BNLeNet", "BNLeNetScratch", "LeNet", "LeNetReLU", "lenet", "lenet_bn", "lenet_bn_scratch", "lenet_relu"]
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
-from cnnlab.layers import ResNeXtBlock
 from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
+from cnnlab.nn.layers import ResNeXtBlock
 
 __all__ = ["REGNETX32_ARCH", "AnyNet", "RegNetX32", "regnetx32"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
-from cnnlab.layers import Residual
 from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
+from cnnlab.nn.layers import Residual
 
 __all__ = ["RESNET18_ARCH", "RESNET34_ARCH", "ResNet", "ResNet18", "resnet18", "resnet18_small", "resnet34"]
 

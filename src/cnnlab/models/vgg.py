@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.classifier import Classifier, init_cnn
-from cnnlab.layers import vgg_block
 from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
+from cnnlab.nn.classifier import Classifier, init_cnn
+from cnnlab.nn.layers import vgg_block
 
 __all__ = ["VGG", "VGG11_ARCH", "VGG_SMALL_ARCH", "vgg11", "vgg_small"]
 

@@ -4,9 +4,9 @@ The trainer owns the loop and nothing else. Each step it calls the model's ``tra
 validation batch its ``validation_step(batch)``, as the book's Trainer does, so a subclass that changes
 either is trained as written. Around the loop: a device, DistributedDataParallel under torchrun, bf16
 autocast, channels_last, ``torch.compile``, a progress bar, divergence detection, exact resume, and hooks
-(:mod:`cnnlab.callbacks`) for what else a run does; the run folder's files are one such hook
-(:class:`cnnlab.runfolder.RunFolder`, added by ``run_dir=``). Torch's process-wide flags are set only for
-the duration of :meth:`Trainer.fit` (:func:`cnnlab.runtime.torch_flags`).
+(:mod:`cnnlab.training.callbacks`) for what else a run does; the run folder's files are one such hook
+(:class:`cnnlab.training.runfolder.RunFolder`, added by ``run_dir=``). Torch's process-wide flags are set only for
+the duration of :meth:`Trainer.fit` (:func:`cnnlab.training.runtime.torch_flags`).
 
 The model is never asked to move itself: the trainer owns devices, as in Lightning.
 """
@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from cnnlab import distributed as dist_utils
-from cnnlab.board import in_notebook, live_board
-from cnnlab.callbacks import Callback
-from cnnlab.checkpoint import CHECKPOINT_VERSION, load_checkpoint
-from cnnlab.classifier import eval_mode
 from cnnlab.errors import ConfigError, TrainingDiverged
-from cnnlab.evaluation import EvalResult, evaluate
-from cnnlab.runfolder import METRIC_FIELDS, RunFolder
-from cnnlab.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
+from cnnlab.nn.classifier import eval_mode
+from cnnlab.training import distributed as dist_utils
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from cnnlab.training.evaluation import EvalResult, evaluate
+from cnnlab.training.runfolder import METRIC_FIELDS, RunFolder
+from cnnlab.training.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
+from cnnlab.visual.board import in_notebook, live_board
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
            "EvalResult", "seed_everything", "METRIC_FIELDS"]
@@ -75,7 +75,7 @@ class Trainer:
         num_gpus: the book's argument; 0 trains on the CPU, >= 1 on a GPU when there is one.
         device: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'; overrides ``num_gpus``.
         run_dir: the run folder (metrics, curves, ``last.pt``, ``best.pt``): adds a
-            :class:`~cnnlab.runfolder.RunFolder` callback. None writes no files.
+            :class:`~cnnlab.training.runfolder.RunFolder` callback. None writes no files.
         seed: seeds the run (and each epoch, so that resume is exact) and makes CPU kernels deterministic;
             None leaves torch's RNG alone.
         optimizer: ``params -> Optimizer``; None uses ``model.configure_optimizers()``.
@@ -88,10 +88,10 @@ class Trainer:
         deterministic: deterministic kernels during ``fit``; None means "when seeded, on the CPU".
         progress: show a tqdm bar per epoch.
         log: where the per-epoch line goes (``print`` by default; None for silence).
-        callbacks: :class:`~cnnlab.callbacks.Callback` objects, called in order after the run folder's.
+        callbacks: :class:`~cnnlab.training.callbacks.Callback` objects, called in order after the run folder's.
         checkpoint_extra: plain values stored in every checkpoint (the CLI stores its settings there).
         on_epoch_end: shorthand for a callback whose ``on_train_epoch_end`` calls ``on_epoch_end(trainer, row)``.
-        board: the live figure of the book's ``fit`` (see :mod:`cnnlab.board`): 'auto' draws it in a Jupyter
+        board: the live figure of the book's ``fit`` (see :mod:`cnnlab.visual.board`): 'auto' draws it in a Jupyter
             notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
             ``epoch(row)`` and ``close()``.
     """
@@ -232,7 +232,7 @@ class Trainer:
             epochs: train at most this many epochs in this call (default: up to ``max_epochs``).
 
         Returns:
-            One metrics dict per epoch so far (see :data:`~cnnlab.runfolder.METRIC_FIELDS`).
+            One metrics dict per epoch so far (see :data:`~cnnlab.training.runfolder.METRIC_FIELDS`).
 
         Raises:
             TrainingDiverged: the loss became NaN or infinite (``last.pt`` still holds the last good epoch).
@@ -247,7 +247,7 @@ class Trainer:
                     self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
             stop = self.max_epochs if epochs is None else min(self.max_epochs, self.epoch + epochs)
             self._call("on_fit_start", self.model)
-            # The book's live figure (cnnlab.board): fed each batch's loss and each epoch's row.
+            # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
             self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
                           if self.is_main else None)
             while self.epoch < stop:

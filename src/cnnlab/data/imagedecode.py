@@ -1,10 +1,10 @@
 """Decoding an image folder once: scan its class folders, decode every image, keep the result in a cache.
 
 ``decode_folder`` lists ``DIR/<class>/<image>`` (or ``DIR/train/...`` with ``test/`` and ``val/``), checks the
-decoded size against a memory cap before decoding, decodes each file by :func:`cnnlab.images.decode_array`
+decoded size against a memory cap before decoding, decodes each file by :func:`cnnlab.data.images.decode_array`
 (checked, upright, composited, resized by Pillow) into one ``uint8`` tensor ``(N, C, H, W)`` per split, and
 keeps it in a cache under ``$CNNLAB_CACHE/imagefolders/``, keyed by the file list, sizes and mtimes (so a
-changed folder is decoded again). :class:`cnnlab.imagefolder.ImageFolderData` batches the result.
+changed folder is decoded again). :class:`cnnlab.data.imagefolder.ImageFolderData` batches the result.
 
 Folder and file names are untrusted text: they become class names and appear in messages, but no path is
 ever built from them for writing (the cache file is named by a hash).
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from cnnlab.atomic import atomic_write
+from cnnlab.data.files import cache_dir
+from cnnlab.data.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_array, probe_image
 from cnnlab.errors import UserError
-from cnnlab.idx import cache_dir
-from cnnlab.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_array, probe_image
-from cnnlab.ops import size_pair
+from cnnlab.nn.ops import size_pair
 
 __all__ = ["Decoded", "ImageFolderError", "decode_folder", "default_max_bytes"]
 
@@ -145,7 +145,7 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
     Args:
         root: the image folder.
         resize: ``(h, w)`` or an int for both; None: 28 for grey images, 32 for colour ones.
-        channels: 1 or 3; None: 1 if every image is grey (:func:`cnnlab.images.is_grey`), else 3.
+        channels: 1 or 3; None: 1 if every image is grey (:func:`cnnlab.data.images.is_grey`), else 3.
         max_bytes: refuse to decode more than this many bytes of images; -1: :func:`default_max_bytes`;
             None: no cap.
         cache: read and write ``<cache_dir()>/imagefolders/``.

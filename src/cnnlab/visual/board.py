@@ -147,7 +147,7 @@ class ProgressBoard:
 
 
 class TrainingBoard:
-    """The figure ``d2l.Trainer.fit`` shows in the book, fed by cnnlab's :class:`~cnnlab.train.Trainer`.
+    """The figure ``d2l.Trainer.fit`` shows in the book, fed by cnnlab's :class:`~cnnlab.training.trainer.Trainer`.
 
     The trainer calls :meth:`step` with each batch's loss tensor, :meth:`epoch` with each epoch's metrics
     row and :meth:`close` at the end. Like d2l's ``Module.plot`` (``plot_train_per_epoch=2``,

@@ -1,8 +1,8 @@
 """What a trained network learned: its conv kernels, the feature maps of one image, its worst mistakes.
 
-Each function takes a model rebuilt by :func:`cnnlab.inference.load_trained`, writes one PNG through
-:mod:`cnnlab.plotting` and returns a small record of what it drew (the counts the tests check and the CLI
-prints). ``cnnlab viz kernels|features|mistakes`` and the HTML report (:mod:`cnnlab.report`) call them.
+Each function takes a model rebuilt by :func:`cnnlab.inference.loaded.load_trained`, writes one PNG through
+:mod:`cnnlab.visual.plotting` and returns a small record of what it drew (the counts the tests check and the CLI
+prints). ``cnnlab viz kernels|features|mistakes`` and the HTML report (:mod:`cnnlab.visual.report`) call them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.classifier import device_of, eval_mode
-from cnnlab.data import BatchLoader
+from cnnlab.data.batching import BatchLoader
 from cnnlab.errors import ConfigError
-from cnnlab.inference import LoadedModel
+from cnnlab.inference.loaded import LoadedModel
+from cnnlab.nn.classifier import device_of, eval_mode
 
 __all__ = ["KernelFigure", "FeatureFigure", "MistakesFigure", "conv_layers", "find_conv", "feature_stages",
            "predict_probabilities", "plot_layer_kernels", "plot_test_features", "plot_test_mistakes",
@@ -95,7 +95,7 @@ def plot_layer_kernels(model: nn.Module, path: str | os.PathLike, layer: str | N
     at most ``MAX_KERNEL_TILES`` pairs; beyond that each output channel's kernel is averaged over its input
     channels (which can hide structure: opposite-signed slices cancel), and the title says so.
     """
-    from cnnlab.plotting import plot_kernels
+    from cnnlab.visual.plotting import plot_kernels
 
     name, conv = find_conv(model, layer)
     weight = conv.weight.detach().float().cpu()  # (out, in / groups, kh, kw)
@@ -171,7 +171,7 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     Raises:
         ValueError: ``index`` is outside the test set.
     """
-    from cnnlab.plotting import plot_feature_maps
+    from cnnlab.visual.plotting import plot_feature_maps
 
     if not 0 <= index < len(images):
         raise ConfigError(f"test index {index} is out of range: the test set has {len(images):,} images "
@@ -241,7 +241,7 @@ def plot_test_mistakes(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     Args:
         probs: the probabilities from :func:`predict_probabilities`, if already computed.
     """
-    from cnnlab.plotting import plot_mistakes
+    from cnnlab.visual.plotting import plot_mistakes
 
     if probs is None:
         probs = predict_probabilities(loaded, images, labels)

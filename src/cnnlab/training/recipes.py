@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import distributed as dist_utils
-from cnnlab.checkpoint import load_checkpoint
 from cnnlab.errors import CheckpointError, ConfigError, RunFolderError, TrainingDiverged, UserError
-from cnnlab.evaluation import evaluate_checkpoint
-from cnnlab.runfolder import RunFolder
-from cnnlab.runtime import bf16_default, pick_device
-from cnnlab.train import Trainer
+from cnnlab.training import distributed as dist_utils
+from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.evaluation import evaluate_checkpoint
+from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.runtime import bf16_default, pick_device
+from cnnlab.training.trainer import Trainer
 
 __all__ = ["TrainConfig", "RECIPES", "BASE", "model_defaults", "resolve_config", "run_training", "make_optimizer",
            "make_scheduler", "build_data", "build_model", "build_trainer", "OPTIMIZERS", "SCHEDULES"]
@@ -105,7 +105,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     """Fill every None field of ``config`` from the recipe, then the model's defaults, then the base.
 
     bf16 left unset everywhere is ``$CNNLAB_BF16`` if set, else decided by the hardware: on where it is fast
-    (:func:`cnnlab.train.bf16_default`).
+    (:func:`cnnlab.training.trainer.bf16_default`).
     """
     given = {k: v for k, v in config.to_dict().items() if v is not None}
     recipe_values = {}
@@ -216,13 +216,13 @@ def default_run_dir(model: str) -> Path:
 def build_data(config: TrainConfig):
     """The data module the config describes: Fashion-MNIST, or the image folder of ``--images``."""
     if config.images is not None:
-        from cnnlab.imagefolder import ImageFolderData
+        from cnnlab.data.imagefolder import ImageFolderData
 
         return ImageFolderData(config.images, batch_size=config.batch_size, resize=config.resize,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
                                skip_bad=config.skip_bad, progress=config.progress)
-    from cnnlab.data import FashionMNIST
+    from cnnlab.data.fashion_mnist import FashionMNIST
 
     return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
                         normalize=config.normalize, augment=config.augment, seed=config.seed,
@@ -243,7 +243,7 @@ def build_model(config: TrainConfig, data):
 
 def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
                   run_dir: str | os.PathLike | None = None, **kwargs) -> Trainer:
-    """The :class:`~cnnlab.train.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...)."""
+    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...)."""
     return Trainer(
         max_epochs=config.epochs, device=device if device is not None else config.device, run_dir=run_dir,
         seed=config.seed, optimizer=make_optimizer(config), scheduler=make_scheduler(config),
@@ -289,7 +289,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
                  on_epoch_end=None, callbacks=()) -> dict:
     """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
 
-    The summary's test accuracy is :func:`cnnlab.evaluation.evaluate_checkpoint` of the run folder: the
+    The summary's test accuracy is :func:`cnnlab.training.evaluation.evaluate_checkpoint` of the run folder: the
     run's best checkpoint on the whole test set in fp32, the number ``cnnlab evaluate`` prints for it. Under
     torchrun every rank calls this; only rank 0 writes files and evaluates.
     """
@@ -320,7 +320,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         model = build_model(config, data)
         folder = _set_up_run_folder(folder, config if resume is None else None, state, ctx)
         if config.tensorboard:
-            from cnnlab.tensorboard_log import TensorBoardLogger
+            from cnnlab.visual.tensorboard import TensorBoardLogger
 
             callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
         trainer = build_trainer(config, device, folder.path, log=log, callbacks=callbacks,

@@ -2,7 +2,7 @@
 
 A batch is built by whole-batch tensor ops on the images' device (index, crop and flip, scale and normalize,
 resize by two matmuls): no per-image Python and no worker processes, the airbench way. The same path prepares
-the images of training, evaluation and ``cnnlab predict`` (:meth:`cnnlab.inference.LoadedModel.preprocess`),
+the images of training, evaluation and ``cnnlab predict`` (:meth:`cnnlab.inference.loaded.LoadedModel.preprocess`),
 so a model always sees its inputs made the same way.
 """
 

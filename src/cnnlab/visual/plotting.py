@@ -1,6 +1,6 @@
 """Figures for the book's examples, drawn headless (no display needed, no global backend switched).
 
-In a Jupyter notebook the book's helpers (``plot``, ``show_images``) are shown inline (see :mod:`cnnlab.board`).
+In a Jupyter notebook the book's helpers (``plot``, ``show_images``) are shown inline (see :mod:`cnnlab.visual.board`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
-from cnnlab.board import inline_figures
+from cnnlab.visual.board import inline_figures
 
 
 def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float = 1.5,

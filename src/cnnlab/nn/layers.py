@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.ops import corr2d
+from cnnlab.nn.ops import corr2d
 
 
 class Conv2D(nn.Module):
-    """A learnable single-channel 2-D convolution over :func:`cnnlab.ops.corr2d` (d2l §7.2.3).
+    """A learnable single-channel 2-D convolution over :func:`cnnlab.nn.ops.corr2d` (d2l §7.2.3).
 
     Args:
         kernel_size: (kh, kw) of the kernel; the weight starts uniform in [0, 1) as in the book.

@@ -197,7 +197,7 @@ def shutdown(clean: bool = True) -> None:
     Together, because rank 0 still works (final evaluation, files, the report) after the others are done:
     with a barrier first, no rank tears its side of the gloo connections down while a peer may still use them,
     and a rank that fails at the very end is reported by the others. The console entry point then leaves
-    without interpreter teardown (:func:`cnnlab.cli.run` says why).
+    without interpreter teardown (:func:`cnnlab.cli.main.run` says why).
 
     Args:
         clean: the run ended without an error on this rank, so wait for the others first. After an error we

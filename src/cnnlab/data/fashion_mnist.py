@@ -3,7 +3,7 @@
 The whole split is decoded once and kept as ``uint8``; every batch is built with a few tensor ops on the
 data's device (index, convert, augment, resize), the way the speed-run CIFAR-10 trainers do, instead of a
 per-image ``Dataset`` behind a ``DataLoader``. Reading, finding, verifying and downloading the files lives in
-:mod:`cnnlab.idx`; its public names are re-exported here.
+:mod:`cnnlab.data.idx`; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,45 +15,27 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.batching import BatchLoader, check_fraction, move_splits, stratified_split
-from cnnlab.errors import ConfigError
-from cnnlab.idx import (
-    ARCHIVE_MD5,
+from cnnlab.data.batching import BatchLoader, check_fraction, move_splits, stratified_split
+from cnnlab.data.files import (
     FILE_MD5,
     FILE_NAMES,
-    MIRROR_URL,
-    DataError,
-    cache_dir,
     data_file,
-    default_data_dirs,
-    download,
     download_hint,
     find_data_dir,
     is_verified,
-    read_idx,
     remember_verified,
 )
-from cnnlab.ops import size_pair
+from cnnlab.data.idx import DataError, read_idx
+from cnnlab.errors import ConfigError
+from cnnlab.nn.ops import size_pair
 
 __all__ = [
-    "ARCHIVE_MD5",
     "CLASS_NAMES",
-    "FILE_MD5",
     "MEAN",
-    "MIRROR_URL",
     "STD",
-    "BatchLoader",
-    "DataError",
     "FashionMNIST",
-    "cache_dir",
-    "check_fraction",
-    "default_data_dirs",
     "describe",
-    "download",
-    "find_data_dir",
     "load_fashion_mnist",
-    "read_idx",
-    "stratified_split",
     "text_labels",
 ]
 
@@ -273,7 +255,7 @@ class FashionMNIST:
 
     def visualize(self, batch, nrows: int = 1, ncols: int = 8, labels=None, path=None):
         """Show the first images of a batch with their class names (d2l §4.2); returns the figure."""
-        from cnnlab.plotting import show_images  # matplotlib only when asked for
+        from cnnlab.visual.plotting import show_images  # matplotlib only when asked for
 
         X, y = batch
         if self.normalize:

@@ -4,8 +4,8 @@ Images are read with Pillow (a dependency of matplotlib, so nothing new to insta
 greyscale and resized to the model's input the way Fashion-MNIST was made: a white-background photo is
 inverted so that the garment is bright on black, as in the data set. Image files and checkpoints are
 treated as hostile: a size limit is checked before decoding, and every failure is an :class:`ImageError`
-or a :class:`~cnnlab.checkpoint.CheckpointError` with one clear sentence. The checked reader itself lives in
-:mod:`cnnlab.images` (training on image folders uses it too); ``ImageError`` and ``MAX_PIXELS`` are
+or a :class:`~cnnlab.training.checkpoint.CheckpointError` with one clear sentence. The checked reader itself lives in
+:mod:`cnnlab.data.images` (training on image folders uses it too); ``ImageError`` and ``MAX_PIXELS`` are
 re-exported here so that older imports keep working.
 """
 
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.checkpoint import (
+from cnnlab.data.images import MAX_PIXELS, ImageError, open_image
+from cnnlab.nn.classifier import device_of
+from cnnlab.nn.ops import size_pair
+from cnnlab.training.checkpoint import (
     MAX_INPUT_SIDE,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     resolve_checkpoint,
 )
-from cnnlab.classifier import device_of
-from cnnlab.images import MAX_PIXELS, ImageError, open_image
-from cnnlab.ops import size_pair
 
 __all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
@@ -56,7 +56,7 @@ class LoadedModel:
     @property
     def class_names(self) -> tuple[str, ...]:
         """The class names the model was trained with (an image folder's, or Fashion-MNIST's)."""
-        from cnnlab.data import CLASS_NAMES
+        from cnnlab.data.fashion_mnist import CLASS_NAMES
 
         names = self.data.get("classes")
         if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
@@ -73,7 +73,7 @@ class LoadedModel:
             return None
         if self.is_image_folder:
             return tuple(self.data["mean"]), tuple(self.data["std"])
-        from cnnlab.data import MEAN, STD
+        from cnnlab.data.fashion_mnist import MEAN, STD
 
         return MEAN, STD
 
@@ -86,12 +86,12 @@ class LoadedModel:
         """
         config = self.state.get("config") if isinstance(self.state.get("config"), dict) else {}
         if self.is_image_folder:
-            from cnnlab.imagefolder import ImageFolderData
+            from cnnlab.data.imagefolder import ImageFolderData
 
             overrides = {"root": data_dir} if data_dir is not None else {}
             return ImageFolderData.from_settings(self.data, batch_size=batch_size, val_batch_size=batch_size,
                                                  log=None, progress=False, **overrides)
-        from cnnlab.data import FashionMNIST
+        from cnnlab.data.fashion_mnist import FashionMNIST
 
         root = data_dir if data_dir is not None else config.get("data_dir")
         return FashionMNIST(batch_size=batch_size, resize=self.image_size, root=root, normalize=self.normalize)
@@ -111,10 +111,10 @@ class LoadedModel:
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` or ``(N, C, H, W)`` uint8 -> the model's float input, by the training batches' own path.
 
-        The images go through :class:`~cnnlab.data.BatchLoader` with the run's size and normalization, so
+        The images go through :class:`~cnnlab.data.fashion_mnist.BatchLoader` with the run's size and normalization, so
         ``predict`` feeds a model exactly what ``evaluate`` and training fed it.
         """
-        from cnnlab.data import BatchLoader
+        from cnnlab.data.batching import BatchLoader
 
         labels = torch.zeros(len(images_uint8), dtype=torch.int64, device=images_uint8.device)
         loader = BatchLoader(images_uint8, labels, batch_size=max(1, len(images_uint8)), size=self.image_size,
@@ -125,7 +125,7 @@ class LoadedModel:
         """An image file as the model's uint8 input: Fashion-MNIST style for a Fashion-MNIST model
         (:func:`load_image`), else decoded as the image-folder run decoded its training images."""
         if self.is_image_folder:
-            from cnnlab.images import decode_image
+            from cnnlab.data.images import decode_image
 
             return decode_image(path, self.channels, self.image_size)
         return load_image(path)
@@ -157,7 +157,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     and alpha (RGBA, LA, palette or ``tRNS`` transparency). The steps follow the data set's own conversion
     (Xiao et al. 2017, "Fashion-MNIST"): greyscale, a light background inverted to black, padded to a centred
     square, resized to 28x28. EXIF orientation is applied first, so phone photos stand upright. The reading
-    and its checks are :func:`cnnlab.images.open_image`'s.
+    and its checks are :func:`cnnlab.data.images.open_image`'s.
 
     Raises:
         ImageError: missing, empty, not an image, truncated or corrupt, or larger than ``MAX_PIXELS``

@@ -1,7 +1,7 @@
 """The ``cnnlab`` command line's arguments: the parser, its subcommands' options and their value types.
 
 Every value is checked here, as argparse parses it, so that a bad one is a one-line error naming the option
-(:class:`_Parser`), before any work starts. The commands themselves are in :mod:`cnnlab.cli`.
+(:class:`_Parser`), before any work starts. The commands themselves are in :mod:`cnnlab.cli.main`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _shape(text: str) -> tuple[int, ...]:
 # ---- parser --------------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
-    from cnnlab.recipes import OPTIMIZERS, RECIPES, SCHEDULES
+    from cnnlab.training.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
     p = sub.add_parser("train", help="train a model on Fashion-MNIST (no options: the seed's LeNet recipe)",
                        description="Train a model on Fashion-MNIST. With no options: the seed's LeNet "

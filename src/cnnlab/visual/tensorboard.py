@@ -5,7 +5,7 @@ What it writes (``tensorboard --logdir RUN/tb`` shows it), every scalar at ``glo
 - each epoch: ``train/loss``, ``val/loss``, ``val/accuracy``, ``lr``, ``images_per_s``, and ``time/epoch_s`` and
   ``time/elapsed_s`` when the row has ``seconds`` and ``elapsed``;
 - once, when a run starts from epoch 0: the model's graph (a failed trace is a warning, never a crash);
-- at the end: the validation confusion matrix (the figure :func:`cnnlab.plotting.plot_confusion` draws for the
+- at the end: the validation confusion matrix (the figure :func:`cnnlab.visual.plotting.plot_confusion` draws for the
   report) and the first conv layer's kernels as an image grid.
 
 Only the main process writes. A resumed run reopens the folder with ``purge_step`` = the first epoch it trains,
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.callbacks import Callback
-from cnnlab.classifier import device_of
 from cnnlab.extras import require
-from cnnlab.ops import size_pair
+from cnnlab.nn.classifier import device_of
+from cnnlab.nn.ops import size_pair
+from cnnlab.training.callbacks import Callback
 
 __all__ = ["TensorBoardLogger", "kernel_grid"]
 
@@ -111,7 +111,7 @@ class TensorBoardLogger(Callback):
     # ---- what is drawn ------------------------------------------------------------------------------------
 
     def _add_graph(self, trainer, model: nn.Module) -> None:
-        from cnnlab.classifier import eval_mode
+        from cnnlab.nn.classifier import eval_mode
 
         shape = _input_shape(trainer, model)
         if shape is None:
@@ -134,7 +134,7 @@ class TensorBoardLogger(Callback):
     def _add_confusion(self, trainer, result, step: int) -> None:
         from PIL import Image
 
-        from cnnlab.plotting import plot_confusion
+        from cnnlab.visual.plotting import plot_confusion
 
         names = self._names(trainer, result.confusion.shape[0])
         title = f"Validation confusion matrix after epoch {step} (accuracy {result.accuracy:.2%})"
@@ -146,7 +146,7 @@ class TensorBoardLogger(Callback):
         self.writer.add_image("val/confusion_matrix", pixels, step, dataformats="HWC")
 
     def _add_kernels(self, model: nn.Module, step: int) -> None:
-        from cnnlab.viz import find_conv
+        from cnnlab.visual.inspect import find_conv
 
         try:
             name, conv = find_conv(model)
@@ -164,12 +164,13 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
 
     A layer with one input channel gets one tile per output channel (16 a row). With several input channels each
     ``(out, in)`` pair gets a tile (a row per output channel) while there are at most ``max_tiles`` pairs; beyond
-    that each output channel's kernel is averaged over its inputs, as :func:`cnnlab.viz.plot_layer_kernels` does.
+    that each output channel's kernel is averaged over its inputs, as
+    :func:`cnnlab.visual.inspect.plot_layer_kernels` does.
 
     Args:
         weight: a conv weight ``(out, in, kh, kw)``.
         tile_pixels: about how many pixels a tile is wide (kernels are enlarged by a whole factor).
-        max_tiles: the most tiles drawn; default ``cnnlab.viz.MAX_KERNEL_TILES``.
+        max_tiles: the most tiles drawn; default ``cnnlab.visual.inspect.MAX_KERNEL_TILES``.
 
     Returns:
         A float tensor ``(3, H, W)`` in [0, 1], as ``SummaryWriter.add_image`` takes; tiles are parted by grey.
@@ -177,7 +178,7 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
     Shape:
         weight ``(O, I, kh, kw)`` -> ``(3, rows * (kh * s + 1) + 1, cols * (kw * s + 1) + 1)``, ``s`` the factor.
     """
-    from cnnlab.viz import MAX_KERNEL_TILES
+    from cnnlab.visual.inspect import MAX_KERNEL_TILES
 
     max_tiles = max_tiles or MAX_KERNEL_TILES
     w = weight.detach().float().cpu()
@@ -208,7 +209,7 @@ def _is_main(trainer) -> bool:
     # The redesigned Trainer has `is_main`; today's keeps it in its distributed context.
     is_main = getattr(trainer, "is_main", None)
     if is_main is None:
-        from cnnlab import distributed as dist_utils
+        from cnnlab.training import distributed as dist_utils
 
         ctx = getattr(trainer, "ctx", None) or dist_utils.current()
         is_main = ctx.is_main
@@ -217,8 +218,8 @@ def _is_main(trainer) -> bool:
 
 def _evaluate_everywhere(trainer, model: nn.Module, class_names):
     """The validation result with the confusion matrix summed over all processes (None on a lone non-main one)."""
-    from cnnlab import distributed as dist_utils
-    from cnnlab.train import evaluate
+    from cnnlab.training import distributed as dist_utils
+    from cnnlab.training.trainer import evaluate
 
     ctx = dist_utils.current()  # the process group itself, whatever the trainer calls its context
     world = ctx.world_size

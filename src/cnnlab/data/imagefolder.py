@@ -2,9 +2,9 @@
 
 The layout is torchvision's ``ImageFolder``: ``DIR/<class>/<image>``, the class names being the sorted folder
 names (label ``k`` is the ``k``-th). ``DIR/train/<class>/...`` with ``DIR/test/`` and/or ``DIR/val/`` beside it
-gives the splits explicitly. Every image is decoded once by :func:`cnnlab.images.decode_array` (checked,
+gives the splits explicitly. Every image is decoded once by :func:`cnnlab.data.images.decode_array` (checked,
 upright, composited, resized by Pillow) into one ``uint8`` tensor ``(N, C, H, W)``, kept in a cache keyed by
-the folder's listing, and batched by :class:`cnnlab.data.BatchLoader` as Fashion-MNIST is.
+the folder's listing, and batched by :class:`cnnlab.data.fashion_mnist.BatchLoader` as Fashion-MNIST is.
 
 Folder and file names are untrusted text: they become class names and appear in messages, but no path is
 ever built from them for writing (the cache file is named by a hash).
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.batching import move_splits
-from cnnlab.data import BatchLoader, check_fraction, load_fashion_mnist, stratified_split
-from cnnlab.imagedecode import Decoded, ImageFolderError, decode_folder, default_max_bytes
+from cnnlab.data.batching import BatchLoader, check_fraction, move_splits, stratified_split
+from cnnlab.data.fashion_mnist import load_fashion_mnist
+from cnnlab.data.imagedecode import Decoded, ImageFolderError, decode_folder, default_max_bytes
 
 __all__ = ["FASHION_FOLDERS", "Decoded", "ImageFolderData", "ImageFolderError", "channel_stats", "decode_folder",
            "default_max_bytes", "export_folder"]
@@ -40,7 +40,7 @@ class ImageFolderData:
     Layouts (torchvision's ``ImageFolder``, class names = sorted folder names):
 
     - ``DIR/<class>/<image>``: a stratified ``val_split`` (default 0.1) of the images, chosen by ``seed``, is
-      held out for validation (:func:`cnnlab.data.stratified_split`); no test split.
+      held out for validation (:func:`cnnlab.data.fashion_mnist.stratified_split`); no test split.
     - ``DIR/train/<class>/...`` with ``DIR/val/`` and/or ``DIR/test/`` beside it: those folders are the splits
       (every split must hold the same class folders). Without ``DIR/val/``, ``val_split`` holds out part of
       ``train`` if given, else the test split also serves for validation, as d2l does with Fashion-MNIST.
@@ -53,7 +53,7 @@ class ImageFolderData:
         batch_size: images per training batch.
         resize: ``(h, w)`` or one side: every image is resized to it by Pillow when decoded (aspect ratio not
             kept, as torchvision's ``Resize((h, w))``); None: 28 for grey images, 32 for colour.
-        channels: 1 or 3; None: 1 if every image is grey (judged by its mode, see :func:`cnnlab.images.is_grey`),
+        channels: 1 or 3; None: 1 if every image is grey (judged by its mode, see :func:`cnnlab.data.images.is_grey`),
             else 3.
         normalize: standardize each channel with the training images' own ``mean`` and ``std``.
         augment: random crop and flip for the training loader (batched, as for Fashion-MNIST).
@@ -253,7 +253,7 @@ def export_folder(out_dir: str | os.PathLike, split: str = "train", limit: int |
         out_dir: where ``<split>/`` goes (created if needed); ``out_dir/<split>`` must not exist yet.
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         limit: write only the first ``limit`` images.
-        root: the Fashion-MNIST files (see :func:`cnnlab.data.load_fashion_mnist`); None searches.
+        root: the Fashion-MNIST files (see :func:`cnnlab.data.fashion_mnist.load_fashion_mnist`); None searches.
         progress: a tqdm bar; None shows it only on a terminal.
 
     Returns:

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from cnnlab.cliparser import build_parser
+from cnnlab.cli.parser import build_parser
 from cnnlab.errors import ConfigError, UserError
 
 __all__ = ["main", "run", "build_parser"]
@@ -24,7 +24,7 @@ __all__ = ["main", "run", "build_parser"]
 def cmd_train(args) -> int:
     import dataclasses
 
-    from cnnlab.recipes import TrainConfig, resolve_config, run_training
+    from cnnlab.training.recipes import TrainConfig, resolve_config, run_training
 
     if args.resume:
         summary = run_training(None, resume=args.resume)
@@ -41,16 +41,16 @@ def cmd_train(args) -> int:
           f"({Path(summary['checkpoint']).name}, fp32); total time {summary['seconds']:.1f} s; files in "
           f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
     if args.report:
-        from cnnlab.report import write_report
+        from cnnlab.visual.report import write_report
 
         print(f"report: {write_report(summary['run_dir'])}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from cnnlab.evaluation import evaluate_checkpoint
-    from cnnlab.plotting import plot_confusion
-    from cnnlab.runtime import pick_device
+    from cnnlab.training.evaluation import evaluate_checkpoint
+    from cnnlab.training.runtime import pick_device
+    from cnnlab.visual.plotting import plot_confusion
 
     loaded, result = evaluate_checkpoint(args.run, args.data_dir, pick_device(args.device))
     print(f"checkpoint {loaded.checkpoint}")
@@ -71,7 +71,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from cnnlab.inference import load_trained, top_k
+    from cnnlab.inference.loaded import load_trained, top_k
 
     if not args.images and not args.test_index:
         raise ConfigError("give IMAGE files and/or --test-index N...")
@@ -97,7 +97,7 @@ def cmd_predict(args) -> int:
         label = f" (true: {class_names[truth]})" if truth is not None else ""
         print(f"{name}{label}: {ranked}")
     if args.grid:
-        from cnnlab.plotting import show_images
+        from cnnlab.visual.plotting import show_images
 
         titles = [(f"{class_names[t]}\n" if t is not None else "") + class_names[c[0]]
                   for t, c in zip(truths, classes.tolist(), strict=True)]
@@ -112,9 +112,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from cnnlab.export import export_onnx
     from cnnlab.extras import require
-    from cnnlab.inference import load_trained
+    from cnnlab.inference.export import export_onnx
+    from cnnlab.inference.loaded import load_trained
 
     require("onnxruntime", "export", "ONNX export")  # before any work: a missing extra is one line
     loaded = load_trained(args.run)
@@ -132,17 +132,19 @@ def cmd_export(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from cnnlab import data as data_mod
+    from cnnlab.data import fashion_mnist as data_mod
 
     if args.data_command == "export-folder":
-        from cnnlab.imagefolder import export_folder
+        from cnnlab.data.imagefolder import export_folder
 
         out = export_folder(args.dir, split=args.split, limit=args.limit, root=args.data_dir)
         print(f"wrote Fashion-MNIST's {args.split} split as PNG class folders in {out}")
         return 0
     if args.data_command == "download":
-        dest = data_mod.download(args.dir, base_url=args.mirror or data_mod.MIRROR_URL,
-                                 check_archive=not args.any_archive)
+        from cnnlab.data.download import download
+        from cnnlab.data.files import MIRROR_URL
+
+        dest = download(args.dir, base_url=args.mirror or MIRROR_URL, check_archive=not args.any_archive)
         print(f"Fashion-MNIST ready in {dest}")
         return 0
     if args.data_command == "info":
@@ -151,7 +153,7 @@ def cmd_data(args) -> int:
     images, labels = data_mod.load_fashion_mnist(args.data_dir, train=args.split == "train")
     n = min(args.n, len(images))
     cols = min(9, n)
-    from cnnlab.plotting import show_images
+    from cnnlab.visual.plotting import show_images
 
     show_images(images[:n].float() / 255, (n + cols - 1) // cols, cols,
                 titles=data_mod.text_labels(labels[:n]), path=args.out)
@@ -161,8 +163,8 @@ def cmd_data(args) -> int:
 
 def cmd_summary(args) -> int:
     from cnnlab.models import create_model, list_models
-    from cnnlab.recipes import model_defaults
-    from cnnlab.summary import model_summary
+    from cnnlab.nn.summary import model_summary
+    from cnnlab.training.recipes import model_defaults
 
     if args.model not in list_models():
         raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
@@ -180,13 +182,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from cnnlab.demo import edge_image, learn_edge_kernel
+    from cnnlab.cli.demo import edge_image, learn_edge_kernel
 
     kernel, _ = learn_edge_kernel()
     print(f"learned kernel: {kernel}")
     if args.plot:
-        from cnnlab.ops import corr2d
-        from cnnlab.plotting import plot_edge_demo
+        from cnnlab.nn.ops import corr2d
+        from cnnlab.visual.plotting import plot_edge_demo
 
         X = edge_image()
         plot_edge_demo(X, kernel, corr2d(X, kernel), args.plot)
@@ -195,8 +197,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_viz(args) -> int:
-    from cnnlab import viz
-    from cnnlab.inference import load_trained
+    from cnnlab.inference.loaded import load_trained
+    from cnnlab.visual import inspect as viz
 
     if args.viz_command == "kernels":
         loaded = load_trained(args.run)
@@ -214,7 +216,7 @@ def cmd_viz(args) -> int:
         print(f"test[{fig.index}] (true: {names[fig.true_class]}): predicted "
               f"{names[fig.predicted_class]} {fig.probability:.3f}; stages {stages}: {out}")
         return 0
-    from cnnlab.runtime import pick_device
+    from cnnlab.training.runtime import pick_device
 
     loaded = load_trained(args.run, pick_device(args.device))
     images, labels = loaded.test_split(args.data_dir)
@@ -225,7 +227,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cnnlab.report import write_report
+    from cnnlab.visual.report import write_report
 
     out = write_report(args.run, args.out, args.data_dir, test_index=args.test_index, device=args.device)
     print(f"report: {out}")
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return int(exc.code or 0)
-    from cnnlab import distributed
+    from cnnlab.training import distributed
 
     try:
         code = COMMANDS[args.command](args)
@@ -289,10 +291,10 @@ def run(argv: list[str] | None = None) -> NoReturn:
     by Python through a C++ destructor, which aborts the process ("terminate called without an active
     exception", SIGABRT; seen in a core dump of exactly that: the main thread in ``Py_FinalizeEx``, a
     ``ProcessGroupGloo::runLoop`` thread in ``take_gil``), and torchrun then kills the other ranks. By then
-    every file is written, fsynced and closed and the process group is left (:func:`cnnlab.distributed.shutdown`),
-    so nothing is lost by not tearing down.
+    every file is written, fsynced and closed and the process group is left
+    (:func:`cnnlab.training.distributed.shutdown`), so nothing is lost by not tearing down.
     """
-    from cnnlab.distributed import launched_by_torchrun
+    from cnnlab.training.distributed import launched_by_torchrun
 
     launched = launched_by_torchrun()
     code = main(argv)

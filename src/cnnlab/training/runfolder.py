@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
-from cnnlab.callbacks import Callback
-from cnnlab.checkpoint import resolve_checkpoint, save_checkpoint
 from cnnlab.errors import RunFolderError
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.checkpoint import resolve_checkpoint, save_checkpoint
 
 __all__ = ["RunFolder", "METRIC_FIELDS"]
 
@@ -136,7 +136,7 @@ class RunFolder(Callback):
             writer.writerows(rows)
         with atomic_write(self.path / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-        from cnnlab.plotting import plot_curves  # matplotlib only once there is something to draw
+        from cnnlab.visual.plotting import plot_curves  # matplotlib only once there is something to draw
 
         plot_curves(rows, self.path / "curves.png")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.classifier import device_of, eval_mode
+from cnnlab.nn.classifier import device_of, eval_mode
 
 __all__ = ["LayerStats", "layer_stats", "model_summary"]
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from cnnlab.ops import conv2d, corr2d
+from cnnlab.nn.ops import conv2d, corr2d
 
 
 def edge_image() -> torch.Tensor:

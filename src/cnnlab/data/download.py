@@ -15,20 +15,20 @@ import urllib.request
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
-from cnnlab.errors import DataError
-from cnnlab.idx import (
-    _CHUNK,
-    _GZIP_MAGIC,
+from cnnlab.data.files import (
     ARCHIVE_MD5,
     FILE_MD5,
     FILE_NAMES,
+    GZIP_MAGIC,
     MIRROR_URL,
+    READ_CHUNK,
     cache_dir,
     data_file,
     file_md5,
     is_verified,
     remember_verified,
 )
+from cnnlab.errors import DataError
 
 __all__ = ["download"]
 
@@ -108,7 +108,7 @@ def _stream(url: str, out, timeout: float) -> str:
     archive_md5 = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read(READ_CHUNK):
                 received += len(chunk)
                 if received > _MAX_DOWNLOAD:
                     raise DataError(f"{url} sends more than {_MAX_DOWNLOAD:,} bytes, far more than the "
@@ -127,7 +127,7 @@ def _stream(url: str, out, timeout: float) -> str:
 def _check_download(url: str, tmp: Path, name: str, archive_md5: str | None) -> None:
     """Both checksums of a downloaded archive: of the archive itself (None: not checked) and of its data."""
     with open(tmp, "rb") as f:
-        if f.read(2) != _GZIP_MAGIC:
+        if f.read(2) != GZIP_MAGIC:
             raise DataError(f"{url} is not a gzip archive; check that base_url points at the data directory")
     if archive_md5 is not None and archive_md5 != ARCHIVE_MD5[name]:
         raise DataError(f"{url} has MD5 {archive_md5}, expected {ARCHIVE_MD5[name]}; the "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlab.classifier import device_of, eval_mode
+from cnnlab.nn.classifier import device_of, eval_mode
 
 __all__ = ["EvalResult", "evaluate", "evaluate_checkpoint"]
 
@@ -70,9 +70,9 @@ def evaluate_checkpoint(run_or_ckpt: str | os.PathLike, data_dir: str | os.PathL
     """Rebuild a run's model (its ``best.pt``, else ``last.pt``, or the file given) and evaluate it on the test set.
 
     Returns:
-        ``(loaded, result)``: the :class:`~cnnlab.inference.LoadedModel` and its :class:`EvalResult`.
+        ``(loaded, result)``: the :class:`~cnnlab.inference.loaded.LoadedModel` and its :class:`EvalResult`.
     """
-    from cnnlab.inference import load_trained
+    from cnnlab.inference.loaded import load_trained
 
     loaded = load_trained(run_or_ckpt, device)
     return loaded, evaluate(loaded.model, loaded.test_loader(data_dir), device)
