@@ -62,7 +62,7 @@ class _Variant:
 
     def __init__(self, name: str, change: dict, config, steps: int, num_val: int, rounds: int):
         from cnnlab.data.fashion_mnist import FashionMNIST
-        from cnnlab.training.recipes import build_model, make_optimizer, make_scheduler
+        from cnnlab.recipes import build_model, make_optimizer, make_scheduler
         from cnnlab.training.trainer import Trainer
 
         self.name, self.change = name, change
@@ -108,7 +108,7 @@ class _Variant:
 
 
 def techniques(args) -> int:
-    from cnnlab.training.recipes import TrainConfig, resolve_config
+    from cnnlab.recipes import TrainConfig, resolve_config
 
     config = resolve_config(TrainConfig(model=args.model, resize=args.resize, device="cpu", progress=False))
     names = args.only or list(TECHNIQUES)
@@ -140,7 +140,7 @@ def profile(args) -> int:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from cnnlab.training.recipes import TrainConfig, resolve_config
+    from cnnlab.recipes import TrainConfig, resolve_config
 
     config = resolve_config(TrainConfig(model=args.model, resize=args.resize, device="cpu", progress=False))
     print(f"load average {load_average()}; {args.model}, {torch.get_num_threads()} threads")

@@ -10,7 +10,7 @@ never scored here; choose settings on these numbers, then score the test set onc
 ``cnnlab train --recipe R`` (which trains on all 60k).
 
 Every option left unset takes the recipe's value (``--recipe``), then the model's defaults, as
-``cnnlab train`` does (:func:`cnnlab.training.recipes.resolve_config`). The run uses ``--threads`` threads (default 1:
+``cnnlab train`` does (:func:`cnnlab.recipes.resolve_config`). The run uses ``--threads`` threads (default 1:
 other jobs share the machine, and accuracy per epoch does not depend on the thread count). Each epoch prints
 validation accuracy (also with horizontal-flip averaging when ``--tta-flip``), images/s and the load average;
 the whole run is appended as one JSON line to ``--results`` (default benchmarks/results/tuning.jsonl).
@@ -29,7 +29,7 @@ import torch
 from cnnlab import __version__ as cnnlab_version
 from cnnlab.bench import cpu_name, load_average
 from cnnlab.data.batching import stratified_split
-from cnnlab.training.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
+from cnnlab.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
 from cnnlab.training.runtime import pick_device
 from cnnlab.training.trainer import Trainer
 
@@ -69,7 +69,7 @@ def flip_tta_accuracy(model, loader, device, autocast_dtype) -> float:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=None, help="the recipe to start from (cnnlab.training.recipes.RECIPES)")
+    p.add_argument("--recipe", default=None, help="the recipe to start from (cnnlab.recipes.RECIPES)")
     p.add_argument("--model")
     p.add_argument("--widths", help="fastnet only: comma-separated widths, e.g. 32,64,128 (a harness-only knob)")
     p.add_argument("--epochs", type=int)

@@ -4,7 +4,7 @@
                              [--accuracy [--budget-minutes 20]]
 
 For every registered model (or those named), at its recipe's input size and batch size
-(``cnnlab.training.recipes.model_defaults``):
+(``cnnlab.recipes.model_defaults``):
 
 * parameters, and FLOPs per image: forward (as ``cnnlab summary`` counts them) and forward + backward
   (``cnnlab.bench.training_flops_per_image``), both from ``torch.utils.flop_counter``;
@@ -46,10 +46,10 @@ from dataclasses import replace
 import torch
 
 from cnnlab.bench import PlainLoop, cpu_name, load_average, training_flops_per_image
+from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import list_models
 from cnnlab.nn.summary import layer_stats
-from cnnlab.training.evaluation import evaluate_checkpoint
-from cnnlab.training.recipes import (
+from cnnlab.recipes import (
     TrainConfig,
     build_data,
     build_model,

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-import cnnlab.training.recipes as recipes
+import cnnlab.recipes as recipes
+import cnnlab.recipes.run as recipe_run
 from cnnlab.cli.main import run
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -66,5 +67,6 @@ def build_model(config, data):
 
 
 if __name__ == "__main__":
-    recipes.run_training, recipes.build_model = run_training, build_model
+    # The CLI looks run_training up in cnnlab.recipes at call time; run_training looks build_model up in its module.
+    recipes.run_training, recipe_run.build_model = run_training, build_model
     run(sys.argv[1:])

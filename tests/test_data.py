@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnnlab.data import batching, files, idx
+from cnnlab.data import batching, files
 from cnnlab.data import fashion_mnist as data
 from cnnlab.data.batching import BatchLoader, stratified_split
 from cnnlab.data.download import download

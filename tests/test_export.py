@@ -19,7 +19,7 @@ from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD
 from cnnlab.extras import MissingExtra, require
 from cnnlab.inference.export import ExportCheckFailed, export_onnx, read_metadata
 from cnnlab.models import create_model, list_models
-from cnnlab.training.recipes import model_defaults
+from cnnlab.recipes import model_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"

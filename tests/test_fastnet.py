@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnlab.models import create_model
-from cnnlab.training.recipes import RECIPES, TrainConfig, resolve_config
+from cnnlab.recipes import RECIPES, TrainConfig, resolve_config
 
 
 @pytest.mark.parametrize("name", ["fastnet-flip", "fastnet-wide"])

@@ -21,7 +21,7 @@ from cnnlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
 from cnnlab.data.images import MAX_PIXELS, ImageError, decode_image, open_image
 from cnnlab.models import create_model
-from cnnlab.training.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
+from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
 from cnnlab.training.trainer import Trainer, evaluate
 
 QUIET = dict(log=None, progress=False)

@@ -1,4 +1,4 @@
-"""Training recipes (cnnlab.training.recipes): config resolution, optimizers, schedules, checks, resume, bf16."""
+"""Training recipes (cnnlab.recipes): config resolution, optimizers, schedules, checks, resume, bf16."""
 
 import json
 import os
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab import recipes
 from cnnlab.cli.main import main
 from cnnlab.models import create_model, list_models, model_recipe
-from cnnlab.training import recipes
+from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.training.checkpoint import load_checkpoint
-from cnnlab.training.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.training.trainer import bf16_default, bf16_is_fast
 
 WORKER = str(Path(__file__).with_name("_ddp_worker.py"))

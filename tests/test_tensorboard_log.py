@@ -20,7 +20,7 @@ from torch import nn
 
 from cnnlab import Callback, FashionMNIST, Trainer, create_model
 from cnnlab.extras import MissingExtra
-from cnnlab.visual.tensorboard import TensorBoardLogger, kernel_grid
+from cnnlab.training.tensorboard import TensorBoardLogger, kernel_grid
 
 SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc", "lr": "lr",
            "images_per_s": "images_per_s", "time/epoch_s": "seconds", "time/elapsed_s": "elapsed"}
@@ -143,7 +143,7 @@ import json, os, sys
 import torch
 from cnnlab import FashionMNIST, Trainer, create_model
 from cnnlab.training import distributed
-from cnnlab.visual.tensorboard import TensorBoardLogger, _evaluate_everywhere
+from cnnlab.training.tensorboard import TensorBoardLogger, _evaluate_everywhere
 distributed.init_from_env("cpu")
 rank, out = int(os.environ["RANK"]), sys.argv[1]
 torch.manual_seed(0)

@@ -11,9 +11,9 @@ from PIL import Image
 
 from cnnlab import Callback, FashionMNIST, Trainer, create_model
 from cnnlab.cli.main import main
+from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models.lenet import LeNetReLU
 from cnnlab.models.registry import prepare_model
-from cnnlab.training.evaluation import evaluate_checkpoint
 
 
 def _data(data_dir, **kw):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.analysis import figures as viz
 from cnnlab.cli.main import main
 from cnnlab.data.fashion_mnist import load_fashion_mnist
 from cnnlab.inference.loaded import load_trained
-from cnnlab.visual import inspect as viz
+from cnnlab.nn.summary import conv_layers
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_kernels_default_is_the_first_conv_one_tile_per_output_channel(run_dir, 
     # A diverging map centred on zero: trained weights have both signs, so both ends of the map show.
     assert _reds(img) > 200 and _blues(img) > 200
 
-    first = viz.conv_layers(loaded.model)[0][1]
+    first = conv_layers(loaded.model)[0][1]
     fig = viz.plot_layer_kernels(loaded.model, run_dir / "k.png")
     assert (fig.layer, fig.mode, fig.weight_shape) == ("net.0", "single", (6, 1, 5, 5))
     assert fig.tiles == first.out_channels == 6

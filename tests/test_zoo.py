@@ -40,7 +40,7 @@ from cnnlab.models import (
 )
 from cnnlab.nn.layers import ResNeXtBlock
 from cnnlab.nn.summary import layer_stats
-from cnnlab.training.recipes import TrainConfig, model_defaults, resolve_config
+from cnnlab.recipes import TrainConfig, model_defaults, resolve_config
 from seed_tables import table
 
 UNINITIALIZED = nn.parameter.UninitializedParameter

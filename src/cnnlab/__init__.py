@@ -114,12 +114,12 @@ from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.trainer import Trainer, TrainingDiverged, evaluate
+from cnnlab.version import __version__
 from cnnlab.visual.board import ProgressBoard
 from cnnlab.visual.plotting import plot, show_images
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "Callback",
     "CheckpointError",
     "Classifier", "Conv2D", "DataError", "DataModule", "DenseBlock", "DenseNet", "FashionMNIST", "GoogleNet",

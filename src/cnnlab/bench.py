@@ -14,7 +14,7 @@ all of them alike:
   if anything, flattered.)
 * **plain**: the loop most PyTorch code has: the split converted to float once and kept in memory, batches
   indexed from a ``randperm``, ``loss.item()`` every step, validation under ``no_grad`` (no augmentation).
-* **cnnlab**: :func:`cnnlab.training.recipes.run_training`, exactly what ``cnnlab train`` runs with the model's recipe.
+* **cnnlab**: :func:`cnnlab.recipes.run_training`, exactly what ``cnnlab train`` runs with the model's recipe.
 
 An epoch's time is its training pass plus its validation pass; the table shows medians over epochs, the
 images per second of the training pass, the final test accuracy, and the training FLOP/s against this
@@ -208,7 +208,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     """Train ``model`` by the book's pipeline, a plain loop and cnnlab's Trainer, one epoch of each in turn.
 
     Args:
-        model: a registered model name; its recipe (``cnnlab.training.recipes``) sets optimizer, schedule and sizes.
+        model: a registered model name; its recipe (``cnnlab.recipes``) sets optimizer, schedule and sizes.
         epochs: epochs of each pipeline.
         resize: input side in pixels (default: the recipe's).
         max_steps: train on the first ``max_steps * batch_size`` images only (for big models).
@@ -222,7 +222,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     Returns:
         A dict of settings, machine figures and, per pipeline, its per-epoch rows and medians.
     """
-    from cnnlab.training import recipes
+    from cnnlab import recipes
 
     say = log or (lambda _: None)
     config = recipes.resolve_config(recipes.TrainConfig(model=model, epochs=epochs, resize=resize, seed=seed,

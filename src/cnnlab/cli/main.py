@@ -24,7 +24,7 @@ __all__ = ["main", "run", "build_parser"]
 def cmd_train(args) -> int:
     import dataclasses
 
-    from cnnlab.training.recipes import TrainConfig, resolve_config, run_training
+    from cnnlab.recipes import TrainConfig, resolve_config, run_training
 
     if args.resume:
         summary = run_training(None, resume=args.resume)
@@ -41,14 +41,14 @@ def cmd_train(args) -> int:
           f"({Path(summary['checkpoint']).name}, fp32); total time {summary['seconds']:.1f} s; files in "
           f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
     if args.report:
-        from cnnlab.visual.report import write_report
+        from cnnlab.analysis.report import write_report
 
         print(f"report: {write_report(summary['run_dir'])}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from cnnlab.training.evaluation import evaluate_checkpoint
+    from cnnlab.inference.loaded import evaluate_checkpoint
     from cnnlab.training.runtime import pick_device
     from cnnlab.visual.plotting import plot_confusion
 
@@ -164,7 +164,7 @@ def cmd_data(args) -> int:
 def cmd_summary(args) -> int:
     from cnnlab.models import create_model, list_models
     from cnnlab.nn.summary import model_summary
-    from cnnlab.training.recipes import model_defaults
+    from cnnlab.recipes import model_defaults
 
     if args.model not in list_models():
         raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
@@ -197,8 +197,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_viz(args) -> int:
+    from cnnlab.analysis import figures as viz
     from cnnlab.inference.loaded import load_trained
-    from cnnlab.visual import inspect as viz
 
     if args.viz_command == "kernels":
         loaded = load_trained(args.run)
@@ -227,7 +227,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cnnlab.visual.report import write_report
+    from cnnlab.analysis.report import write_report
 
     out = write_report(args.run, args.out, args.data_dir, test_index=args.test_index, device=args.device)
     print(f"report: {out}")

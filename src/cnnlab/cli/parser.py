@@ -60,7 +60,7 @@ def _shape(text: str) -> tuple[int, ...]:
 # ---- parser --------------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
-    from cnnlab.training.recipes import OPTIMIZERS, RECIPES, SCHEDULES
+    from cnnlab.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
     p = sub.add_parser("train", help="train a model on Fashion-MNIST (no options: the seed's LeNet recipe)",
                        description="Train a model on Fashion-MNIST. With no options: the seed's LeNet "

@@ -43,6 +43,7 @@ from torch import nn
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import UserError
 from cnnlab.extras import require
+from cnnlab.version import __version__
 
 __all__ = ["ExportCheckFailed", "ExportResult", "export_onnx", "read_metadata", "MAX_ABS_DIFF", "MIN_AGREEMENT",
            "INPUT_NAME", "OUTPUT_NAME"]
@@ -164,7 +165,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_shape: Seque
         "std": json.dumps(stds),
         "preprocessing": (f"{INPUT_NAME}: float32 (N, {channels}, {height}, {width}); pixels scaled to [0, 1], "
                           f"resized to {height}x{width}, then (x - mean) / std per channel"),
-        "cnnlab_version": _cnnlab_version(),
+        "cnnlab_version": __version__,
     })
     used_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     data = proto.SerializeToString()
@@ -276,7 +277,3 @@ def _check_tensor(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Te
     return images.detach().to("cpu", torch.float32).contiguous()
 
 
-def _cnnlab_version() -> str:
-    import cnnlab
-
-    return str(getattr(cnnlab, "__version__", "unknown"))

@@ -27,8 +27,9 @@ from cnnlab.training.checkpoint import (
     model_from_checkpoint,
     resolve_checkpoint,
 )
+from cnnlab.training.evaluation import evaluate
 
-__all__ = ["ImageError", "LoadedModel", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
+__all__ = ["ImageError", "LoadedModel", "evaluate_checkpoint", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
 
 @dataclass
 class LoadedModel:
@@ -193,3 +194,14 @@ def top_k(loaded: LoadedModel, images_uint8: torch.Tensor, k: int = 3) -> tuple[
     logits = loaded.model(loaded.preprocess(images_uint8).to(device))
     probs = torch.softmax(logits.float(), dim=1)
     return probs.topk(min(k, probs.shape[1]), dim=1)
+
+
+def evaluate_checkpoint(run_or_ckpt: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu"):
+    """Rebuild a run's model (its ``best.pt``, else ``last.pt``, or the file given) and evaluate it on the test set.
+
+    Returns:
+        ``(loaded, result)``: the :class:`LoadedModel` and its :class:`~cnnlab.training.evaluation.EvalResult`.
+    """
+    loaded = load_trained(run_or_ckpt, device)
+    return loaded, evaluate(loaded.model, loaded.test_loader(data_dir), device)

@@ -5,7 +5,7 @@ Builders are plain functions registered under a name (`@register_model("resnet18
 built: `model.model_name` and `model.model_kwargs` (every builder argument, defaults included, read off the
 builder's signature), so a checkpoint can rebuild it with `create_model(model.model_name, **model.model_kwargs)`
 before loading its state dict. The registration also holds the model's training defaults (its recipe row, see
-`cnnlab.training.recipes`); the learning rate among them is the builder's own `lr` default, so it is written once.
+`cnnlab.recipes`); the learning rate among them is the builder's own `lr` default, so it is written once.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def register_model(name: str, **recipe: Any) -> Callable[[Builder], Builder]:
     Args:
         name: the registry name (`create_model(name)`, `cnnlab train --model name`).
         **recipe: the model's training defaults (`resize=96`, `optimizer="momentum"`, ...); see
-            `cnnlab.training.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
+            `cnnlab.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
     """
     if name in _MODELS:
         raise ValueError(f"a model named {name!r} is already registered; pick another name.")

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode
 
-__all__ = ["LayerStats", "layer_stats", "model_summary"]
+__all__ = ["LayerStats", "conv_layers", "find_conv", "layer_stats", "model_summary"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,29 @@ def model_summary(model: nn.Module, input_shape: Sequence[int]) -> str:
         f"Total FLOPs: {sum(r.flops for r in rows):,}",
     ]
     return "\n".join(lines)
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every 2-D convolution of ``model`` with its name from ``model.named_modules()``, in order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def find_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Conv2d]:
+    """The conv layer called ``layer`` (the first conv when None).
+
+    Raises:
+        ValueError: no such layer, or not a conv; the message lists the conv layers there are.
+    """
+    convs = conv_layers(model)
+    if not convs:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d layer whose kernels could be drawn")
+    if layer is None:
+        return convs[0]
+    names = ", ".join(name for name, _ in convs)
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ConfigError(f"no layer named {layer!r} in {type(model).__name__}; its conv layers are: {names}")
+    if not isinstance(modules[layer], nn.Conv2d):
+        raise ConfigError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not a convolution; "
+                         f"its conv layers are: {names}")
+    return layer, modules[layer]

@@ -9,7 +9,6 @@ the accuracy a run is known by is this one, so every command prints the same num
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from cnnlab.nn.classifier import device_of, eval_mode
 
-__all__ = ["EvalResult", "evaluate", "evaluate_checkpoint"]
+__all__ = ["EvalResult", "evaluate"]
 
 
 @dataclass
@@ -63,16 +62,3 @@ def evaluate(model: nn.Module, loader, device: torch.device | str | None = None,
     correct = int(confusion.diagonal().sum())
     return EvalResult(loss=float(loss_sum) / max(count, 1), accuracy=correct / max(count, 1), count=count,
                       confusion=confusion)
-
-
-def evaluate_checkpoint(run_or_ckpt: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                        device: str | torch.device = "cpu"):
-    """Rebuild a run's model (its ``best.pt``, else ``last.pt``, or the file given) and evaluate it on the test set.
-
-    Returns:
-        ``(loaded, result)``: the :class:`~cnnlab.inference.loaded.LoadedModel` and its :class:`EvalResult`.
-    """
-    from cnnlab.inference.loaded import load_trained
-
-    loaded = load_trained(run_or_ckpt, device)
-    return loaded, evaluate(loaded.model, loaded.test_loader(data_dir), device)

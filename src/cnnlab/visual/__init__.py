@@ -1,2 +1,2 @@
-"""What a person looks at: plots and the live training figure, kernels and feature maps, the HTML report,
-and TensorBoard logs."""
+"""Drawing only: the book's plots and image grids, and the live training figure (ProgressBoard); no model
+or training knowledge, so every layer above may draw."""

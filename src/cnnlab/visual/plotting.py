@@ -11,6 +11,10 @@ from pathlib import Path
 from cnnlab.atomic import atomic_write
 from cnnlab.visual.board import inline_figures
 
+# The most kernel tiles one figure draws (cnnlab viz kernels, TensorBoard's kernel images): beyond it, a tile per
+# output channel.
+MAX_KERNEL_TILES = 256
+
 
 def show_images(images, num_rows: int, num_cols: int, titles=None, scale: float = 1.5,
                 path: str | os.PathLike | None = None):

@@ -91,12 +91,17 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """
     import torch
 
+    from cnnlab.analysis.figures import (
+        plot_layer_kernels,
+        plot_test_features,
+        plot_test_mistakes,
+        predict_probabilities,
+    )
     from cnnlab.inference.loaded import load_trained
     from cnnlab.nn.summary import layer_stats
     from cnnlab.training.evaluation import evaluate
     from cnnlab.training.runfolder import RunFolder
     from cnnlab.training.runtime import pick_device
-    from cnnlab.visual.inspect import plot_layer_kernels, plot_test_features, plot_test_mistakes, predict_probabilities
     from cnnlab.visual.plotting import plot_confusion, plot_curves
 
     device = pick_device(device)

@@ -146,7 +146,7 @@ class TensorBoardLogger(Callback):
         self.writer.add_image("val/confusion_matrix", pixels, step, dataformats="HWC")
 
     def _add_kernels(self, model: nn.Module, step: int) -> None:
-        from cnnlab.visual.inspect import find_conv
+        from cnnlab.nn.summary import find_conv
 
         try:
             name, conv = find_conv(model)
@@ -165,12 +165,12 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
     A layer with one input channel gets one tile per output channel (16 a row). With several input channels each
     ``(out, in)`` pair gets a tile (a row per output channel) while there are at most ``max_tiles`` pairs; beyond
     that each output channel's kernel is averaged over its inputs, as
-    :func:`cnnlab.visual.inspect.plot_layer_kernels` does.
+    :func:`cnnlab.analysis.figures.plot_layer_kernels` does.
 
     Args:
         weight: a conv weight ``(out, in, kh, kw)``.
         tile_pixels: about how many pixels a tile is wide (kernels are enlarged by a whole factor).
-        max_tiles: the most tiles drawn; default ``cnnlab.visual.inspect.MAX_KERNEL_TILES``.
+        max_tiles: the most tiles drawn; default ``cnnlab.visual.plotting.MAX_KERNEL_TILES``.
 
     Returns:
         A float tensor ``(3, H, W)`` in [0, 1], as ``SummaryWriter.add_image`` takes; tiles are parted by grey.
@@ -178,7 +178,7 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
     Shape:
         weight ``(O, I, kh, kw)`` -> ``(3, rows * (kh * s + 1) + 1, cols * (kw * s + 1) + 1)``, ``s`` the factor.
     """
-    from cnnlab.visual.inspect import MAX_KERNEL_TILES
+    from cnnlab.visual.plotting import MAX_KERNEL_TILES
 
     max_tiles = max_tiles or MAX_KERNEL_TILES
     w = weight.detach().float().cpu()

@@ -2,7 +2,7 @@
 
 Each function takes a model rebuilt by :func:`cnnlab.inference.loaded.load_trained`, writes one PNG through
 :mod:`cnnlab.visual.plotting` and returns a small record of what it drew (the counts the tests check and the CLI
-prints). ``cnnlab viz kernels|features|mistakes`` and the HTML report (:mod:`cnnlab.visual.report`) call them.
+prints). ``cnnlab viz kernels|features|mistakes`` and the HTML report (:mod:`cnnlab.analysis.report`) call them.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from cnnlab.data.batching import BatchLoader
 from cnnlab.errors import ConfigError
 from cnnlab.inference.loaded import LoadedModel
 from cnnlab.nn.classifier import device_of, eval_mode
+from cnnlab.nn.summary import find_conv
+from cnnlab.visual.plotting import MAX_KERNEL_TILES
 
-__all__ = ["KernelFigure", "FeatureFigure", "MistakesFigure", "conv_layers", "find_conv", "feature_stages",
-           "predict_probabilities", "plot_layer_kernels", "plot_test_features", "plot_test_mistakes",
-           "MAX_KERNEL_TILES"]
+__all__ = [
+    "KernelFigure", "FeatureFigure", "MistakesFigure", "feature_stages", "predict_probabilities",
+    "plot_layer_kernels", "plot_test_features", "plot_test_mistakes",
+]
 
 # Above this many (out, in) pairs a layer is drawn as one mean-over-inputs tile per output channel, and above
 # it output channels are cut to the first MAX_KERNEL_TILES: a grid larger than that is unreadable anyway.
-MAX_KERNEL_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -59,32 +61,6 @@ class MistakesFigure:
     indices: list[int]
     wrong: int
     total: int
-
-
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every 2-D convolution of ``model`` with its name from ``model.named_modules()``, in order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-def find_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Conv2d]:
-    """The conv layer called ``layer`` (the first conv when None).
-
-    Raises:
-        ValueError: no such layer, or not a conv; the message lists the conv layers there are.
-    """
-    convs = conv_layers(model)
-    if not convs:
-        raise ConfigError(f"{type(model).__name__} has no Conv2d layer whose kernels could be drawn")
-    if layer is None:
-        return convs[0]
-    names = ", ".join(name for name, _ in convs)
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ConfigError(f"no layer named {layer!r} in {type(model).__name__}; its conv layers are: {names}")
-    if not isinstance(modules[layer], nn.Conv2d):
-        raise ConfigError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not a convolution; "
-                         f"its conv layers are: {names}")
-    return layer, modules[layer]
 
 
 def plot_layer_kernels(model: nn.Module, path: str | os.PathLike, layer: str | None = None) -> KernelFigure:

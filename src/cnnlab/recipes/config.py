@@ -1,0 +1,197 @@
+"""What defines a training run: the frozen :class:`TrainConfig`, the recipe tables, and their resolution and checks.
+
+The command line fills a :class:`TrainConfig`; every field left as None takes the model's recipe default
+(timm's rule: CLI defaults never override model defaults): :func:`resolve_config` fills them,
+:func:`validate_config` rejects impossible settings, :func:`read_run_config` reads a run folder's back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from cnnlab.errors import ConfigError, RunFolderError
+from cnnlab.recipes.optim import OPTIMIZERS, SCHEDULES
+from cnnlab.training import distributed as dist_utils
+from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.runtime import bf16_default, pick_device
+
+__all__ = ["BASE", "RECIPES", "TrainConfig", "check_world_size", "model_defaults", "read_run_config",
+           "resolve_config", "validate_config"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; None means "the model's recipe default"."""
+
+    model: str = "lenet"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    resize: int | None = None
+    augment: bool | None = None
+    normalize: bool | None = None
+    bf16: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    device: str = "auto"
+    seed: int = 0
+    data_dir: str | None = None
+    num_train: int | None = None
+    num_val: int | None = None
+    val_split: float | None = None
+    images: str | None = None
+    channels: int | None = None
+    skip_bad: bool = False
+    tensorboard: bool = False
+    out: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The seed's recipe (d2l §7.6): sigmoid LeNet, xavier init, SGD lr 0.1, batch 128, 10 epochs, 28x28.
+# How it runs is ours: channels_last and, where the hardware has it, bf16 autocast (bf16=None: decided by
+# bf16_default) make the seed's LeNet 1.3x faster on an AMX CPU at the same accuracy (benchmarks/train.py
+# --techniques); torch.compile pays for its ~20 s of compiling only on long runs, so it stays opt-in.
+# Each model's own defaults (input size, optimizer, schedule; its learning rate is its builder's `lr`
+# default) are registered with the model: see `register_model` and :func:`model_defaults`.
+BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
+            schedule="constant", label_smoothing=0.0, resize=28, augment=False, normalize=False, bf16=None,
+            channels_last=True, compile=False)
+
+
+def model_defaults(model: str) -> dict:
+    """The training defaults of a registered model: the base recipe, then what the model registered."""
+    from cnnlab.models import model_recipe
+
+    return {**BASE, **model_recipe(model)}
+
+
+# What the time-to-accuracy recipes share (each sets its model and length).
+_FAST = dict(model="fastnet-wide", batch_size=256, lr=0.2, optimizer="momentum", weight_decay=5e-4,
+             schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True)
+
+# Named recipes choose a model too (``cnnlab train --recipe fast``).
+RECIPES: dict[str, dict] = {
+    "seed": dict(model="lenet"),
+    # Chosen on a stratified 10% validation split of the training images (benchmarks/tune_recipes.py,
+    # benchmarks/results/tuning.md), to fit 5 minutes on 2 CPU cores: FastNet 24-48-96 with test-time flip
+    # averaging, 7 epochs (validation accuracy 0.9277 after 6 epochs, 0.9340 after 8; FastNet 32-64-128 reaches
+    # 0.9318 in 6 epochs but takes ~6.5 minutes).
+    "fast": dict(_FAST, model="fastnet-flip", epochs=7),
+    # FastNet 32-64-128 with flip averaging for 12 epochs (validation accuracy 0.9407), for >= 0.940 in <= 15 min.
+    "fast-long": dict(_FAST, epochs=12),
+}
+
+
+def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfig:
+    """Fill every None field of ``config`` from the recipe, then the model's defaults, then the base.
+
+    bf16 left unset everywhere is ``$CNNLAB_BF16`` if set, else decided by the hardware: on where it is fast
+    (:func:`cnnlab.training.trainer.bf16_default`).
+    """
+    given = {k: v for k, v in config.to_dict().items() if v is not None}
+    recipe_values = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+        recipe_values = dict(RECIPES[recipe])
+        if "model" in recipe_values and config.model == TrainConfig.model:
+            given["model"] = recipe_values["model"]
+    model = given.get("model", config.model)
+    from cnnlab.models import list_models
+
+    if model not in list_models():
+        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    filled = {**model_defaults(model), **recipe_values, **given}
+    filled["model"] = model
+    if config.images is not None and config.resize is None:
+        filled["resize"] = None  # an image folder's own default: 28 for grey images, 32 for colour
+    if filled["bf16"] is None:
+        filled["bf16"] = bf16_default(pick_device(filled["device"]))
+    return TrainConfig(**{k: filled.get(k) for k in (f.name for f in dataclasses.fields(TrainConfig))})
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Reject impossible settings with one clear sentence each (the CLI turns these into exit code 2)."""
+    from cnnlab.models import list_models
+
+    if config.model not in list_models():
+        raise ConfigError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
+    checks = [
+        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
+        (config.lr > 0 and config.lr == config.lr and config.lr != float("inf"),
+         f"--lr must be a positive finite number, got {config.lr}"),
+        (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}"),
+        (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (config.resize is None and config.images is not None or config.resize is not None and
+         8 <= config.resize <= 512, f"--resize must be between 8 and 512 pixels, got {config.resize}"),
+        (config.val_split is None or 0 < config.val_split < 1,
+         f"--val-split must be a fraction between 0 and 1, such as 0.1, got {config.val_split}"),
+        (config.channels in (None, 1, 3), f"--channels must be 1 or 3, got {config.channels}"),
+        (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+        (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+        (config.num_train is None or config.num_train >= 1, "--num-train must be at least 1"),
+        (config.num_val is None or config.num_val >= 1, "--num-val must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    check_world_size(config.batch_size)
+
+
+def check_world_size(batch_size: int, world_size: int | None = None) -> None:
+    """Under torchrun ``batch_size`` is the global batch: it must split evenly over the processes.
+
+    Raises:
+        ValueError: it does not, with the nearest sizes that would.
+    """
+    world_size = dist_utils.env_world_size() if world_size is None else world_size
+    if world_size > 1 and batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
+        sizes = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"--batch-size {batch_size} is the global batch and must split evenly over the "
+                         f"{world_size} processes of this distributed run; use a multiple of {world_size}, "
+                         f"e.g. {sizes}")
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The settings a run folder was started with (``config.json``), checked field by field, to resume it as it was.
+
+    Raises:
+        RunFolderError: no such folder, no config, or a config that is not what ``cnnlab train`` writes.
+    """
+    folder = RunFolder(run_dir)
+    values = folder.read_config()
+    try:
+        config = TrainConfig(**values)
+    except TypeError as exc:
+        raise RunFolderError(f"{folder.config_file} is not a valid run config: {exc}") from None
+    for field in dataclasses.fields(TrainConfig):
+        value, kinds = getattr(config, field.name), _FIELD_TYPES[field.name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise RunFolderError(f"{folder.config_file} is not a valid run config: {field.name} is {value!r}, "
+                                 f"expected {' or '.join(k.__name__ for k in kinds)}")
+    return config
+
+
+# What each config field may hold once resolved (JSON gives ints for whole floats, so floats accept ints).
+_FIELD_TYPES = {
+    "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int), "optimizer": (str,),
+    "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
+    "resize": (int,), "augment": (bool,), "normalize": (bool,), "bf16": (bool,), "channels_last": (bool,),
+    "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
+    "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
+    "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),
+    "out": (str, type(None)), "progress": (bool,),
+}

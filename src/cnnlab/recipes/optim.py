@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedules, built from a :class:`~cnnlab.recipes.config.TrainConfig`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from cnnlab.recipes.config import TrainConfig
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_scheduler"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "onecycle", "cosine")
+
+
+def make_optimizer(config: TrainConfig):
+    """``params -> Optimizer`` for the configured optimizer (foreach kernels: one launch per group)."""
+    name, lr, wd = config.optimizer, config.lr, config.weight_decay
+
+    def build(params):
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, weight_decay=wd, foreach=True)
+        if name == "momentum":
+            return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=wd,
+                                   foreach=True)
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
+
+    return build
+
+
+def make_scheduler(config: TrainConfig):
+    """``(optimizer, steps_per_epoch, epochs) -> scheduler`` stepped per batch, or None for a constant LR."""
+    if config.schedule == "constant":
+        return None
+
+    def build(optimizer, steps_per_epoch, epochs):
+        total = max(1, steps_per_epoch * epochs)
+        if total < 8:
+            # OneCycleLR needs at least one step up and one down; a run this short just keeps its LR.
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        if config.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                                       pct_start=0.25)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+    return build
