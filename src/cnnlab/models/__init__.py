@@ -1,11 +1,9 @@
 """The model zoo: LeNet (d2l §7.6), AlexNet (§8.1), VGG (§8.2), NiN (§8.3), GoogLeNet (§8.4), LeNet with
-batch norm (§8.5), ResNet (§8.6), DenseNet (§8.7), AnyNet/RegNetX-32 (§8.8), and a registry to build them by name.
+batch norm (§8.5), ResNet (§8.6), DenseNet (§8.7), AnyNet/RegNetX-32 (§8.8), and a registry to build them by name."""
 
-Builders are plain functions registered under a name; `list_models()` shows the names and
-`create_model(name, **kwargs)` builds one. Note that, as in torchvision, the builder `lenet` shadows the
-submodule of the same name as an attribute of this package; import classes from `cnnlab.models.lenet` with
-`from ... import`.
-"""
+# Builders are plain functions registered under a name; `list_models()` shows the names and
+# `create_model(name, **kwargs)` builds one. As in torchvision, the builder `lenet` shadows the submodule of the
+# same name as an attribute of this package; import classes from `cnnlab.models.lenet` with `from ... import`.
 
 from cnnlab.models.alexnet import AlexNet, alexnet, alexnet_small
 from cnnlab.models.densenet import DenseBlock, DenseNet, conv_block, densenet, densenet_small, transition_block

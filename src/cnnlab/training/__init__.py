@@ -1,2 +1,2 @@
 """The training loop and what surrounds it: Trainer and callbacks, run folders, checkpoints, evaluation,
-runtime flags, torchrun and the recipes that turn a command line into a run."""
+runtime flags, torchrun and the TensorBoard logger."""
