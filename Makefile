@@ -4,13 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cnnlab-installed
 
-.PHONY: run test setup data system-deps lint bench clean
+.PHONY: run test docs setup data system-deps lint bench clean
 
 run: setup
 	$(BIN)/cnnlab train
 
+# The suite, then the documentation site: a broken link, reference or docstring section fails the test.
 test: setup system-deps
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory docs
+
+# The site into site/ (mkdocs.yml; --strict: any warning is an error). `$(BIN)/mkdocs serve` previews it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 setup: $(STAMP) data
 
@@ -31,7 +37,7 @@ system-deps:
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 
-# Every table of the README's Performance section, each from the run that prints it (about three hours on 2 cores; the GPU one is benchmarks/gpu.sh).
+# Every table of docs/performance.md, each from the run that prints it (about three hours on 2 cores; the GPU one is benchmarks/gpu.sh).
 bench: setup
 	$(BIN)/python benchmarks/ops.py
 	$(BIN)/python benchmarks/data.py --repeats 3
@@ -46,4 +52,4 @@ bench: setup
 	$(BIN)/python benchmarks/time_to_accuracy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info
