@@ -48,7 +48,7 @@ LONG_FUNCTIONS = {
 LONG_MODULES: dict[str, str] = {}
 
 
-def _modules():
+def modules():
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = list(path.relative_to(SRC).with_suffix("").parts)
         if parts[-1] == "__init__":
@@ -56,13 +56,13 @@ def _modules():
         yield ".".join(parts), path
 
 
-def _unit(module):
+def unit(module):
     """The layer unit of a dotted cnnlab module name: its subpackage or top-level module."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _cnnlab_imports(module, path):
+def cnnlab_imports(module, path):
     """Every cnnlab module that ``module`` imports, anywhere in its file, with the line, relative imports resolved."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -82,23 +82,23 @@ def _cnnlab_imports(module, path):
 
 
 def test_every_unit_has_a_layer():
-    units = {_unit(module) for module, _ in _modules()}
+    units = {unit(module) for module, _ in modules()}
     assert units - set(RANK) == set(), "a new subpackage or top-level module: give it a place in LAYERS"
 
 
 def test_imports_point_down_only():
     upward = []
-    for module, path in _modules():
-        for target, line in _cnnlab_imports(module, path):
-            if RANK[_unit(target)] > RANK[_unit(module)]:
-                upward.append(f"{path.relative_to(SRC)}:{line} ({_unit(module)}) imports {target}")
+    for module, path in modules():
+        for target, line in cnnlab_imports(module, path):
+            if RANK[unit(target)] > RANK[unit(module)]:
+                upward.append(f"{path.relative_to(SRC)}:{line} ({unit(module)}) imports {target}")
     assert upward == [], "imports that point up the layers:\n" + "\n".join(upward)
 
 
 def test_the_layer_check_sees_function_level_and_relative_imports(tmp_path):
     path = tmp_path / "x.py"
     path.write_text("def f():\n    from cnnlab.cli import main\n    from ..training import trainer\n")
-    found = [name for name, _ in _cnnlab_imports("cnnlab.nn.x", path)]
+    found = [name for name, _ in cnnlab_imports("cnnlab.nn.x", path)]
     assert found == ["cnnlab.cli", "cnnlab.training"]
 
 
@@ -111,7 +111,7 @@ def test_each_subpackage_says_its_job_in_at_most_two_lines(init):
 
 def _long_functions():
     found = {}
-    for module, path in _modules():
+    for module, path in modules():
         tree = ast.parse(path.read_text())
         stack = [(node, module) for node in tree.body]
         while stack:
@@ -134,6 +134,6 @@ def test_no_new_long_function_and_the_allow_list_is_exact():
 
 
 def test_no_new_long_module_and_the_allow_list_is_exact():
-    found = {module: n for module, path in _modules() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    found = {module: n for module, path in modules() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert set(found) - set(LONG_MODULES) == set(), f"modules over {MAX_MODULE_LINES} lines: {found}"
     assert set(LONG_MODULES) - set(found) == set(), "no longer long: remove them from LONG_MODULES"
