@@ -97,3 +97,11 @@ def test_a_flag_that_does_not_exist_is_caught(capsys):
     with pytest.raises(SystemExit) as exit:
         build_parser().parse_args(["train", "--no-such-flag"])
     assert exit.value.code == 2
+
+
+def test_the_readme_links_to_files_that_exist():
+    """mkdocs checks the links inside docs/; the README sits outside it, so its relative links are checked here."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    relative = [link for link in links if "://" not in link]
+    assert relative, "the README should link to its pages"
+    assert [link for link in relative if not (ROOT / link).exists()] == []
