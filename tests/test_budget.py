@@ -196,3 +196,83 @@ def test_a_run_that_diverges_inside_its_first_epoch_stops_with_exit_code_3(tmp_p
     err = capsys.readouterr().err
     assert code == 3 and "in epoch 1: training diverged" in err
     assert not (tmp_path / "r" / "last.pt").exists()  # stopped inside the first epoch, before any checkpoint
+
+
+# ---- real budgets (slow: each takes its budget) ----------------------------------------------------------------
+
+def _cnnlab(*argv, timeout=600):
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+def _busy_core(seconds: float):
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=_spin, args=(seconds,), daemon=True)
+    process.start()
+    return process
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("busy", [False, True], ids=["calm", "one-core-busy"])
+def test_a_real_budget_ends_within_budget_plus_2_percent_and_replays_bit_for_bit(tmp_path, data_dir, busy):
+    spinner = _busy_core(120) if busy else None
+    try:
+        done, wall = _cnnlab("cnnlab", "train", "--recipe", "fast", "--budget", "60s", "--num-train", "5000",
+                             "--num-val", "1000", "--no-progress", "--data-dir", str(data_dir), "--out",
+                             str(tmp_path / "budget"))
+    finally:
+        if spinner is not None:
+            spinner.terminate()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert wall <= 60 * 1.02, done.stdout
+    assert "budget 60 s:" in done.stdout and "test accuracy" in done.stdout
+    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(tmp_path / "budget"), "--no-progress", "--out",
+                        str(tmp_path / "replay"))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("budget", "replay"))
+    assert a["global_step"] == b["global_step"] > 0
+    for x, y in zip(a["model_state"].values(), b["model_state"].values(), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_ranks_agree_on_the_rate_and_the_step_to_stop_at(tmp_path, data_dir):
+    done, wall = _cnnlab("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train",
+                         "--model", "lenet-bn", "--budget", "45s", "--num-train", "4096", "--num-val", "1024",
+                         "--no-progress", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert wall <= 45 * 1.02 and done.stdout.count("test accuracy") == 1
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == len(state["progress_trace"]) > 0
+
+
+@pytest.mark.slow  # 500 steps: ~2 minutes of CPU on the 2-core development machine
+def test_a_200_image_folder_gets_enough_steps_and_learns(tmp_path, data_dir, capsys):
+    """The issue's failure: --recipe fast on a small folder had ~40 steps of a one-cycle schedule. Now: its floor."""
+    folder = tmp_path / "fashion"
+    for split, limit in (("train", 200), ("test", 200)):
+        assert main(["data", "export-folder", str(folder), "--split", split, "--limit", str(limit),
+                     "--data-dir", str(data_dir)]) == 0
+    code = main(["train", "--images", str(folder), "--recipe", "fast", "--model", "lenet-bn", "--batch-size", "64",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "500 steps (a floor of 500 steps: 7 epochs would be 28) = 125 epochs of 4" in out
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == 500 and len(state["history"]) == 10  # validated every 13 epochs (52 steps)
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.5  # 10 classes: chance is 0.1

@@ -21,6 +21,7 @@ import torch
 from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import eval_mode
 from cnnlab.training.callbacks import Callback
+from cnnlab.training.distributed import all_reduce_sum
 from cnnlab.training.runtime import autocast
 from cnnlab.training.schedules import ClockProgress
 
@@ -154,7 +155,9 @@ class BudgetKeeper(Callback):
         # The last validation pass also saves checkpoints and draws curves: a second for those.
         validation = per_image * n_val * 1.2 + 1.0
         final = per_image * self.test_images * 1.2 + self.data_seconds + 0.5
-        self.plan = plan_budget(self.total, self.clock(), validation, final)
+        # Under torchrun rank 0's measurements decide, so that every rank plans (or refuses) alike.
+        spent, validation, final = _rank0(trainer, self.clock(), validation, final)
+        self.plan = plan_budget(self.total, spent, validation, final)
         self.pace.replan(self.plan.training)
         if self.log is not None and trainer.is_main:
             self.log(self.plan.describe())
@@ -163,10 +166,20 @@ class BudgetKeeper(Callback):
         if trainer.finished:
             return
         end_of_epoch = self.pace.clock() - self.pace.paused_at  # validation, checkpoints, curves
+        spent, end_of_epoch = _rank0(trainer, self.clock(), end_of_epoch)
         validation = max(self.plan.validation, end_of_epoch * 1.2)
-        self.plan = BudgetPlan(self.total, self.clock(), validation, self.plan.final, self.plan.margin)
+        self.plan = BudgetPlan(self.total, spent, validation, self.plan.final, self.plan.margin)
         # The last validation pass stays reserved, so any training time left is spent on training.
         if self.plan.training <= 0:
             self.pace.finish()
         else:
             self.pace.replan(self.plan.training)
+
+
+def _rank0(trainer, *values: float) -> list[float]:
+    """Rank 0's ``values`` on every rank (under torchrun; the values themselves otherwise)."""
+    if trainer.ctx.world_size == 1:
+        return list(values)
+    mine = torch.tensor(values if trainer.ctx.is_main else [0.0] * len(values), dtype=torch.float64,
+                        device=trainer.device)
+    return all_reduce_sum(mine, trainer.ctx).tolist()

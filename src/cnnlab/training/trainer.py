@@ -99,6 +99,8 @@ class Trainer:
             a ``ClockProgress`` (a budget: the run stops when its planned training time is used) or a
             ``ReplayProgress``; None counts steps over ``max_steps`` (or ``max_epochs``). A
             :class:`~cnnlab.training.schedules.ProgressLR` scheduler is stepped with it.
+        validate_every: validate, checkpoint and call the epoch-end hooks every this many epochs (and after the
+            last): a tiny data set's epochs of one or two steps need not each be validated.
         board: the live figure of the book's ``fit`` (see :mod:`cnnlab.visual.board`): 'auto' draws it in a Jupyter
             notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
             ``epoch(row)`` and ``close()``.
@@ -111,12 +113,14 @@ class Trainer:
                  channels_last: bool = False, compile: bool = False, deterministic: bool | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = print,
                  callbacks: Sequence[Callback] = (), checkpoint_extra: dict | None = None,
-                 on_epoch_end: Callable | None = None, board="auto", max_steps: int | None = None, pace=None):
+                 on_epoch_end: Callable | None = None, board="auto", max_steps: int | None = None, pace=None,
+                 validate_every: int = 1):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigError(f"max_epochs must be a positive integer, got {max_epochs!r}")
         self.max_epochs = max_epochs
         self.pace = pace if pace is not None or max_steps is None else StepProgress(max_steps)
         self.global_step = 0
+        self.validate_every, self._unreported, self._stop = max(1, int(validate_every)), 0.0, max_epochs
         self.progress_trace: list[float] = []  # the progress each step took: a budgeted run's replay
         self.device = pick_device(device, num_gpus)
         self.run_folder = RunFolder(run_dir) if run_dir is not None else None
@@ -270,8 +274,11 @@ class Trainer:
             # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
             self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
                           if self.is_main else None)
+            self._stop = stop
             while self.epoch < stop and not self.finished:
                 row = self._train_epoch()
+                if row is None:  # an epoch between validations
+                    continue
                 self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
                 self.history.append(row)
                 self.is_best_epoch = row["val_acc"] > self.best_val_acc
@@ -342,10 +349,13 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - start
+        self.epoch = epoch + 1
+        if self.epoch % self.validate_every and self.epoch < self._stop and not self.finished:
+            self._unreported += train_seconds
+            return None
         dist_utils.sync_buffers(self.model, self.ctx)  # rank 0's BatchNorm statistics, as its checkpoint holds
         val_loss, val_acc = self._validate()
-        seconds = time.perf_counter() - start
-        self.epoch = epoch + 1
+        seconds, self._unreported = time.perf_counter() - start + self._unreported, 0.0
         elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": float(totals[1]) / train_seconds,
