@@ -32,6 +32,8 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 # Seconds kept free at the end, beyond every estimate: exit, the last file writes, an estimate's error. A share of
 # the budget (so a 15-minute run keeps 13 s) plus a fixed second; the goal is "within budget + 2%".
 MARGIN_SHARE, MARGIN_SECONDS = 0.015, 1.0
+# The process's exit (torch's teardown) takes about this share of its start-up (torch's import), on any load.
+EXIT_SHARE = 0.6
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -74,7 +76,7 @@ class BudgetPlan:
     total: float
     spent: float  # start-up, data, model: before the plan
     validation: float  # one validation pass (the last one, after the clock stops)
-    final: float  # the final test pass, including reloading the best checkpoint and the test data
+    final: float  # the final test pass (reloading the best checkpoint and the test data) and the process's exit
     margin: float
 
     @property
@@ -83,7 +85,7 @@ class BudgetPlan:
 
     def describe(self) -> str:
         return (f"budget {self.total:.0f} s: {self.spent:.1f} s start-up and data, {self.training:.1f} s training, "
-                f"{self.validation:.1f} s per validation pass, {self.final:.1f} s final test pass, "
+                f"{self.validation:.1f} s per validation pass, {self.final:.1f} s final test pass and exit, "
                 f"{self.margin:.1f} s margin")
 
 
@@ -140,11 +142,14 @@ class BudgetKeeper(Callback):
         data_seconds: how long loading the data took (the final pass reloads the test split).
         test_images: the number of images of the final test pass.
         clock: seconds since the process started (:func:`process_seconds`; tests pass a fake one).
+        startup: seconds the process took to reach the command (interpreter, torch's import): its exit, torch's
+            teardown, scales with it (measured under load: 12 s to start, 7 s to exit).
     """
 
     def __init__(self, total: float, pace: ClockProgress, data_seconds: float, test_images: int,
-                 log=print, clock=process_seconds):
+                 log=print, clock=process_seconds, startup: float = 0.0):
         self.total, self.pace, self.log, self.clock = total, pace, log, clock
+        self.exit_seconds = EXIT_SHARE * startup
         self.data_seconds, self.test_images = data_seconds, test_images
         self.plan: BudgetPlan | None = None
 
@@ -154,7 +159,7 @@ class BudgetKeeper(Callback):
         n_val = len(getattr(trainer.val_loader, "labels", ()))
         # The last validation pass also saves checkpoints and draws curves: a second for those.
         validation = per_image * n_val * 1.2 + 1.0
-        final = per_image * self.test_images * 1.2 + self.data_seconds + 0.5
+        final = per_image * self.test_images * 1.2 + self.data_seconds + 0.5 + self.exit_seconds
         # Under torchrun rank 0's measurements decide, so that every rank plans (or refuses) alike.
         spent, validation, final = _rank0(trainer, self.clock(), validation, final)
         self.plan = plan_budget(self.total, spent, validation, final)

@@ -182,7 +182,8 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         pace = build_pace(config, steps_per_epoch)
         if isinstance(pace, ClockProgress):
             callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
-                                                  log=log, clock=lambda: spent + time.perf_counter() - start)]
+                                                  log=log, clock=lambda: spent + time.perf_counter() - start,
+                                                  startup=spent)]
         if log is not None and ctx.is_main:
             log(describe_run(config, data, steps_per_epoch, pace))
         trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,
