@@ -97,7 +97,7 @@ def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_fo
     """Every step takes 1.0 fake seconds: the plan, the clock and the stop all read the same fake time."""
     clock = FakeClock(tick=0.0)
     pace = ClockProgress(1.0, clock=clock)
-    keeper = BudgetKeeper(30.0, pace, data_seconds=0.5, test_images=256, log=None, clock=lambda: clock.now)
+    keeper = BudgetKeeper(15.0, pace, data_seconds=0.5, test_images=256, log=None, clock=lambda: clock.now)
     model = create_model("lenet-bn", num_classes=10, lr=0.1)
     step = model.training_step
 
@@ -115,12 +115,12 @@ def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_fo
     trainer = _trainer(pace=pace, callbacks=[keeper, Plans()], max_epochs=10**6)
     trainer.fit(model, _data(data_dir))
     first, last = plans[0], keeper.plan
-    assert 1.0 < first.training < 30.0 - first.validation - first.final
+    assert 1.0 < first.training < 15.0 - first.validation - first.final
     assert trainer.run_progress == 1.0 and trainer.optimizer.param_groups[0]["lr"] == 0.0
     # The run took the steps its planned training time holds (the validation passes took no fake time) ...
     assert trainer.global_step == pytest.approx(first.training / 1.0, abs=1)
     # ... and what is left holds the last validation, the final pass and the margin.
-    assert clock.now + last.validation + last.final + last.margin <= 30.0 + 1.0
+    assert clock.now + last.validation + last.final + last.margin <= 15.0 + 1.0
 
 
 # ---- steps, replay and resume ---------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_a_step_count_stops_mid_epoch_and_still_validates(data_dir):
 
 def test_a_replay_of_a_clocked_run_is_bit_for_bit_without_the_clock(data_dir):
     clock = FakeClock(tick=0.01)  # every reading moves: an irregular, clock-driven schedule
-    clocked = _trainer(pace=ClockProgress(0.2, clock=clock), max_epochs=10**6)
+    clocked = _trainer(pace=ClockProgress(0.12, clock=clock), max_epochs=10**6)
     torch.manual_seed(0)
     clocked.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir))
     replayed = _trainer(pace=ReplayProgress(clocked.progress_trace))
