@@ -50,13 +50,17 @@ def run_one(budget: str, seed: int, extra: list[str]) -> dict:
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
+    seconds = parse_duration(budget)
+    if done.returncode == 2 and "leaves no time to train" in done.stderr:
+        # Refused with its plan (this machine, this load): a row of its own, without an accuracy.
+        return {"budget": budget, "budget_s": seconds, "seed": seed, "wall_s": round(wall, 2), "test_acc": None,
+                "refused": done.stderr.strip(), "load_before": load_before, "load_after": load_average()}
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     last = done.stdout.strip().splitlines()[-1]
     accuracy = float(last.split("test accuracy ")[1].split()[0])
     steps = int(last.split(" after ")[1].split(" steps")[0].replace(",", ""))
     plan = next((line for line in done.stdout.splitlines() if line.startswith("budget ")), "")
-    seconds = parse_duration(budget)
     return {"budget": budget, "budget_s": seconds, "seed": seed, "wall_s": round(wall, 2),
             "over_budget": round(wall / seconds - 1, 4), "steps": steps, "test_acc": accuracy, "plan": plan,
             "load_before": load_before, "load_after": load_average()}
@@ -80,9 +84,11 @@ def plot(rows: list[dict], out: Path) -> None:
     for series in sorted({row["series"] for row in rows}):
         by_budget: dict[float, list[float]] = {}
         for row in rows:
-            if row["series"] == series:
+            if row["series"] == series and row.get("test_acc") is not None:
                 by_budget.setdefault(row["budget_s"], []).append(row["test_acc"])
         xs = sorted(by_budget)
+        if not xs:
+            continue
         med = [statistics.median(by_budget[x]) for x in xs]
         low = [m - min(by_budget[x]) for m, x in zip(med, xs, strict=True)]
         high = [max(by_budget[x]) - m for m, x in zip(med, xs, strict=True)]

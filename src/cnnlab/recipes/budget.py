@@ -107,12 +107,16 @@ def plan_budget(total: float, spent: float, validation: float, final: float) -> 
 def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device, autocast_dtype=None,
                            channels_last: bool = False, batches: int = 2) -> float:
     """Seconds an evaluation pass spends per image on this machine: a few of ``loader``'s batches, timed after one
-    untimed warm-up batch (the model as it will be evaluated, flip averaging included)."""
+    untimed warm-up batch (the model as it will be evaluated, flip averaging included); a loader of one batch is
+    timed on that batch again."""
+    taken = []
+    for X, y in loader:
+        taken.append((X, y))
+        if len(taken) > batches:
+            break
     timed, images = 0.0, 0
     with eval_mode(model), torch.inference_mode(), autocast(device, autocast_dtype):
-        for i, (X, y) in enumerate(loader):
-            if i > batches:
-                break
+        for i, (X, y) in enumerate(taken if len(taken) > 1 else taken * 2):
             X = X.to(device)
             if channels_last:
                 X = X.contiguous(memory_format=torch.channels_last)
@@ -120,10 +124,8 @@ def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device,
             model.validation_step((X, y.to(device)))
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i > 0:
+            if i > 0:  # the first batch warms up (allocations, kernel choice)
                 timed, images = timed + time.perf_counter() - start, images + y.shape[0]
-            elif len(loader) == 1:  # a single batch: its one (warm-up) timing is all there is
-                timed, images = time.perf_counter() - start, y.shape[0]
     return timed / max(images, 1)
 
 
