@@ -132,6 +132,22 @@ def test_a_step_count_stops_mid_epoch_and_still_validates(data_dir):
     assert trainer.optimizer.param_groups[0]["lr"] == 0.0 and 0 < history[-1]["val_acc"] <= 1
 
 
+def test_a_step_counted_run_resumed_at_an_epoch_end_is_exact(data_dir):
+    def fresh():
+        torch.manual_seed(0)
+        return create_model("lenet-bn", num_classes=10, lr=0.1)
+
+    whole = _trainer(max_steps=11)
+    whole.fit(fresh(), _data(data_dir))
+    first = _trainer(max_steps=11)
+    first.fit(fresh(), _data(data_dir), epochs=1)
+    resumed = _trainer(max_steps=11)
+    resumed.fit(fresh(), _data(data_dir), resume_from=first.state_dict())
+    assert resumed.global_step == whole.global_step == 11 and resumed.progress_trace == whole.progress_trace
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_a_replay_of_a_clocked_run_is_bit_for_bit_without_the_clock(data_dir):
     clock = FakeClock(tick=0.01)  # every reading moves: an irregular, clock-driven schedule
     clocked = _trainer(pace=ClockProgress(0.12, clock=clock), max_epochs=10**6)
@@ -145,7 +161,7 @@ def test_a_replay_of_a_clocked_run_is_bit_for_bit_without_the_clock(data_dir):
         assert torch.equal(a, b)
 
 
-def test_steps_on_the_cli_record_the_step_count_and_resume_exactly(tmp_path, data_dir, capsys):
+def test_steps_on_the_cli_record_the_step_count_and_the_progress_of_each(tmp_path, data_dir, capsys):
     args = ["train", "--model", "lenet-bn", "--steps", "12", "--num-train", "640", "--num-val", "256",
             "--batch-size", "64", "--no-progress", "--data-dir", str(data_dir)]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0

@@ -17,7 +17,7 @@ from cnnlab.errors import CheckpointError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.recipes.budget import BudgetKeeper
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
-from cnnlab.recipes.optim import make_optimizer, make_scheduler
+from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.runfolder import RunFolder
@@ -105,8 +105,6 @@ def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
         length = f"{total} steps ({why}) = {epochs:.3g} epochs of {steps_per_epoch}"
     else:
         length = f"{config.epochs * steps_per_epoch} steps = {config.epochs} epochs of {steps_per_epoch}"
-    from cnnlab.recipes.optim import progress_shape
-
     augment = "random crop + flip" if config.augment else "none"
     return (f"plan: {config.model}, input {channels}x{height}x{width}, {len(data.train_dataloader().labels):,} "
             f"training images, {length}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
