@@ -259,7 +259,8 @@ class Trainer:
             One metrics dict per epoch so far (see :data:`~cnnlab.training.runfolder.METRIC_FIELDS`).
 
         Raises:
-            TrainingDiverged: the loss became NaN or infinite (``last.pt`` still holds the last good epoch).
+            TrainingDiverged: the loss became NaN or infinite, grew tenfold within an epoch, or the validation
+                loss is far above chance (:mod:`cnnlab.training.divergence`; ``last.pt`` holds the last good epoch).
         """
         with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda"):
             if model is not self.model or data is not self.data:
