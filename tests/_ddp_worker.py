@@ -54,8 +54,8 @@ def _die_after(steps: int):
 _run_training, _build_model = recipes.run_training, recipes.build_model
 
 
-def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=()):
-    return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks)
+def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=(), spent=0.0):
+    return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks, spent=spent)
 
 
 def build_model(config, data):

@@ -25,20 +25,30 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from cnnlab.recipes import TrainConfig, resolve_config, run_training
+    from cnnlab.recipes.budget import process_seconds
 
     if args.resume:
         summary = run_training(None, resume=args.resume)
+    elif args.replay:
+        from cnnlab.recipes import read_run_config
+
+        # The recorded run's settings, without its clock; only where the files go and the bar may differ.
+        config = dataclasses.replace(read_run_config(args.replay), budget=None, steps=None, replay=args.replay,
+                                     out=args.out, progress=not args.no_progress)
+        summary = run_training(config, spent=process_seconds())
     else:
         # Every TrainConfig field has an option of the same name (``progress`` is ``--no-progress``).
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-        summary = run_training(resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe))
+        config = resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe)
+        summary = run_training(config, spent=process_seconds())  # a --budget counts the start-up too
     if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
         return 0
     if summary["finished_already"]:
         print(f"run {summary['run_dir']} had already finished all {summary['config'].epochs} epochs; "
               "nothing to do")
     print(f"test accuracy {summary['test_accuracy']:.4f} on {summary['test_count']:,} images "
-          f"({Path(summary['checkpoint']).name}, fp32); total time {summary['seconds']:.1f} s; files in "
+          f"({Path(summary['checkpoint']).name}, fp32) after {summary['steps']:,} steps; total time "
+          f"{summary['seconds']:.1f} s; files in "
           f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
     if args.report:
         from cnnlab.analysis.report import write_report

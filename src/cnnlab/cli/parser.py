@@ -57,6 +57,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _duration(text: str) -> float:
+    from cnnlab.errors import ConfigError
+    from cnnlab.recipes.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # ---- parser --------------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
@@ -70,6 +80,13 @@ def _add_train(sub) -> None:
     p.add_argument("--model", default="lenet", help="registered model name (see `cnnlab models`)")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe: 'fast' is the best time to accuracy")
     p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--budget", type=_duration, metavar="DURATION", help="the whole command (data, training, "
+                   "validation, the final test pass) ends within this time, e.g. 90s, 5m, 1h: as many steps as "
+                   "fit, the learning rate decaying to zero with the clock; overrides --epochs")
+    p.add_argument("--steps", type=_positive_int, metavar="N", help="train exactly N optimizer steps, the "
+                   "schedule laid out over them; overrides --epochs")
+    p.add_argument("--replay", metavar="RUN", help="train again exactly as the --budget run RUN did (its "
+                   "settings, its number of steps and its learning rate at each step), without the clock")
     p.add_argument("--batch-size", type=_positive_int, help="global batch size (all processes together)")
     p.add_argument("--lr", type=_finite_float, help="(peak) learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, momentum (SGD+Nesterov 0.9), adam, adamw")

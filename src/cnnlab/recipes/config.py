@@ -52,6 +52,10 @@ class TrainConfig:
     tensorboard: bool = False
     out: str | None = None
     progress: bool = True
+    budget: float | None = None
+    steps: int | None = None
+    min_steps: int | None = None
+    replay: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,7 +69,7 @@ class TrainConfig:
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, resize=28, augment=False, normalize=False, bf16=None,
-            channels_last=True, compile=False)
+            channels_last=True, compile=False, min_steps=0)
 
 
 def model_defaults(model: str) -> dict:
@@ -75,9 +79,14 @@ def model_defaults(model: str) -> dict:
     return {**BASE, **model_recipe(model)}
 
 
+# The floor of optimizer steps of the time-to-accuracy recipes: their one-cycle schedule needs a few hundred steps
+# to warm up and anneal, whatever the data's size (1.4k images at batch 256 are 6 steps an epoch: 7 epochs would be
+# 42 steps). A small data set gets more passes instead; an explicit --epochs turns the floor off.
+_MIN_STEPS = 500
+
 # What the time-to-accuracy recipes share (each sets its model and length).
 _FAST = dict(model="fastnet-wide", batch_size=256, lr=0.2, optimizer="momentum", weight_decay=5e-4,
-             schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True)
+             schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True, min_steps=_MIN_STEPS)
 
 # Named recipes choose a model too (``cnnlab train --recipe fast``).
 RECIPES: dict[str, dict] = {
@@ -117,6 +126,8 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
         filled["resize"] = None  # an image folder's own default: 28 for grey images, 32 for colour
     if filled["bf16"] is None:
         filled["bf16"] = bf16_default(pick_device(filled["device"]))
+    if "epochs" in given and "min_steps" not in given:
+        filled["min_steps"] = 0  # the epochs asked for, not a floor's
     return TrainConfig(**{k: filled.get(k) for k in (f.name for f in dataclasses.fields(TrainConfig))})
 
 
@@ -143,6 +154,10 @@ def validate_config(config: TrainConfig) -> None:
         (config.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
         (config.num_train is None or config.num_train >= 1, "--num-train must be at least 1"),
         (config.num_val is None or config.num_val >= 1, "--num-val must be at least 1"),
+        (config.budget is None or config.budget > 0, f"--budget must be a positive duration, got {config.budget}"),
+        (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
+        (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
+         "a number of steps without the clock"),
     ]
     for ok, message in checks:
         if not ok:
@@ -193,5 +208,6 @@ _FIELD_TYPES = {
     "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
     "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
     "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),
-    "out": (str, type(None)), "progress": (bool,),
+    "out": (str, type(None)), "progress": (bool,), "budget": (float, int, type(None)),
+    "steps": (int, type(None)), "min_steps": (int, type(None)), "replay": (str, type(None)),
 }

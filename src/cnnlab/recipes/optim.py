@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cnnlab.training.schedules import ProgressLR
+
 if TYPE_CHECKING:
     from cnnlab.recipes.config import TrainConfig
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_scheduler"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-SCHEDULES = ("constant", "onecycle", "cosine")
+SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 
 
 def make_optimizer(config: TrainConfig):
@@ -32,8 +34,24 @@ def make_optimizer(config: TrainConfig):
     return build
 
 
-def make_scheduler(config: TrainConfig):
-    """``(optimizer, steps_per_epoch, epochs) -> scheduler`` stepped per batch, or None for a constant LR."""
+def progress_shape(config: TrainConfig) -> str:
+    """The schedule's shape over the run's progress: a budget (or its replay) decays even a constant rate to zero
+    at its end, linearly (Li, Yumer & Ramanan, ICLR 2020)."""
+    if config.schedule == "constant" and (config.budget is not None or config.replay is not None):
+        return "linear"
+    return config.schedule
+
+
+def make_scheduler(config: TrainConfig, by_progress: bool = False):
+    """``(optimizer, steps_per_epoch, epochs) -> scheduler`` stepped per batch, or None for a constant LR.
+
+    ``by_progress``: the run counts steps or the clock (``--steps``, ``--budget``, a floor of steps): a
+    :class:`~cnnlab.training.schedules.ProgressLR` of the schedule's shape, which the Trainer steps with the
+    run's progress. Otherwise, an epoch-counted run, torch's schedulers over ``epochs * steps_per_epoch`` steps.
+    """
+    if by_progress or config.schedule == "linear":
+        shape = progress_shape(config)
+        return lambda optimizer, steps_per_epoch, epochs: ProgressLR(optimizer, shape)
     if config.schedule == "constant":
         return None
 

@@ -15,16 +15,24 @@ import torch
 
 from cnnlab.errors import CheckpointError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
+from cnnlab.recipes.budget import BudgetKeeper
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
-from cnnlab.recipes.optim import make_optimizer, make_scheduler
+from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import pick_device
+from cnnlab.training.schedules import ClockProgress, ReplayProgress, StepProgress
 from cnnlab.training.trainer import Trainer
 
-__all__ = ["build_data", "build_model", "build_trainer", "default_run_dir", "run_training"]
+__all__ = ["build_data", "build_model", "build_pace", "build_trainer", "default_run_dir", "describe_run",
+           "run_training"]
 
+
+
+# A run counted in steps or on the clock validates (and checkpoints) at the first epoch's end after this many
+# steps: every epoch on Fashion-MNIST (235 steps at batch 256), every 50 epochs for 200 images.
+VALIDATE_STEPS = 50
 
 
 def default_run_dir(model: str) -> Path:
@@ -59,12 +67,66 @@ def build_model(config: TrainConfig, data):
     return model
 
 
+def build_pace(config: TrainConfig, steps_per_epoch: int):
+    """What decides the run's length and its schedule's progress (:mod:`cnnlab.training.schedules`).
+
+    ``--replay RUN``: the progress that budgeted run recorded, step by step; ``--budget``: the clock (its
+    seconds are planned when training starts; the budget overrides ``--epochs``); ``--steps N``: N steps (it
+    overrides ``--epochs``); fewer steps than the recipe's floor (``min_steps``): that floor of steps. Otherwise
+    None: the run counts epochs as the book's does.
+    """
+    if config.replay is not None:
+        state = load_checkpoint(RunFolder(config.replay).last)
+        trace = state.get("progress_trace")
+        if trace is None or not len(trace):
+            raise CheckpointError(f"{config.replay} recorded no steps to replay; --replay takes the run folder "
+                                  "of a --budget or --steps run")
+        return ReplayProgress(trace.tolist())
+    if config.budget is not None:
+        return ClockProgress(config.budget)  # re-planned by BudgetKeeper once the fixed costs are measured
+    if config.steps is not None:
+        return StepProgress(config.steps)
+    if config.min_steps and config.epochs * steps_per_epoch < config.min_steps:
+        return StepProgress(config.min_steps)
+    return None
+
+
+def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
+    """One line of what the run decided: model, input, length in steps and epochs, learning rate, augmentation."""
+    channels, height, width = data.image_shape
+    total = getattr(pace, "total_steps", None)
+    if isinstance(pace, ClockProgress):
+        length = f"as many steps as fit in --budget {config.budget:g}s ({steps_per_epoch} an epoch)"
+    elif total is not None:
+        epochs = total / steps_per_epoch
+        why = ("replayed" if config.replay else "--steps" if config.steps else
+               f"a floor of {config.min_steps} steps: {config.epochs} epochs would be "
+               f"{config.epochs * steps_per_epoch}")
+        length = f"{total} steps ({why}) = {epochs:.3g} epochs of {steps_per_epoch}"
+    else:
+        length = f"{config.epochs * steps_per_epoch} steps = {config.epochs} epochs of {steps_per_epoch}"
+    augment = "random crop + flip" if config.augment else "none"
+    return (f"plan: {config.model}, input {channels}x{height}x{width}, {len(data.train_dataloader().labels):,} "
+            f"training images, {length}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
+            f"{progress_shape(config) if pace is not None else config.schedule}, augmentation {augment}")
+
+
 def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
-                  run_dir: str | os.PathLike | None = None, **kwargs) -> Trainer:
-    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...)."""
+                  run_dir: str | os.PathLike | None = None, pace=None, steps_per_epoch: int = 0,
+                  **kwargs) -> Trainer:
+    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...).
+
+    ``pace`` (:func:`build_pace`): a step count or a clock decides the run's length; None: ``config.epochs``.
+    """
+    # A budget overrides the epochs: the clock ends the run (a step count sets the epochs itself).
+    epochs = 10**6 if isinstance(pace, ClockProgress) else config.epochs
+    if pace is not None and steps_per_epoch:
+        # Validation every VALIDATE_STEPS steps or more: a tiny data set's epochs are a step or two each.
+        kwargs.setdefault("validate_every", -(-VALIDATE_STEPS // steps_per_epoch))
     return Trainer(
-        max_epochs=config.epochs, device=device if device is not None else config.device, run_dir=run_dir,
-        seed=config.seed, optimizer=make_optimizer(config), scheduler=make_scheduler(config),
+        max_epochs=epochs, device=device if device is not None else config.device, run_dir=run_dir,
+        seed=config.seed, optimizer=make_optimizer(config),
+        scheduler=make_scheduler(config, by_progress=pace is not None), pace=pace,
         autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
         compile=config.compile, progress=config.progress, checkpoint_extra={"config": config.to_dict()},
         **kwargs,
@@ -72,12 +134,15 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
 
 
 def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = None, log=print,
-                 on_epoch_end=None, callbacks=()) -> dict:
+                 on_epoch_end=None, callbacks=(), spent: float = 0.0) -> dict:
     """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
 
     The summary's test accuracy is :func:`cnnlab.inference.loaded.evaluate_checkpoint` of the run folder: the
     run's best checkpoint on the whole test set in fp32, the number ``cnnlab evaluate`` prints for it. Under
     torchrun every rank calls this; only rank 0 writes files and evaluates.
+
+    ``spent``: seconds the command spent before this call (the CLI passes its process's age), which a
+    ``--budget`` counts too.
     """
     start = time.perf_counter()
     state = None
@@ -100,7 +165,9 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             device = torch.device("cuda", ctx.local_rank)
         if config.seed is not None:
             torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
+        data_start = time.perf_counter()
         data = build_data(config)
+        data_seconds = time.perf_counter() - data_start
         if config.resize is None:  # an image folder chose its size: the run's config records it
             config = dataclasses.replace(config, resize=data.resize[0])
         model = build_model(config, data)
@@ -109,8 +176,16 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             from cnnlab.training.tensorboard import TensorBoardLogger
 
             callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
-        trainer = build_trainer(config, device, folder.path, log=log, callbacks=callbacks,
-                                on_epoch_end=on_epoch_end)
+        steps_per_epoch = len(data.train_dataloader())
+        pace = build_pace(config, steps_per_epoch)
+        if isinstance(pace, ClockProgress):
+            callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
+                                                  log=log, clock=lambda: spent + time.perf_counter() - start,
+                                                  startup=spent)]
+        if log is not None and ctx.is_main:
+            log(describe_run(config, data, steps_per_epoch, pace))
+        trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,
+                                callbacks=callbacks, on_epoch_end=on_epoch_end)
         trainer.fit(model, data, resume_from=state)
     except RuntimeError as exc:
         # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
@@ -129,8 +204,25 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         "test_count": result.count if result else None,
         "checkpoint": str(folder.checkpoint()) if ctx.is_main else None,
         "seconds": time.perf_counter() - start,
-        "finished_already": state is not None and state.get("epoch", 0) >= config.epochs,
+        "finished_already": state is not None and _finished(state, config, steps_per_epoch),
+        "steps": trainer.global_step,
     }
+
+
+def _final_pass_images(config: TrainConfig, data) -> int:
+    """How many images the final test pass scores (:func:`cnnlab.inference.loaded.evaluate_checkpoint`)."""
+    if config.images is not None:
+        return len(data.test_labels if data.has_test else data.val_labels)
+    return 10_000  # Fashion-MNIST's whole test set, whatever --num-val kept for validation
+
+
+def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
+    """Whether the checkpoint a run resumed from had already finished the run."""
+    if config.budget is not None:
+        trace = state.get("progress_trace")
+        return trace is not None and len(trace) > 0 and float(trace[-1]) >= 1.0
+    total = config.steps or max(config.epochs * steps_per_epoch, config.min_steps or 0)
+    return state.get("global_step", state.get("epoch", 0) * steps_per_epoch) >= total
 
 
 def _set_up_run_folder(folder: RunFolder, new_config: TrainConfig | None, state: dict | None,

@@ -26,9 +26,11 @@ from cnnlab.nn.classifier import eval_mode
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
 from cnnlab.training.evaluation import EvalResult, evaluate
 from cnnlab.training.runfolder import METRIC_FIELDS, RunFolder
 from cnnlab.training.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
+from cnnlab.training.schedules import ClockProgress, ProgressLR, StepProgress, epochs_for_steps
 from cnnlab.visual.board import in_notebook, live_board
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
@@ -91,6 +93,14 @@ class Trainer:
         callbacks: :class:`~cnnlab.training.callbacks.Callback` objects, called in order after the run folder's.
         checkpoint_extra: plain values stored in every checkpoint (the CLI stores its settings there).
         on_epoch_end: shorthand for a callback whose ``on_train_epoch_end`` calls ``on_epoch_end(trainer, row)``.
+        max_steps: stop after this many optimizer steps in all (mid-epoch if need be; that epoch is still
+            validated and checkpointed); ``max_epochs`` becomes the passes they need.
+        pace: where the run's progress comes from (:mod:`cnnlab.training.schedules`): a ``StepProgress``,
+            a ``ClockProgress`` (a budget: the run stops when its planned training time is used) or a
+            ``ReplayProgress``; None counts steps over ``max_steps`` (or ``max_epochs``). A
+            :class:`~cnnlab.training.schedules.ProgressLR` scheduler is stepped with it.
+        validate_every: validate, checkpoint and call the epoch-end hooks every this many epochs (and after the
+            last): a tiny data set's epochs of one or two steps need not each be validated.
         board: the live figure of the book's ``fit`` (see :mod:`cnnlab.visual.board`): 'auto' draws it in a Jupyter
             notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
             ``epoch(row)`` and ``close()``.
@@ -103,10 +113,15 @@ class Trainer:
                  channels_last: bool = False, compile: bool = False, deterministic: bool | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = print,
                  callbacks: Sequence[Callback] = (), checkpoint_extra: dict | None = None,
-                 on_epoch_end: Callable | None = None, board="auto"):
+                 on_epoch_end: Callable | None = None, board="auto", max_steps: int | None = None, pace=None,
+                 validate_every: int = 1):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigError(f"max_epochs must be a positive integer, got {max_epochs!r}")
         self.max_epochs = max_epochs
+        self.pace = pace if pace is not None or max_steps is None else StepProgress(max_steps)
+        self.global_step = 0
+        self.validate_every, self._unreported, self._stop = max(1, int(validate_every)), 0.0, max_epochs
+        self.progress_trace: list[float] = []  # the progress each step took: a budgeted run's replay
         self.device = pick_device(device, num_gpus)
         self.run_folder = RunFolder(run_dir) if run_dir is not None else None
         self.seed = seed
@@ -175,6 +190,8 @@ class Trainer:
             # dynamic=False: the last, smaller batch gets its own static graph rather than turning every
             # step's graph into a slower dynamic-shape one. Validation runs the model eagerly.
             self.step = torch.compile(self.step, dynamic=False)
+        if getattr(self.pace, "total_steps", None) is not None:
+            self.max_epochs = epochs_for_steps(self.pace.total_steps, len(self.train_loader))
         self.optimizer = (self.optimizer_factory(self.model.parameters()) if self.optimizer_factory
                           else self.model.configure_optimizers())
         self.scheduler = (self.scheduler_factory(self.optimizer, len(self.train_loader), self.max_epochs)
@@ -195,6 +212,8 @@ class Trainer:
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "max_epochs": self.max_epochs,
+            "global_step": self.global_step,
+            "progress_trace": torch.tensor(self.progress_trace, dtype=torch.float64),
             "seed": self.seed,
             "history": list(self.history),
             "best_val_acc": self.best_val_acc,
@@ -214,6 +233,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
         self.best_val_acc = float(state.get("best_val_acc", -1.0))
+        self.global_step = int(state.get("global_step", 0))
+        trace = state.get("progress_trace")
+        self.progress_trace = trace.tolist() if trace is not None else []
+        if isinstance(self.pace, ClockProgress) and self.progress_trace:
+            self.pace.base = self.progress_trace[-1]  # a budgeted run goes on from where its clock stopped
         if state.get("rng_state") is not None:
             torch.set_rng_state(state["rng_state"].cpu())
 
@@ -235,7 +259,8 @@ class Trainer:
             One metrics dict per epoch so far (see :data:`~cnnlab.training.runfolder.METRIC_FIELDS`).
 
         Raises:
-            TrainingDiverged: the loss became NaN or infinite (``last.pt`` still holds the last good epoch).
+            TrainingDiverged: the loss became NaN or infinite, grew tenfold within an epoch, or the validation
+                loss is far above chance (:mod:`cnnlab.training.divergence`; ``last.pt`` holds the last good epoch).
         """
         with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda"):
             if model is not self.model or data is not self.data:
@@ -250,13 +275,17 @@ class Trainer:
             # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
             self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
                           if self.is_main else None)
-            while self.epoch < stop:
+            self._stop = stop
+            while self.epoch < stop and not self.finished:
                 row = self._train_epoch()
+                if row is None:  # an epoch between validations
+                    continue
+                self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
                 self.history.append(row)
                 self.is_best_epoch = row["val_acc"] > self.best_val_acc
                 self.best_val_acc = max(self.best_val_acc, row["val_acc"])
                 self._call("on_train_epoch_end", self.model, row)
-                self._say(f"epoch {row['epoch']}/{self.max_epochs}  train loss {row['train_loss']:.4f}  "
+                self._say(f"epoch {row['epoch']}{self._of_epochs()}  train loss {row['train_loss']:.4f}  "
                           f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
                           f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
                 if self._live is not None:
@@ -278,6 +307,9 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         bar = self._progress_bar(epoch)
+        watch, window = LossWatch(floor=self._chance_loss()), torch.zeros((), dtype=torch.float64, device=device)
+        if isinstance(self.pace, ClockProgress):
+            self.pace.resume()
         for step, (X, y) in enumerate(self.train_loader):
             X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if self.channels_last:
@@ -289,20 +321,26 @@ class Trainer:
             if self.clip_grad_norm:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
             self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
+            self._advance()
             loss_sum += loss.detach().double() * y.shape[0]
+            window += loss.detach().double()
             if self._live is not None:
                 self._live.step(loss)
             seen += y.shape[0]
             if bar is not None and (step % 20 == 0 or step == len(self.train_loader) - 1):
-                # The only host sync inside an epoch, every 20 steps, to show the running loss.
+                # A host sync every 20 steps, to show the running loss.
                 running = float(loss_sum) / seen
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{running:.4f}", img_s=f"{seen * self.ctx.world_size / elapsed:,.0f}")
                 bar.update(step + 1 - bar.n)
-                if self.ctx.world_size == 1:  # under DDP only the all-reduced check below, taken by all ranks
-                    self._check_finite(running, epoch)
+            if step % 20 == 19 and self.ctx.world_size == 1:
+                # A host sync every 20 steps (under DDP only the all-reduced check below, taken by all ranks).
+                self._diverged(watch.check(float(window) / 20), epoch)
+                window.zero_()
+            if self.finished:
+                break
+        if isinstance(self.pace, ClockProgress):
+            self.pace.pause()  # validation is planned apart from the training time
         if bar is not None:
             bar.close()
         totals = dist_utils.all_reduce_sum(
@@ -312,10 +350,13 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - start
+        self.epoch = epoch + 1
+        if self.epoch % self.validate_every and self.epoch < self._stop and not self.finished:
+            self._unreported += train_seconds
+            return None
         dist_utils.sync_buffers(self.model, self.ctx)  # rank 0's BatchNorm statistics, as its checkpoint holds
         val_loss, val_acc = self._validate()
-        seconds = time.perf_counter() - start
-        self.epoch = epoch + 1
+        seconds, self._unreported = time.perf_counter() - start + self._unreported, 0.0
         elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": float(totals[1]) / train_seconds,
@@ -334,15 +375,57 @@ class Trainer:
         sums = dist_utils.all_reduce_sum(sums, self.ctx)
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
+    @property
+    def finished(self) -> bool:
+        """Whether the step count or the clock (``pace``) says the run is over."""
+        return self.pace is not None and self.pace.done(self.global_step, self.run_progress)
+
+    @property
+    def run_progress(self) -> float:
+        return self.progress_trace[-1] if self.progress_trace else 0.0
+
+    def _advance(self) -> None:
+        """Count an optimizer step, read the run's progress (rank 0's, under torchrun) and step the schedule."""
+        self.global_step += 1
+        if self.pace is not None:
+            progress = self.pace(self.global_step)
+            if self.ctx.world_size > 1 and isinstance(self.pace, ClockProgress):
+                # Rank 0's clock decides for all: the same rate on every rank, and the same step to stop at.
+                mine = torch.tensor([progress if self.ctx.is_main else 0.0], dtype=torch.float64,
+                                    device=self.device)
+                progress = float(dist_utils.all_reduce_sum(mine, self.ctx)[0])
+            self.progress_trace.append(progress)
+        if isinstance(self.scheduler, ProgressLR):
+            self.scheduler.step(self.run_progress)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def _of_epochs(self) -> str:
+        return "" if isinstance(self.pace, ClockProgress) else f"/{self.max_epochs}"
+
     def _check_finite(self, loss: float, epoch: int) -> None:
         if not math.isfinite(loss):
-            last = self.run_folder.last if self.run_folder is not None else None
-            # Only a checkpoint that exists is named: in epoch 1 there is none yet.
-            where = f"; {last} keeps the last good epoch" if last is not None and last.is_file() else ""
-            raise TrainingDiverged(
-                f"the training loss became {loss} in epoch {epoch + 1}: training diverged; "
-                f"try a lower --lr (the rate was {self.optimizer.param_groups[0]['lr']:.3g} at that point){where}"
-            )
+            self._diverged(f"the training loss became {loss}", epoch)
+
+    def _num_classes(self) -> int:
+        return len(getattr(self.data, "classes", None) or ())
+
+    def _chance_loss(self) -> float:
+        return math.log(self._num_classes()) if self._num_classes() > 1 else 0.0
+
+    def _check_val_loss(self, val_loss: float, epoch: int) -> None:
+        self._diverged(val_loss_far_above_chance(val_loss, self._num_classes()), epoch)
+
+    def _diverged(self, reason: str | None, epoch: int) -> None:
+        """Raise :class:`TrainingDiverged` for ``reason`` (None: all is well)."""
+        if reason is None:
+            return
+        last = self.run_folder.last if self.run_folder is not None else None
+        # Only a checkpoint that exists is named: in epoch 1 there is none yet.
+        where = f"; {last} keeps the last good epoch" if last is not None and last.is_file() else ""
+        raise TrainingDiverged(
+            f"{reason} in epoch {epoch + 1}: training diverged; try a lower --lr (the rate was "
+            f"{self.optimizer.param_groups[0]['lr']:.3g} at that point){where}")
 
     def _progress_bar(self, epoch: int):
         if not self.progress or not self.is_main:
@@ -351,5 +434,5 @@ class Trainer:
 
         # disable=None: no bar when stderr is not a terminal (CI logs, files), where \r updates are noise; in a
         # notebook (never a terminal) tqdm.auto's widget bar is shown.
-        return tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.max_epochs}", leave=False,
+        return tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}{self._of_epochs()}", leave=False,
                     disable=False if in_notebook() else None, unit="batch", dynamic_ncols=True)

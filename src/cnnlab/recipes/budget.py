@@ -1,0 +1,192 @@
+"""A time budget for the whole command (``cnnlab train --budget 5m``): parsing it, and planning where its seconds go.
+
+The budget runs from the process's start to its exit. What is not training is measured or estimated on this
+machine before training starts: the start-up and data loading already spent, one validation pass and the final
+test pass (timed on a few real batches of this model), and a safety margin. The rest is the training time that
+:class:`~cnnlab.training.schedules.ClockProgress` spreads the learning-rate schedule over; validation passes at epoch
+ends are timed as they happen and the training time left is re-planned after each, so the plan corrects itself on a
+busy machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cnnlab.errors import ConfigError
+from cnnlab.nn.classifier import eval_mode
+from cnnlab.training.callbacks import Callback
+from cnnlab.training.distributed import all_reduce_sum
+from cnnlab.training.runtime import autocast
+from cnnlab.training.schedules import ClockProgress
+
+__all__ = ["BudgetKeeper", "BudgetPlan", "parse_duration", "plan_budget", "process_seconds", "seconds_per_eval_image"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+
+# Seconds kept free at the end, beyond every estimate: exit, the last file writes, an estimate's error. A share of
+# the budget (so a 15-minute run keeps 13 s) plus a fixed second; the goal is "within budget + 2%".
+MARGIN_SHARE, MARGIN_SECONDS = 0.015, 1.0
+# The process's exit (torch's teardown) takes about this share of its start-up (torch's import), on any load.
+EXIT_SHARE = 0.6
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``'90s'``, ``'5m'``, ``'1.5h'`` or a plain number of seconds.
+
+    Raises:
+        ConfigError: anything else, or a duration that is not positive.
+    """
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
+        if match is None:
+            raise ConfigError(f"--budget {text!r} is not a duration; write e.g. 90s, 5m or 1h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"--budget must be a positive duration, got {text!r}")
+    return seconds
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere 0, i.e. since this call's caller began).
+
+    The budget covers the whole command, so the interpreter's and torch's start-up count too.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Where a budget's seconds go; ``training`` is what the learning-rate schedule is laid out over."""
+
+    total: float
+    spent: float  # start-up, data, model: before the plan
+    validation: float  # one validation pass (the last one, after the clock stops)
+    final: float  # the final test pass (reloading the best checkpoint and the test data) and the process's exit
+    margin: float
+
+    @property
+    def training(self) -> float:
+        return self.total - self.spent - self.validation - self.final - self.margin
+
+    def describe(self) -> str:
+        return (f"budget {self.total:.0f} s: {self.spent:.1f} s start-up and data, {self.training:.1f} s training, "
+                f"{self.validation:.1f} s per validation pass, {self.final:.1f} s final test pass and exit, "
+                f"{self.margin:.1f} s margin")
+
+
+def plan_budget(total: float, spent: float, validation: float, final: float) -> BudgetPlan:
+    """Plan ``total`` seconds of which ``spent`` are gone; raise when no training time would be left.
+
+    Raises:
+        ConfigError: the budget cannot hold even a second of training, naming what the fixed costs are.
+    """
+    plan = BudgetPlan(total=total, spent=spent, validation=validation, final=final,
+                      margin=MARGIN_SHARE * total + MARGIN_SECONDS)
+    if plan.training < 1.0:
+        need = total - plan.training + 1.0
+        raise ConfigError(f"--budget {total:g}s leaves no time to train on this machine ({plan.describe()}); "
+                          f"give at least {math.ceil(need * 1.2)}s, or fewer images (--num-train)")
+    return plan
+
+
+def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device, autocast_dtype=None,
+                           channels_last: bool = False, batches: int = 2) -> float:
+    """Seconds an evaluation pass spends per image on this machine: a few of ``loader``'s batches, timed after one
+    untimed warm-up batch (the model as it will be evaluated, flip averaging included); a loader of one batch is
+    timed on that batch again."""
+    taken = []
+    for X, y in loader:
+        taken.append((X, y))
+        if len(taken) > batches:
+            break
+    timed, images = 0.0, 0
+    with eval_mode(model), torch.inference_mode(), autocast(device, autocast_dtype):
+        for i, (X, y) in enumerate(taken if len(taken) > 1 else taken * 2):
+            X = X.to(device)
+            if channels_last:
+                X = X.contiguous(memory_format=torch.channels_last)
+            start = time.perf_counter()
+            model.validation_step((X, y.to(device)))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i > 0:  # the first batch warms up (allocations, kernel choice)
+                timed, images = timed + time.perf_counter() - start, images + y.shape[0]
+    return timed / max(images, 1)
+
+
+class BudgetKeeper(Callback):
+    """Plans the budget when training starts and re-plans the training time left after every epoch's end.
+
+    At the start it times this model's evaluation on a few validation batches, plans (:func:`plan_budget`), sets
+    the trainer's :class:`~cnnlab.training.schedules.ClockProgress` to the planned training time and prints the
+    plan. After each epoch's end (validation, checkpoints, plots: everything after the clock paused) it measures
+    what that took and spreads the progress left over the seconds left, so an estimate that was off, or a machine
+    that got busier, moves the end of the schedule rather than the end of the command.
+
+    Args:
+        total: the budget in seconds, counted from the process's start.
+        pace: the trainer's clock.
+        data_seconds: how long loading the data took (the final pass reloads the test split).
+        test_images: the number of images of the final test pass.
+        clock: seconds since the process started (:func:`process_seconds`; tests pass a fake one).
+        startup: seconds the process took to reach the command (interpreter, torch's import): its exit, torch's
+            teardown, scales with it (measured under load: 12 s to start, 7 s to exit).
+    """
+
+    def __init__(self, total: float, pace: ClockProgress, data_seconds: float, test_images: int,
+                 log=print, clock=process_seconds, startup: float = 0.0):
+        self.total, self.pace, self.log, self.clock = total, pace, log, clock
+        self.exit_seconds = EXIT_SHARE * startup
+        self.data_seconds, self.test_images = data_seconds, test_images
+        self.plan: BudgetPlan | None = None
+
+    def on_fit_start(self, trainer, model) -> None:
+        per_image = seconds_per_eval_image(model, trainer.val_loader, trainer.device, trainer.autocast_dtype,
+                                           trainer.channels_last)
+        n_val = len(getattr(trainer.val_loader, "labels", ()))
+        # The last validation pass also saves checkpoints and draws curves: a second for those.
+        validation = per_image * n_val * 1.2 + 1.0
+        final = per_image * self.test_images * 1.2 + self.data_seconds + 0.5 + self.exit_seconds
+        # Under torchrun rank 0's measurements decide, so that every rank plans (or refuses) alike.
+        spent, validation, final = _rank0(trainer, self.clock(), validation, final)
+        self.plan = plan_budget(self.total, spent, validation, final)
+        self.pace.replan(self.plan.training)
+        if self.log is not None and trainer.is_main:
+            self.log(self.plan.describe())
+
+    def on_train_epoch_end(self, trainer, model, row: dict) -> None:
+        if trainer.finished:
+            return
+        end_of_epoch = self.pace.clock() - self.pace.paused_at  # validation, checkpoints, curves
+        spent, end_of_epoch = _rank0(trainer, self.clock(), end_of_epoch)
+        validation = max(self.plan.validation, end_of_epoch * 1.2)
+        self.plan = BudgetPlan(self.total, spent, validation, self.plan.final, self.plan.margin)
+        # The last validation pass stays reserved, so any training time left is spent on training.
+        if self.plan.training <= 0:
+            self.pace.finish()
+        else:
+            self.pace.replan(self.plan.training)
+
+
+def _rank0(trainer, *values: float) -> list[float]:
+    """Rank 0's ``values`` on every rank (under torchrun; the values themselves otherwise)."""
+    if trainer.ctx.world_size == 1:
+        return list(values)
+    mine = torch.tensor(values if trainer.ctx.is_main else [0.0] * len(values), dtype=torch.float64,
+                        device=trainer.device)
+    return all_reduce_sum(mine, trainer.ctx).tolist()

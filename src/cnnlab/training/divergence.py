@@ -1,0 +1,54 @@
+"""Telling a diverging run from a learning one, early: the checks behind :class:`cnnlab.errors.TrainingDiverged`.
+
+Three signs, each of which the issue's failed runs showed (train loss 5.1 -> 9.4 within the first epoch, a
+validation loss of 495 against ln 10 = 2.3 at chance): a loss that is no longer finite, a training loss that grows
+tenfold within an epoch, and a validation loss far above chance level, ``ln K`` for ``K`` classes, which is what a
+network that predicts the uniform distribution scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["GROWTH", "LossWatch", "val_loss_far_above_chance"]
+
+# A loss window this many times its epoch's lowest is divergence, not noise: batch-to-batch noise of a learning
+# network stays within 2-3x.
+GROWTH = 10.0
+
+
+class LossWatch:
+    """The mean training loss of windows of steps within one epoch, against the lowest window seen so far.
+
+    A window must also be above ``floor`` (chance level, ``ln K``): a loss of 0.002 that rises to 0.03 late in a
+    long run is noise around a fit, not divergence.
+    """
+
+    def __init__(self, growth: float = GROWTH, floor: float = 0.0):
+        self.growth, self.floor = growth, floor
+        self.lowest = math.inf
+
+    def check(self, window_loss: float) -> str | None:
+        """The reason the run diverged, or None: fed the mean loss of each window of steps, in order."""
+        if not math.isfinite(window_loss):
+            return f"the training loss became {window_loss}"
+        if window_loss > max(self.growth * self.lowest, self.floor):
+            return (f"the training loss grew from {self.lowest:.3g} to {window_loss:.3g} within the epoch "
+                    f"(more than {self.growth:g}x)")
+        self.lowest = min(self.lowest, window_loss)
+        return None
+
+
+def val_loss_far_above_chance(val_loss: float, num_classes: int) -> str | None:
+    """The reason a validation loss means divergence, or None: above ``max(3 ln K, ln K + 3)``.
+
+    Chance level is ``ln K``; a network that learned nothing sits there, one that learned anything below it.
+    Three times chance (and 3 nats above it, for K = 2) is past anything a learning network shows.
+    """
+    if num_classes < 2:
+        return None
+    chance = math.log(num_classes)
+    if not math.isfinite(val_loss) or val_loss > max(3 * chance, chance + 3):
+        return (f"the validation loss is {val_loss:.3g}, far above chance level (ln {num_classes} = "
+                f"{chance:.2f})")
+    return None

@@ -1,0 +1,294 @@
+"""Schedules in steps and on the clock, ``--budget`` planning, ``--steps`` and ``--replay``, and the divergence stop
+(issue 23, part A). Clocks are fake wherever one can be injected: no test reads the wall clock to pass or fail."""
+
+import math
+
+import pytest
+import torch
+
+from cnnlab import Callback, FashionMNIST, Trainer, create_model
+from cnnlab.cli.main import main
+from cnnlab.errors import ConfigError
+from cnnlab.recipes import TrainConfig, resolve_config
+from cnnlab.recipes.budget import BudgetKeeper, parse_duration, plan_budget
+from cnnlab.recipes.optim import make_scheduler
+from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
+from cnnlab.training.schedules import ClockProgress, ProgressLR, ReplayProgress, StepProgress, lr_factor
+
+
+class FakeClock:
+    """Seconds that move only when told to, or by ``tick`` on every reading."""
+
+    def __init__(self, tick: float = 0.0):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def _data(data_dir, **kw):
+    return FashionMNIST(batch_size=64, root=data_dir, num_train=512, num_val=256, seed=0, **kw)
+
+
+def _trainer(**kw):
+    return Trainer(max_epochs=kw.pop("max_epochs", 5), seed=0, progress=False, log=None, board=None,
+                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                   scheduler=lambda opt, spe, epochs: ProgressLR(opt, "linear"), **kw)
+
+
+# ---- schedule shapes and progress sources --------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["linear", "onecycle", "cosine"])
+def test_every_decaying_shape_peaks_once_and_ends_at_exactly_zero(shape):
+    values = [lr_factor(shape, p / 100, warmup=0.1 if shape == "linear" else 0.0) for p in range(101)]
+    assert values[-1] == 0.0 and max(values) == pytest.approx(1.0, abs=0.02)
+    peak = values.index(max(values))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:], strict=False))  # no second rise
+    assert lr_factor("constant", 0.7) == 1.0
+
+
+def test_the_clock_counts_only_training_time_and_replanning_keeps_the_progress_made():
+    clock = FakeClock()
+    pace = ClockProgress(10.0, clock=clock)
+    pace.resume()
+    clock.now = 4.0
+    assert pace() == pytest.approx(0.4)
+    pace.pause()
+    clock.now = 9.0  # validation: 5 s that the training time does not count
+    assert pace() == pytest.approx(0.4)
+    pace.replan(3.0)  # the rest of the run, 60% of it, over 3 more training seconds
+    pace.resume()
+    clock.now = 10.5
+    assert pace() == pytest.approx(0.4 + 0.6 * 0.5)
+    clock.now = 12.0
+    assert pace() == 1.0 and pace.done(0, pace())
+
+
+def test_step_and_replay_progress_end_at_their_step_count():
+    steps, replay = StepProgress(8), ReplayProgress([0.1, 0.5, 1.0])
+    assert steps(4) == 0.5 and steps.done(8, 1.0) and not steps.done(7, 0.9)
+    assert replay(2) == 0.5 and replay.done(3, 1.0) and not replay.done(2, 0.5)
+
+
+# ---- the budget: parsing and planning -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1.5m", 90), ("45", 45)])
+def test_durations_read_as_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "-3s", "0s", "m"])
+def test_a_bad_duration_is_a_one_line_user_error(text):
+    with pytest.raises(ConfigError, match="budget"):
+        parse_duration(text)
+
+
+def test_a_plan_adds_up_and_a_budget_too_small_names_the_costs():
+    plan = plan_budget(60.0, spent=8.0, validation=1.5, final=3.0)
+    assert plan.spent + plan.training + plan.validation + plan.final + plan.margin == pytest.approx(60.0)
+    assert plan.margin < 0.02 * 60 + 1.0
+    with pytest.raises(ConfigError, match="start-up and data.*give at least"):
+        plan_budget(10.0, spent=8.0, validation=1.5, final=3.0)
+
+
+def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_for_the_last_passes(data_dir):
+    """Every step takes 1.0 fake seconds: the plan, the clock and the stop all read the same fake time."""
+    clock = FakeClock(tick=0.0)
+    pace = ClockProgress(1.0, clock=clock)
+    keeper = BudgetKeeper(15.0, pace, data_seconds=0.5, test_images=256, log=None, clock=lambda: clock.now)
+    model = create_model("lenet-bn", num_classes=10, lr=0.1)
+    step = model.training_step
+
+    def timed_step(batch):  # each training step takes 1.0 fake seconds
+        clock.now += 1.0
+        return step(batch)
+
+    model.training_step = timed_step
+    plans = []
+
+    class Plans(Callback):
+        def on_fit_start(self, trainer, model):
+            plans.append(keeper.plan)
+
+    trainer = _trainer(pace=pace, callbacks=[keeper, Plans()], max_epochs=10**6)
+    trainer.fit(model, _data(data_dir))
+    first, last = plans[0], keeper.plan
+    assert 1.0 < first.training < 15.0 - first.validation - first.final
+    assert trainer.run_progress == 1.0 and trainer.optimizer.param_groups[0]["lr"] == 0.0
+    # The run took the steps its planned training time holds (the validation passes took no fake time) ...
+    assert trainer.global_step == pytest.approx(first.training / 1.0, abs=1)
+    # ... and what is left holds the last validation, the final pass and the margin.
+    assert clock.now + last.validation + last.final + last.margin <= 15.0 + 1.0
+
+
+# ---- steps, replay and resume ---------------------------------------------------------------------------
+
+def test_a_step_count_stops_mid_epoch_and_still_validates(data_dir):
+    trainer = _trainer(max_steps=11)  # 8 steps an epoch: one epoch and 3 steps
+    history = trainer.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir))
+    assert trainer.global_step == 11 and len(history) == 2 and trainer.max_epochs == 2
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0 and 0 < history[-1]["val_acc"] <= 1
+
+
+def test_a_step_counted_run_resumed_at_an_epoch_end_is_exact(data_dir):
+    def fresh():
+        torch.manual_seed(0)
+        return create_model("lenet-bn", num_classes=10, lr=0.1)
+
+    whole = _trainer(max_steps=11)
+    whole.fit(fresh(), _data(data_dir))
+    first = _trainer(max_steps=11)
+    first.fit(fresh(), _data(data_dir), epochs=1)
+    resumed = _trainer(max_steps=11)
+    resumed.fit(fresh(), _data(data_dir), resume_from=first.state_dict())
+    assert resumed.global_step == whole.global_step == 11 and resumed.progress_trace == whole.progress_trace
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_replay_of_a_clocked_run_is_bit_for_bit_without_the_clock(data_dir):
+    clock = FakeClock(tick=0.01)  # every reading moves: an irregular, clock-driven schedule
+    clocked = _trainer(pace=ClockProgress(0.12, clock=clock), max_epochs=10**6)
+    torch.manual_seed(0)
+    clocked.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir))
+    replayed = _trainer(pace=ReplayProgress(clocked.progress_trace))
+    torch.manual_seed(0)
+    replayed.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir))
+    assert replayed.global_step == clocked.global_step > 8  # more than an epoch, ending mid-epoch
+    for a, b in zip(clocked.model.state_dict().values(), replayed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_steps_on_the_cli_record_the_step_count_and_the_progress_of_each(tmp_path, data_dir, capsys):
+    args = ["train", "--model", "lenet-bn", "--steps", "12", "--num-train", "640", "--num-val", "256",
+            "--batch-size", "64", "--no-progress", "--data-dir", str(data_dir)]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "after 12 steps" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert state["global_step"] == 12 and len(state["progress_trace"]) == 12 and state["epoch"] == 2
+    assert float(state["progress_trace"][-1]) == 1.0
+
+
+def test_the_plan_line_says_what_was_decided(tmp_path, data_dir, capsys):
+    main(["train", "--recipe", "fast", "--model", "lenet-bn", "--num-train", "640", "--num-val", "256",
+          "--no-progress", "--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--steps", "3"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("plan:"))
+    for part in ("lenet-bn", "1x28x28", "640 training images", "3 steps (--steps)", "lr 0.2", "random crop"):
+        assert part in line
+
+
+# ---- the floor of steps -----------------------------------------------------------------------------------
+
+def test_a_small_data_set_gets_the_recipes_floor_of_steps_unless_epochs_are_given():
+    from cnnlab.recipes.run import build_pace
+
+    fast = resolve_config(TrainConfig(), "fast")
+    pace = build_pace(fast, steps_per_epoch=6)  # 1.4k images at batch 256: 7 epochs would be 42 steps
+    assert isinstance(pace, StepProgress) and pace.total_steps == fast.min_steps >= 300
+    assert build_pace(fast, steps_per_epoch=235) is None  # all of Fashion-MNIST: the epochs it was tuned with
+    assert build_pace(resolve_config(TrainConfig(epochs=2), "fast"), steps_per_epoch=6) is None
+    assert build_pace(resolve_config(TrainConfig()), steps_per_epoch=1) is None  # the seed's recipe: no floor
+    assert isinstance(make_scheduler(fast, by_progress=True)(torch.optim.SGD([torch.zeros(1)], lr=0.2), 6, 7),
+                      ProgressLR)
+
+
+# ---- divergence ----------------------------------------------------------------------------------------------
+
+def test_a_loss_that_grows_tenfold_within_an_epoch_is_divergence_and_noise_near_zero_is_not():
+    watch = LossWatch(floor=math.log(10))
+    assert watch.check(2.0) is None and watch.check(0.5) is None
+    assert "grew from 0.5 to 6" in watch.check(6.0)
+    near_zero = LossWatch(floor=math.log(10))
+    assert near_zero.check(0.002) is None and near_zero.check(0.05) is None  # 25x, but far below chance
+    assert val_loss_far_above_chance(495.0, 10) and not val_loss_far_above_chance(2.4, 10)
+
+
+def test_a_run_that_diverges_inside_its_first_epoch_stops_with_exit_code_3(tmp_path, data_dir, capsys):
+    code = main(["train", "--model", "lenet-bn", "--lr", "50", "--optimizer", "sgd", "--epochs", "3",
+                 "--num-train", "1280", "--num-val", "256", "--batch-size", "64", "--no-progress",
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 3 and "in epoch 1: training diverged" in err
+    assert not (tmp_path / "r" / "last.pt").exists()  # stopped inside the first epoch, before any checkpoint
+
+
+# ---- real budgets (slow: each takes its budget) ----------------------------------------------------------------
+
+def _cnnlab(*argv, timeout=600):
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+def _busy_core(seconds: float):
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=_spin, args=(seconds,), daemon=True)
+    process.start()
+    return process
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("busy", [False, True], ids=["calm", "one-core-busy"])
+def test_a_real_budget_ends_within_budget_plus_2_percent_and_replays_bit_for_bit(tmp_path, data_dir, busy):
+    spinner = _busy_core(120) if busy else None
+    try:
+        done, wall = _cnnlab("cnnlab", "train", "--recipe", "fast", "--budget", "60s", "--num-train", "5000",
+                             "--num-val", "1000", "--no-progress", "--data-dir", str(data_dir), "--out",
+                             str(tmp_path / "budget"))
+    finally:
+        if spinner is not None:
+            spinner.terminate()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert wall <= 60 * 1.02, done.stdout
+    assert "budget 60 s:" in done.stdout and "test accuracy" in done.stdout
+    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(tmp_path / "budget"), "--no-progress", "--out",
+                        str(tmp_path / "replay"))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("budget", "replay"))
+    assert a["global_step"] == b["global_step"] > 0
+    for x, y in zip(a["model_state"].values(), b["model_state"].values(), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_ranks_agree_on_the_rate_and_the_step_to_stop_at(tmp_path, data_dir):
+    done, wall = _cnnlab("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train",
+                         "--model", "lenet-bn", "--budget", "45s", "--num-train", "4096", "--num-val", "1024",
+                         "--no-progress", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert wall <= 45 * 1.02 and done.stdout.count("test accuracy") == 1
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == len(state["progress_trace"]) > 0
+
+
+@pytest.mark.slow  # 500 steps: ~2 minutes of CPU on the 2-core development machine
+def test_a_200_image_folder_gets_enough_steps_and_learns(tmp_path, data_dir, capsys):
+    """The issue's failure: --recipe fast on a small folder had ~40 steps of a one-cycle schedule. Now: its floor."""
+    folder = tmp_path / "fashion"
+    for split, limit in (("train", 200), ("test", 200)):
+        assert main(["data", "export-folder", str(folder), "--split", split, "--limit", str(limit),
+                     "--data-dir", str(data_dir)]) == 0
+    code = main(["train", "--images", str(folder), "--recipe", "fast", "--model", "lenet-bn", "--batch-size", "64",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "500 steps (a floor of 500 steps: 7 epochs would be 28) = 125 epochs of 4" in out
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == 500 and len(state["history"]) == 10  # validated every 13 epochs (52 steps)
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.5  # 10 classes: chance is 0.1
