@@ -41,12 +41,8 @@ def _finite_float(text: str) -> float:
 
 
 def _lr(text: str) -> float | str:
-    if text == "auto":
-        return text
-    value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive learning rate or 'auto', got {text!r}")
-    return value
+    # A number is checked as the other settings are (validate_config: "--lr must be a positive ...").
+    return text if text == "auto" else _finite_float(text)
 
 
 def _fraction(text: str) -> float:

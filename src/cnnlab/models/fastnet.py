@@ -122,9 +122,11 @@ def fastnet_wide(
 
 def sized_widths(image_size: int | tuple[int, int]) -> tuple[int, ...]:
     """FastNet's widths for an input size: two conv groups up to 16 px (8 -> 2, 16 -> 4 before the global
-    pool), three above (32 -> 4), so the last group always sees a few pixels, never one."""
+    pool), three above (32 -> 4), so the last group always sees a few pixels, never one. Above 16 px the stem
+    is 16 wide: each group's first conv runs at its input's resolution, so this keeps a 32 px image at ~22M
+    multiply-adds (32-64-128-256: ~90M), and the automatic recipe's steps, not its width, buy the accuracy."""
     side = min(size_pair(image_size))
-    return (32, 64, 128) if side <= 16 else (32, 64, 128, 256)
+    return (32, 64, 128) if side <= 16 else (16, 32, 64, 128)
 
 
 @register_model("fastnet-auto", **MODERN_RECIPE)

@@ -76,14 +76,17 @@ class AutoPlan:
 
 def native_size(root: str | os.PathLike, sample: int = 32) -> tuple[int, int]:
     """The median (height, width) of the first ``sample`` image files under ``root``, read from their headers."""
-    from cnnlab.data.images import IMAGE_SUFFIXES, probe_image
+    from cnnlab.data.images import IMAGE_SUFFIXES, ImageError, probe_image
 
     sizes = []
     for here, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
-                width, height, _ = probe_image(os.path.join(here, name))
+                try:
+                    width, height, _ = probe_image(os.path.join(here, name))
+                except ImageError:
+                    continue  # the folder's own decoding lists every bad file, or skips it (--skip-bad)
                 sizes.append((height, width))
                 if len(sizes) >= sample:
                     break
