@@ -202,3 +202,11 @@ def test_the_automatic_recipe_on_160_noisy_shapes(tmp_path, capsys):
     baseline = float(out.out.split("linear baseline on the raw pixels: test accuracy ")[1].split()[0])
     assert accuracy >= 0.9 > baseline  # the SVM scores 0.66 on it, the linear classifier about chance
     assert "warning" not in out.err
+
+
+def test_the_report_shows_the_baseline_beside_the_network(tmp_path):
+    from cnnlab.analysis.report import _baseline_box
+
+    assert _baseline_box(tmp_path) == []  # no baseline.json: nothing
+    (tmp_path / "baseline.json").write_text('{"accuracy": 0.6367, "count": 300}')
+    assert "0.6367" in "".join(_baseline_box(tmp_path))
