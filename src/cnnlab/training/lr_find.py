@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,10 +35,17 @@ class LRFinder:
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step (the loss read included)
     steepest: float = float("nan")
     minimum: float = float("nan")
     suggestion: float = float("nan")
     stopped_early: bool = False
+
+    @property
+    def seconds_per_step(self) -> float:
+        """The median step time after the first five (which pay for allocations and kernel choices)."""
+        times = self.step_seconds[5:] or self.step_seconds
+        return statistics.median(times) if times else float("nan")
 
     def to_dict(self) -> dict:
         return {"lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed, "steepest": self.steepest,
@@ -95,6 +104,7 @@ def lr_find(model, loader, optimizer: Callable, start_lr: float = 1e-5, end_lr: 
     try:
         batches = _cycle(loader)
         for step in range(num_steps):
+            tick = time.perf_counter()
             lr = start_lr * factor**step
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -108,6 +118,7 @@ def lr_find(model, loader, optimizer: Callable, start_lr: float = 1e-5, end_lr: 
             loss.backward()
             opt.step()
             value = float(loss.detach())
+            result.step_seconds.append(time.perf_counter() - tick)
             avg = beta * avg + (1 - beta) * value if math.isfinite(value) else math.inf
             smooth = avg / (1 - beta ** (step + 1))
             result.lrs.append(lr)
