@@ -210,3 +210,38 @@ def test_the_report_shows_the_baseline_beside_the_network(tmp_path):
     assert _baseline_box(tmp_path) == []  # no baseline.json: nothing
     (tmp_path / "baseline.json").write_text('{"accuracy": 0.6367, "count": 300}')
     assert "0.6367" in "".join(_baseline_box(tmp_path))
+
+
+def _tiny_folder(root):
+    from PIL import Image
+
+    for split, n in (("train", 12), ("test", 4)):
+        for k, name in enumerate(("dark", "light")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(torch.full((8, 8), 40 + 150 * k + i, dtype=torch.uint8).numpy()).save(
+                    root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, tmp_path):
+    import cnnlab.recipes.run
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import run_auto
+
+    calls, said = [], []
+
+    def fake_run(config, log, data, callbacks):
+        calls.append(config)
+        assert len(data.val_labels) == 2 and data.has_test  # validation carved from train/, test kept apart
+        if len(calls) == 1:
+            raise TrainingDiverged("epoch 1: the run diverged")
+        return {"run_dir": None, "test_accuracy": 1.0}
+
+    monkeypatch.setattr(cnnlab.recipes.run, "run_training", fake_run)
+    summary = run_auto(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.4, progress=False),
+                       log=said.append)
+    assert [c.lr for c in calls] == [0.4, 0.1] and calls[0].model == "fastnet-auto"
+    assert calls[0].schedule == "linear" and calls[0].val_split == 0.1 and not calls[0].augment  # 8 px: no crops
+    assert any("restarting from the initial weights" in line and "0.1" in line for line in said)
+    assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
