@@ -73,6 +73,18 @@ def _table(header, rows, numeric=()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _baseline_box(run_dir: Path) -> list[str]:
+    """The linear baseline on the raw pixels beside the network's accuracy (``baseline.json``, written by the
+    automatic recipe for your own images), or nothing."""
+    try:
+        base = json.loads((run_dir / "baseline.json").read_text())
+        accuracy = float(base["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f'<div><span class="label">linear baseline on the raw pixels (same test images)</span>'
+            f'<span class="big" id="baseline-accuracy" style="color:#1b1f24">{accuracy:.4f}</span></div>']
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None, *, test_index: int = 0, num_mistakes: int = 24,
                  device: str = "auto") -> Path:
@@ -173,6 +185,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         f'<div><span class="label">test loss</span><span class="big" style="color:#1b1f24">'
         f"{result.loss:.4f}</span></div>",
         f'<div><span class="label">parameters</span><span class="big" style="color:#1b1f24">{total:,}</span></div>',
+        *_baseline_box(folder.path),
         "</div>",
         '<p class="muted">The same evaluation as <code>cnnlab evaluate</code>: the whole test set, which '
         "training never sees (the validation accuracy below was measured during training, on "

@@ -39,8 +39,21 @@ def cmd_train(args) -> int:
     else:
         # Every TrainConfig field has an option of the same name (``progress`` is ``--no-progress``).
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-        config = resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe)
-        summary = run_training(config, spent=process_seconds())  # a --budget counts the start-up too
+        given.update(_augment_fields(args.augment), lr=None if args.lr == "auto" else args.lr)
+        if given["model"] is None:
+            del given["model"]
+        config = TrainConfig(**given, progress=not args.no_progress)
+        if args.images and args.model is None and args.recipe is None:
+            from cnnlab.recipes.auto import run_auto
+
+            summary = run_auto(config, spent=process_seconds())  # the automatic recipe for your own images
+        else:
+            config = resolve_config(config, args.recipe)
+            if args.lr == "auto":
+                from cnnlab.recipes.auto import find_lr
+
+                config = dataclasses.replace(config, lr=find_lr(config))
+            summary = run_training(config, spent=process_seconds())  # a --budget counts the start-up too
     if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
         return 0
     if summary["finished_already"]:
@@ -50,10 +63,46 @@ def cmd_train(args) -> int:
           f"({Path(summary['checkpoint']).name}, fp32) after {summary['steps']:,} steps; total time "
           f"{summary['seconds']:.1f} s; files in "
           f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
+    if summary.get("baseline"):
+        base = summary["baseline"]
+        print(f"linear baseline on the raw pixels: test accuracy {base['accuracy']:.4f} on the same "
+              f"{base['count']:,} images ({base['seconds']:.1f} s); the network: {summary['test_accuracy']:.4f}")
+    if summary.get("chance_warning"):
+        print(summary["chance_warning"], file=sys.stderr)
     if args.report:
         from cnnlab.analysis.report import write_report
 
         print(f"report: {write_report(summary['run_dir'])}")
+    return 0
+
+
+def _augment_fields(choice: str | None) -> dict:
+    """``--augment [crop|flip|crop+flip]`` / ``--no-augment`` as TrainConfig's ``augment`` and ``flip``."""
+    if choice is None:
+        return {"augment": None, "flip": None}
+    if choice == "none":
+        return {"augment": False, "flip": None}
+    return {"augment": True, "flip": choice != "crop"}
+
+
+def cmd_lr_find(args) -> int:
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import lr_find_for
+    from cnnlab.visual.plotting import plot_lr_find
+
+    config = TrainConfig(**{k: v for k, v in dict(
+        model=args.model, images=args.images, batch_size=args.batch_size, optimizer=args.optimizer,
+        data_dir=args.data_dir, num_train=args.num_train, device=args.device, seed=args.seed).items()
+        if v is not None}, progress=False)
+    result, config = lr_find_for(config, automatic=args.images is not None and args.model is None,
+                                 steps=args.steps)
+    out = plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, args.out, result.minimum)
+    stopped = " (stopped: the loss exploded)" if result.stopped_early else ""
+    print(f"{config.model}, {config.optimizer}, batch {config.batch_size}: {len(result.lrs)} steps from "
+          f"{result.lrs[0]:.2g} to {result.lrs[-1]:.2g}{stopped}; lowest smoothed loss at lr {result.minimum:.3g}, "
+          f"steepest descent at {result.steepest:.3g}")
+    print(f"suggested lr {result.suggestion:.3g} (the larger of the steepest descent and a tenth of the minimum's "
+          f"lr); plot: {out}")
     return 0
 
 
@@ -250,7 +299,8 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "export": cmd_export,
             "data": cmd_data,
             "summary": cmd_summary, "models": cmd_models, "demo": cmd_demo, "viz": cmd_viz,
             "report": cmd_report, "bench": cmd_bench}

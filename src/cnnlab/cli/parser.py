@@ -40,6 +40,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _lr(text: str) -> float | str:
+    # A number is checked as the other settings are (validate_config: "--lr must be a positive ...").
+    return text if text == "auto" else _finite_float(text)
+
+
 def _fraction(text: str) -> float:
     value = _finite_float(text)
     if not 0 < value < 1:
@@ -77,7 +82,8 @@ def _add_train(sub) -> None:
                        "(sigmoid, xavier init, SGD lr 0.1, batch 128, 10 epochs). Options left unset take the "
                        "model's recipe defaults. Under torchrun, --batch-size is the global batch, split "
                        "evenly across processes.")
-    p.add_argument("--model", default="lenet", help="registered model name (see `cnnlab models`)")
+    p.add_argument("--model", help="registered model name (see `cnnlab models`); default lenet, or with --images "
+                   "and no --recipe the automatic recipe (a BatchNorm net sized to the images)")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe: 'fast' is the best time to accuracy")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--budget", type=_duration, metavar="DURATION", help="the whole command (data, training, "
@@ -88,15 +94,18 @@ def _add_train(sub) -> None:
     p.add_argument("--replay", metavar="RUN", help="train again exactly as the --budget run RUN did (its "
                    "settings, its number of steps and its learning rate at each step), without the clock")
     p.add_argument("--batch-size", type=_positive_int, help="global batch size (all processes together)")
-    p.add_argument("--lr", type=_finite_float, help="(peak) learning rate")
+    p.add_argument("--lr", type=_lr, help="(peak) learning rate, or 'auto': the learning-rate range test's choice "
+                   "(`cnnlab lr-find`)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, momentum (SGD+Nesterov 0.9), adam, adamw")
     p.add_argument("--momentum", type=_finite_float)
     p.add_argument("--weight-decay", type=_finite_float)
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--label-smoothing", type=_finite_float)
     p.add_argument("--resize", type=_positive_int, help="input side in pixels (28 is native)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop and horizontal flip, batched")
+    p.add_argument("--augment", nargs="?", const="crop+flip", choices=("crop", "flip", "crop+flip"),
+                   help="random crop and horizontal flip, batched; 'crop' alone for classes a mirror image would "
+                   "change; 'flip' lets the automatic recipe mirror images (it crops only by default)")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -142,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "cnnlab itself)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+
+    from cnnlab.recipes import OPTIMIZERS
+
+    p = sub.add_parser("lr-find", help="the learning-rate range test (fastai's lr_find): loss against an "
+                       "exponentially growing lr, a suggested lr and its plot")
+    p.add_argument("--images", metavar="DIR", help="your image folder (default: Fashion-MNIST)")
+    p.add_argument("--model", help="default: the automatic recipe's net with --images, else lenet")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--steps", type=_positive_int, default=100, help="steps of the test (default 100)")
+    p.add_argument("--data-dir")
+    p.add_argument("--num-train", type=_positive_int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--out", default="lr-find.png", help="the plot (default lr-find.png)")
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class table and confusion matrix of a run")
     p.add_argument("run", metavar="RUN|CKPT")

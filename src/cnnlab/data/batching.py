@@ -41,6 +41,8 @@ class BatchLoader:
         shuffle: a new seeded permutation each pass; else the stored order.
         augment: random crop (2-pixel zero padding) and random horizontal flip, the same for every channel
             of an image.
+        flip: with ``augment``, also the random horizontal flip (False: crops only, for classes that a mirror
+            image would change; the draws stay the same, so the crops do not change).
         size: output ``(H, W)``; when it differs, resized as ``F.interpolate(mode="bilinear",
             antialias=True, align_corners=False)`` would, computed as two matmuls (each channel alike).
         normalize: ``(mean, std)`` to standardize with, each a number or a sequence of one value per channel,
@@ -55,14 +57,14 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  augment: bool = False, size: tuple[int, int] | None = None,
                  normalize: tuple[float, float] | tuple[Sequence[float], Sequence[float]] | None = None,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, flip: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if images.dtype != torch.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
             raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W) with one label each, got "
                              f"{images.dtype} {tuple(images.shape)} and {len(labels)} labels")
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.shuffle, self.augment, self.flip = batch_size, shuffle, augment, flip
         self.size = tuple(size) if size is not None else tuple(images.shape[-2:])
         self.normalize, self.seed, self.drop_last = normalize, seed, drop_last
         self._mean_std = _mean_std(normalize, 1 if images.ndim == 3 else images.shape[1])
@@ -120,7 +122,7 @@ class BatchLoader:
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if self.augment:  # drawn after the permutation, so the permutation matches the documented formula
             shifts = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=generator)
-            flips = torch.rand(n, generator=generator) < 0.5
+            flips = (torch.rand(n, generator=generator) < 0.5) & self.flip
         mine = slice(self.rank, self._num_samples() * self.world_size, self.world_size)
         order = order[mine].to(device)
         if self.augment:

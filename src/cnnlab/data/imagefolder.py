@@ -57,6 +57,7 @@ class ImageFolderData:
             else 3.
         normalize: standardize each channel with the training images' own ``mean`` and ``std``.
         augment: random crop and flip for the training loader (batched, as for Fashion-MNIST).
+        flip: with ``augment``, mirror images too (False: crops only, for classes a mirror image changes).
         seed: seed of the training order, the augmentation and the validation split.
         val_split: the share of each class held out for validation (see the layouts above).
         val_batch_size: images per validation and test batch; default ``batch_size``.
@@ -81,12 +82,12 @@ class ImageFolderData:
                  channels: int | None = None, normalize: bool = False, augment: bool = False, seed: int = 0,
                  val_split: float | None = None, val_batch_size: int | None = None, skip_bad: bool = False,
                  max_bytes: int | None = -1, cache: bool = True, device=None, progress: bool | None = None,
-                 log=print):
+                 log=print, flip: bool = True):
         if val_split is not None:
             check_fraction(val_split)
         self.root = Path(root).expanduser()
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.normalize, self.augment, self.seed = normalize, augment, seed
+        self.normalize, self.augment, self.flip, self.seed = normalize, augment, flip, seed
         self.val_split, self.skip_bad = val_split, skip_bad
         if val_split is not None and (self.root / "train").is_dir() and (self.root / "val").is_dir():
             raise ImageFolderError(f"{self.root} has a val folder, so val_split={val_split} has nothing to do; "
@@ -167,7 +168,7 @@ class ImageFolderData:
         ``mean``, ``std``); :meth:`from_settings` rebuilds the data from them."""
         return {"dataset": "imagefolder", "root": str(self.root), "batch_size": self.batch_size,
                 "resize": self.resize, "channels": self.channels, "normalize": self.normalize,
-                "augment": self.augment, "seed": self.seed, "val_split": self.val_split,
+                "augment": self.augment, "flip": self.flip, "seed": self.seed, "val_split": self.val_split,
                 "val_batch_size": self.val_batch_size, "skip_bad": self.skip_bad, "classes": list(self.classes),
                 "mean": list(self.mean), "std": list(self.std)}
 
@@ -188,7 +189,8 @@ class ImageFolderData:
         """The shuffled, optionally augmented training loader, or the in-order validation loader."""
         if train:
             return BatchLoader(self.train_images, self.train_labels, self.batch_size, shuffle=True,
-                               augment=self.augment, normalize=self._normalization(), seed=self.seed)
+                               augment=self.augment, normalize=self._normalization(), seed=self.seed,
+                               flip=self.flip)
         return BatchLoader(self.val_images, self.val_labels, self.val_batch_size or self.batch_size,
                            normalize=self._normalization(), seed=self.seed)
 

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.models.registry import prepare_model, register_model
+from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model, size_pair
 from cnnlab.nn.classifier import Classifier, init_cnn
 
-__all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_flip", "fastnet_wide"]
+__all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_auto", "fastnet_flip",
+           "fastnet_wide", "sized_widths"]
 
 FASTNET_WIDTHS = (24, 48, 96)  # stem, then one conv group per further width
 FASTNET_WIDE_WIDTHS = (32, 64, 128)  # 1.8x the parameters and FLOPs, ~1.6x the time per image on a CPU
@@ -116,4 +117,27 @@ def fastnet_wide(
 ) -> FastNet:
     """FastNet 32-64-128 with test-time flip averaging: the model of ``--recipe fast`` and ``fast-long``."""
     model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels, flip_tta=flip_tta)
+    return prepare_model(model, in_channels=in_channels, image_size=image_size)
+
+
+def sized_widths(image_size: int | tuple[int, int]) -> tuple[int, ...]:
+    """FastNet's widths for an input size: two conv groups up to 16 px (8 -> 2, 16 -> 4 before the global
+    pool), three above (32 -> 4), so the last group always sees a few pixels, never one. Above 16 px the stem
+    is 16 wide: each group's first conv runs at its input's resolution, so this keeps a 32 px image at ~22M
+    multiply-adds (32-64-128-256: ~90M), and the automatic recipe's steps, not its width, buy the accuracy."""
+    side = min(size_pair(image_size))
+    return (32, 64, 128) if side <= 16 else (16, 32, 64, 128)
+
+
+@register_model("fastnet-auto", **MODERN_RECIPE)
+def fastnet_auto(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 28,
+    lr: float = 0.1,
+) -> FastNet:
+    """FastNet sized to the input (:func:`sized_widths`), no flip averaging: the net of the automatic recipe for
+    your own images (``cnnlab train --images DIR``, :mod:`cnnlab.recipes.auto`)."""
+    model = FastNet(sized_widths(image_size), lr=lr, num_classes=num_classes, in_channels=in_channels)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float | None = None
     resize: int | None = None
     augment: bool | None = None
+    flip: bool | None = None  # with augment: mirror images too; None: yes (the seed's and Fashion's crop + flip)
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -204,7 +205,8 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
 _FIELD_TYPES = {
     "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int), "optimizer": (str,),
     "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
-    "resize": (int,), "augment": (bool,), "normalize": (bool,), "bf16": (bool,), "channels_last": (bool,),
+    "resize": (int,), "augment": (bool,), "flip": (bool, type(None)), "normalize": (bool,), "bf16": (bool,),
+    "channels_last": (bool,),
     "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
     "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
     "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),

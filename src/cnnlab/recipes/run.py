@@ -19,6 +19,7 @@ from cnnlab.recipes.budget import BudgetKeeper
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.training import distributed as dist_utils
+from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import pick_device
@@ -47,7 +48,8 @@ def build_data(config: TrainConfig):
         return ImageFolderData(config.images, batch_size=config.batch_size, resize=config.resize,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
-                               skip_bad=config.skip_bad, progress=config.progress)
+                               skip_bad=config.skip_bad, progress=config.progress,
+                               flip=config.flip is not False)
     from cnnlab.data.fashion_mnist import FashionMNIST
 
     return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
@@ -134,7 +136,7 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
 
 
 def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = None, log=print,
-                 on_epoch_end=None, callbacks=(), spent: float = 0.0) -> dict:
+                 on_epoch_end=None, callbacks=(), spent: float = 0.0, data=None) -> dict:
     """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
 
     The summary's test accuracy is :func:`cnnlab.inference.loaded.evaluate_checkpoint` of the run folder: the
@@ -143,6 +145,8 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
 
     ``spent``: seconds the command spent before this call (the CLI passes its process's age), which a
     ``--budget`` counts too.
+    ``data``: a data module already built for ``config`` (the automatic recipe's), instead of
+    :func:`build_data`.
     """
     start = time.perf_counter()
     state = None
@@ -166,7 +170,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         if config.seed is not None:
             torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
         data_start = time.perf_counter()
-        data = build_data(config)
+        data = build_data(config) if data is None else data
         data_seconds = time.perf_counter() - data_start
         if config.resize is None:  # an image folder chose its size: the run's config records it
             config = dataclasses.replace(config, resize=data.resize[0])
@@ -193,15 +197,17 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
             raise
         raise dist_utils.run_failed(exc, folder.path) from exc
-    result = None
+    result = warning = None
     if ctx.is_main:
-        _, result = evaluate_checkpoint(folder.path, config.data_dir, device)
+        loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
+        warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
     return {
         "run_dir": str(folder.path),
         "config": config,
         "history": trainer.history,
         "test_accuracy": result.accuracy if result else None,
         "test_count": result.count if result else None,
+        "chance_warning": warning,
         "checkpoint": str(folder.checkpoint()) if ctx.is_main else None,
         "seconds": time.perf_counter() - start,
         "finished_already": state is not None and _finished(state, config, steps_per_epoch),

@@ -322,3 +322,22 @@ def plot_mistakes(images, titles, path, title: str, ncols: int = 8) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_lr_find(lrs, losses, smoothed, suggestion: float, path, minimum: float | None = None) -> Path:
+    """The learning-rate range test as fastai draws it: loss against a log-scaled rate, the choice marked."""
+    fig = _figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color="0.75", lw=1, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
+    ax.axvline(suggestion, color="tab:green", ls="--", label=f"suggested lr {suggestion:.2g}")
+    if minimum is not None:
+        ax.axvline(minimum, color="tab:red", ls=":", label=f"minimum {minimum:.2g}")
+    finite = [v for v in smoothed if v == v and v != float("inf")]
+    if finite:  # the explosion at the end would flatten the interesting part
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 2.5 * finite[0]) * 1.05)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="Learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

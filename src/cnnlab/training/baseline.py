@@ -1,0 +1,92 @@
+"""A baseline beside every result: a linear classifier on the raw pixels (multinomial logistic regression), in
+torch, trained in seconds on the same split as the network (issue 23, item 5).
+
+If a CNN does not beat it clearly, the CNN did not earn its cost: the final line of ``cnnlab train --images`` and
+the HTML report show both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BaselineResult", "chance_warning", "fit_linear", "linear_baseline"]
+
+_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # the L2 strengths tried; chosen on the validation split
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """The linear baseline's test accuracy, on how many images, its L2 strength and its seconds."""
+
+    accuracy: float
+    count: int
+    weight_decay: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "count": self.count, "weight_decay": self.weight_decay,
+                "seconds": self.seconds}
+
+
+def _features(images: torch.Tensor) -> torch.Tensor:
+    return images.reshape(len(images), -1).to(torch.float32).cpu() / 255  # (N, C*H*W)
+
+
+def fit_linear(X: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+               max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax regression ``X @ W.T + b`` by full-batch L-BFGS with an L2 penalty on ``W`` (deterministic).
+
+    Shape:
+        ``X`` (N, D) standardized features, ``y`` (N,) -> ``W`` (K, D), ``b`` (K,).
+    """
+    W = torch.zeros(num_classes, X.shape[1], requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(X @ W.T + b, y) + weight_decay / 2 * W.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def linear_baseline(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                    test: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> BaselineResult:
+    """Fit the linear classifier on ``train`` (uint8 images, labels), pick its L2 strength on ``val``, and
+    score it once on ``test``."""
+    start = time.perf_counter()
+    X, y = _features(train[0]), train[1].cpu()
+    mean, std = X.mean(0), X.std(0).clamp(min=1e-3)  # standardize: one L2 strength fits every pixel scale
+    Xv, yv = (_features(val[0]) - mean) / std, val[1].cpu()
+    Xt, yt = (_features(test[0]) - mean) / std, test[1].cpu()
+    X = (X - mean) / std
+    best = None
+    for wd in _WEIGHT_DECAYS:
+        W, b = fit_linear(X, y, num_classes, wd)
+        acc = float(((Xv @ W.T + b).argmax(1) == yv).float().mean())
+        if best is None or acc > best[0]:
+            best = (acc, wd, W, b)
+    _, wd, W, b = best
+    accuracy = float(((Xt @ W.T + b).argmax(1) == yt).float().mean())
+    return BaselineResult(accuracy, len(yt), wd, time.perf_counter() - start)
+
+
+def chance_warning(accuracy: float, class_counts, class_names) -> str | None:
+    """A warning when ``accuracy`` is within 0.05 of chance (always answering the most frequent class, from the
+    test split's ``class_counts``), saying what to try; None otherwise."""
+    counts = torch.as_tensor(class_counts).flatten()
+    chance = float(counts.max()) / max(1, int(counts.sum()))
+    if accuracy >= chance + 0.05:
+        return None
+    guess = class_names[int(counts.argmax())]
+    return (f"warning: test accuracy {accuracy:.4f} is within 0.05 of chance ({chance:.4f}, always answering "
+            f"{guess!r}): the model learned next to nothing. Try `cnnlab lr-find` and a lower --lr, more --epochs, "
+            "a BatchNorm model (with --images and no --model: the automatic recipe), more images per class, and "
+            "check that the class folders really differ")

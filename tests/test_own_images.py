@@ -1,0 +1,247 @@
+"""The automatic recipe for your own images (issue 23): its decisions from data facts, the step schedule, the
+learning-rate range test, the linear baseline, the chance warning, and the command line that picks it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.cli.main import main
+from cnnlab.data.batching import BatchLoader
+from cnnlab.errors import TrainingDiverged
+from cnnlab.recipes.auto import STEP_FLOOR, DataFacts, DivergenceGuard, RepeatedPasses, choose_resize, plan_recipe
+from cnnlab.recipes.optim import linear_schedule
+from cnnlab.training.baseline import chance_warning, linear_baseline
+from cnnlab.training.lr_find import lr_find, suggest_lr
+
+# ---- decisions: a pure function of the data facts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("facts, batch, augment", [
+    (DataFacts(8, 8, 1, 1437, 10), 32, False),       # scikit-learn's digits: too small to crop
+    (DataFacts(25, 25, 1, 144, 2), 16, True),        # 160 crops, 2 classes
+    (DataFacts(32, 32, 3, 1080, 4), 32, True),       # colour photo patches
+    (DataFacts(16, 16, 1, 1800, 10), 64, True),
+])
+def test_plan_from_data_facts(facts, batch, augment):
+    plan = plan_recipe(facts)
+    per_pass = math.ceil(facts.num_train / batch)
+    assert (plan.batch_size, plan.augment, plan.flip) == (batch, augment, False)
+    assert plan.steps >= STEP_FLOOR  # with no clock: the floor, however small the folder
+    assert plan.steps == plan.epochs * plan.passes_per_epoch * per_pass
+    assert 6 <= plan.epochs <= 24  # about a dozen validations, not one per pass
+
+
+def test_a_200_image_folder_gets_enough_steps_and_the_clock_can_cut_them():
+    facts = DataFacts(28, 28, 1, 180, 10)
+    roomy = plan_recipe(facts, seconds_per_step=0.01)
+    assert roomy.steps >= STEP_FLOOR and roomy.passes_per_epoch > 1  # ~130 passes over 180 images
+    slow = plan_recipe(facts, seconds_per_step=1.0, train_seconds=40)
+    assert slow.steps < STEP_FLOOR and slow.steps >= 8 * math.ceil(180 / 16)  # never under 8 passes
+    assert plan_recipe(facts, flip=True).flip
+
+
+def test_images_above_32_px_are_resized_to_32_and_small_ones_kept():
+    assert choose_resize(64, 64) == 32 and choose_resize(8, 8) == 8 and choose_resize(25, 30) == 25
+
+
+def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = linear_schedule(opt, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0)
+    assert rates.index(max(rates)) == 10 and rates[-1] == pytest.approx(1 / 90)
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_repeated_passes_make_longer_epochs_with_distinct_passes():
+    images, labels = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous(), \
+        torch.arange(8)
+
+    class Data:
+        def train_dataloader(self):
+            return BatchLoader(images, labels, 4, shuffle=True)
+
+    loader = RepeatedPasses(Data(), 3).train_dataloader()
+    assert len(loader) == 6
+    loader.set_epoch(1)
+    orders = [torch.cat([y for _, y in loader]).tolist() for _ in range(2)]
+    assert all(sorted(o[i:i + 8]) == list(range(8)) for o in orders for i in (0, 8, 16))
+    assert orders[0] != orders[1] and orders[0][:8] != orders[0][8:16]
+
+
+def test_the_divergence_guard_stops_a_loss_far_above_chance():
+    guard = DivergenceGuard(num_classes=10)
+    guard.on_train_epoch_end(None, None, {"epoch": 1, "train_loss": 2.0, "val_loss": 2.5})
+    for row in ({"epoch": 2, "train_loss": 5.1, "val_loss": 2.0}, {"epoch": 2, "train_loss": 1.0, "val_loss": 495},
+                {"epoch": 2, "train_loss": 1.0, "val_loss": float("nan")}):
+        with pytest.raises(TrainingDiverged, match="diverged"):
+            guard.on_train_epoch_end(None, None, row)
+
+
+def test_crops_only_never_mirror_an_image():
+    image = torch.zeros(64, 1, 16, 16, dtype=torch.uint8)
+    image[:, :, 8, 1] = 255  # a bright pixel near the left edge
+    for flip, mirrored in ((False, False), (True, True)):
+        X, _ = next(iter(BatchLoader(image, torch.zeros(64, dtype=torch.long), 64, augment=True, flip=flip)))
+        cols = X[:, 0].amax(1).argmax(1)  # (64,) the bright pixel's column
+        assert bool((cols >= 8).any()) is mirrored
+
+
+# ---- the range test ----------------------------------------------------------------------------------------
+
+
+def test_suggest_lr_stays_below_the_minimum():
+    lrs = [10 ** (-5 + 6 * i / 99) for i in range(100)]
+    loss = [2.3 - 2 / (1 + math.exp(-4 * (math.log10(lr) + 2.5))) for lr in lrs]  # falls fastest at 3e-3
+    loss = [v if lr < 0.3 else v + (lr - 0.3) * 20 for v, lr in zip(loss, lrs, strict=True)]  # explodes
+    steepest, minimum, suggestion = suggest_lr(lrs, loss)
+    assert steepest == pytest.approx(3e-3, rel=0.3) and 0.2 < minimum <= 0.31
+    assert suggestion == max(steepest, minimum / 10) and suggestion < minimum
+
+
+class _LeastSquares(nn.Module):
+    """Linear least squares: on standardized inputs the loss's curvature is ~2, so plain SGD diverges above a
+    rate of about 2 / 2 = 1 (less with the noise of a batch), and rates 0.03 to 0.5 converge."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 1)
+
+    def training_step(self, batch):
+        X, t = batch
+        return (self.linear(X).squeeze(1) - t).square().mean()
+
+
+def test_lr_find_on_a_model_with_a_known_good_rate():
+    torch.manual_seed(0)
+    X = torch.randn(512, 16)
+    t = X @ torch.randn(16) + 0.1 * torch.randn(512)
+    batches = [(X[i:i + 64], t[i:i + 64]) for i in range(0, 512, 64)]
+    model = _LeastSquares()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = lr_find(model, batches, lambda p: torch.optim.SGD(p, lr=0.1), end_lr=100, num_steps=100)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+    assert result.stopped_early and result.lrs[-1] < 10  # it saw the explosion and stopped there
+    assert 0.03 <= result.suggestion <= 0.5 and result.suggestion <= result.minimum, result.to_dict()
+    opt = torch.optim.SGD(model.parameters(), lr=result.suggestion)
+    for _ in range(5):
+        for batch in batches:
+            loss = model.training_step(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert float(model.training_step((X, t)).detach()) < 0.05  # from ~17 at the start: the rate trains it
+
+
+# ---- the baseline and the chance warning ---------------------------------------------------------------------
+
+
+def test_linear_baseline_scores_on_the_split_it_is_given():
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    images = (torch.rand(300, 1, 6, 6) * 60).to(torch.uint8)
+    images[torch.arange(300), 0, labels, labels] = 250  # class k lights pixel (k, k): linearly separable
+    noise = (torch.rand(60, 1, 6, 6) * 255).to(torch.uint8)  # pure noise test set: about chance
+    result = linear_baseline((images[:200], labels[:200]), (images[200:], labels[200:]),
+                             (images[200:], labels[200:]), 3)
+    assert result.accuracy == 1.0 and result.count == 100
+    noisy = linear_baseline((images[:200], labels[:200]), (images[200:], labels[200:]), (noise, labels[:60]), 3)
+    assert noisy.accuracy < 0.6 and noisy.count == 60
+
+
+def test_chance_warning_within_005_of_the_majority_class():
+    names = ["a", "b", "c", "d"]
+    assert "within 0.05 of chance (0.2500" in chance_warning(0.26, [100, 100, 100, 100], names)
+    assert chance_warning(0.31, [100, 100, 100, 100], names) is None
+    warning = chance_warning(0.82, [800, 100, 50, 50], names)  # imbalanced: always 'a' scores 0.80
+    assert "'a'" in warning and "lr-find" in warning
+    assert chance_warning(0.86, [800, 100, 50, 50], names) is None
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+
+
+def _fake_summary(config):
+    return {"test_accuracy": 0.5, "test_count": 10, "finished_already": False, "config": config,
+            "checkpoint": "x/best.pt", "seconds": 1.0, "run_dir": "x", "chance_warning": None}
+
+
+def test_train_without_images_keeps_the_seed_recipe_and_images_alone_pick_the_automatic_one(monkeypatch, tmp_path):
+    import cnnlab.recipes
+    import cnnlab.recipes.auto
+
+    seen = {}
+    monkeypatch.setattr(cnnlab.recipes, "run_training", lambda c: seen.setdefault("seed", c) and _fake_summary(c))
+    monkeypatch.setattr(cnnlab.recipes.auto, "run_auto", lambda c: seen.setdefault("auto", c) and _fake_summary(c))
+    assert main(["train", "--no-progress"]) == 0
+    seed = seen.pop("seed")
+    assert (seed.model, seed.optimizer, seed.lr, seed.epochs, seed.augment) == ("lenet", "sgd", 0.1, 10, False)
+    assert main(["train", "--images", str(tmp_path), "--augment", "flip"]) == 0
+    assert seen["auto"].images == str(tmp_path) and seen["auto"].flip is True
+    assert main(["train", "--images", str(tmp_path), "--model", "lenet-bn"]) == 0  # a model named: no automatic
+    assert seen["seed"].model == "lenet-bn"
+
+
+@pytest.mark.slow
+def test_the_automatic_recipe_on_160_noisy_shapes(tmp_path, capsys):
+    from image_sets import write_set
+
+    folder = write_set("shapes-25", tmp_path / "shapes")
+    assert main(["train", "--images", str(folder), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "automatic recipe: fastnet-auto at 25x25" in out.out and "diverged" not in out.out
+    accuracy = float(out.out.split("test accuracy ")[1].split()[0])
+    baseline = float(out.out.split("linear baseline on the raw pixels: test accuracy ")[1].split()[0])
+    assert accuracy >= 0.9 > baseline  # the SVM scores 0.66 on it, the linear classifier about chance
+    assert "warning" not in out.err
+
+
+def test_the_report_shows_the_baseline_beside_the_network(tmp_path):
+    from cnnlab.analysis.report import _baseline_box
+
+    assert _baseline_box(tmp_path) == []  # no baseline.json: nothing
+    (tmp_path / "baseline.json").write_text('{"accuracy": 0.6367, "count": 300}')
+    assert "0.6367" in "".join(_baseline_box(tmp_path))
+
+
+def _tiny_folder(root):
+    from PIL import Image
+
+    for split, n in (("train", 12), ("test", 4)):
+        for k, name in enumerate(("dark", "light")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(torch.full((8, 8), 40 + 150 * k + i, dtype=torch.uint8).numpy()).save(
+                    root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, tmp_path):
+    import cnnlab.recipes.run
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import run_auto
+
+    calls, said = [], []
+
+    def fake_run(config, log, data, callbacks):
+        calls.append(config)
+        assert len(data.val_labels) == 2 and data.has_test  # validation carved from train/, test kept apart
+        if len(calls) == 1:
+            raise TrainingDiverged("epoch 1: the run diverged")
+        return {"run_dir": None, "test_accuracy": 1.0}
+
+    monkeypatch.setattr(cnnlab.recipes.run, "run_training", fake_run)
+    summary = run_auto(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.4, progress=False),
+                       log=said.append)
+    assert [c.lr for c in calls] == [0.4, 0.1] and calls[0].model == "fastnet-auto"
+    assert calls[0].schedule == "linear" and calls[0].val_split == 0.1 and not calls[0].augment  # 8 px: no crops
+    assert any("restarting from the initial weights" in line and "0.1" in line for line in said)
+    assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
