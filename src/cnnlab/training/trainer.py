@@ -246,23 +246,29 @@ class Trainer:
                 if self.epoch < self.max_epochs:
                     self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
             stop = self.max_epochs if epochs is None else min(self.max_epochs, self.epoch + epochs)
-            self._call("on_fit_start", self.model)
-            # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
-            self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
-                          if self.is_main else None)
-            while self.epoch < stop:
-                row = self._train_epoch()
-                self.history.append(row)
-                self.is_best_epoch = row["val_acc"] > self.best_val_acc
-                self.best_val_acc = max(self.best_val_acc, row["val_acc"])
-                self._call("on_train_epoch_end", self.model, row)
-                self._say(f"epoch {row['epoch']}/{self.max_epochs}  train loss {row['train_loss']:.4f}  "
-                          f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                          f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
-                if self._live is not None:
-                    self._live.epoch(row)
-            if self._live is not None:
-                self._live.close()
+            try:
+                self._call("on_fit_start", self.model)
+                # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
+                self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
+                              if self.is_main else None)
+                while self.epoch < stop:
+                    row = self._train_epoch()
+                    self.history.append(row)
+                    self.is_best_epoch = row["val_acc"] > self.best_val_acc
+                    self.best_val_acc = max(self.best_val_acc, row["val_acc"])
+                    self._call("on_train_epoch_end", self.model, row)
+                    self._say(f"epoch {row['epoch']}/{self.max_epochs}  train loss {row['train_loss']:.4f}  "
+                              f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+                              f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
+                    if self._live is not None:
+                        self._live.epoch(row)
+            except BaseException as exc:  # Ctrl-C too: callbacks release what they hold (Lightning's hook)
+                self._call("on_exception", self.model, exc)
+                raise
+            finally:
+                if self._live is not None:  # the figure shows the epochs done, whatever ended the loop
+                    self._live.close()
+                    self._live = None
             self._call("on_fit_end", self.model)
         return self.history
 
