@@ -162,12 +162,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from cnnlab.models import create_model, list_models
+    from cnnlab.models import create_model
     from cnnlab.nn.summary import model_summary
     from cnnlab.recipes import model_defaults
 
-    if args.model not in list_models():
-        raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
     shape = args.input or (1, 1, *(2 * (model_defaults(args.model)["resize"],)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))

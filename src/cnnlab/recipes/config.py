@@ -106,11 +106,9 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
         recipe_values = dict(RECIPES[recipe])
         if "model" in recipe_values and config.model == TrainConfig.model:
             given["model"] = recipe_values["model"]
-    model = given.get("model", config.model)
-    from cnnlab.models import list_models
+    from cnnlab.models import check_model_name
 
-    if model not in list_models():
-        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    model = check_model_name(given.get("model", config.model))
     filled = {**model_defaults(model), **recipe_values, **given}
     filled["model"] = model
     if config.images is not None and config.resize is None:
@@ -122,10 +120,9 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
 
 def validate_config(config: TrainConfig) -> None:
     """Reject impossible settings with one clear sentence each (the CLI turns these into exit code 2)."""
-    from cnnlab.models import list_models
+    from cnnlab.models import check_model_name
 
-    if config.model not in list_models():
-        raise ConfigError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
+    check_model_name(config.model)
     checks = [
         (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
         (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
