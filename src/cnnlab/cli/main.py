@@ -71,7 +71,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from cnnlab.inference.loaded import load_trained, top_k
+    from cnnlab.inference.loaded import check_test_index, load_trained, top_k
 
     if not args.images and not args.test_index:
         raise ConfigError("give IMAGE files and/or --test-index N...")
@@ -85,9 +85,7 @@ def cmd_predict(args) -> int:
     if args.test_index:
         test_images, test_labels = loaded.test_split(args.data_dir)
         for index in args.test_index:
-            if index >= len(test_images):
-                raise ConfigError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
-                                  f"images (0..{len(test_images) - 1})")
+            check_test_index(index, len(test_images))
             images.append(test_images[index])
             names.append(f"test[{index}]")
             truths.append(int(test_labels[index]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.images import MAX_PIXELS, ImageError, open_image
+from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of
 from cnnlab.nn.ops import size_pair
 from cnnlab.training.checkpoint import (
@@ -29,7 +30,8 @@ from cnnlab.training.checkpoint import (
 )
 from cnnlab.training.evaluation import evaluate
 
-__all__ = ["ImageError", "LoadedModel", "evaluate_checkpoint", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
+__all__ = ["ImageError", "LoadedModel", "check_test_index", "evaluate_checkpoint", "load_trained", "load_image",
+           "top_k", "MAX_PIXELS"]
 
 @dataclass
 class LoadedModel:
@@ -130,6 +132,18 @@ class LoadedModel:
 
             return decode_image(path, self.channels, self.image_size)
         return load_image(path)
+
+
+def check_test_index(index: int, count: int) -> int:
+    """Return ``index`` if the test split of ``count`` images has it (predict, viz features, the report).
+
+    Raises:
+        ConfigError: it does not; the message gives the valid range.
+    """
+    if not 0 <= index < count:
+        raise ConfigError(f"test index {index} is out of range: the test set has {count:,} images "
+                          f"(0..{count - 1:,}); give --test-index a number in that range")
+    return index
 
 
 def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
