@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.batching import BatchLoader, check_fraction, move_splits, stratified_split
+from cnnlab.data.batching import SplitLoaders, check_fraction, stratified_split
 from cnnlab.data.files import (
     FILE_MD5,
     FILE_NAMES,
@@ -161,7 +161,7 @@ def _md5(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-class FashionMNIST:
+class FashionMNIST(SplitLoaders):
     """Fashion-MNIST held in memory, with d2l's DataModule API (d2l §4.2): ``get_dataloader(train)``.
 
     Args:
@@ -218,36 +218,14 @@ class FashionMNIST:
         """Shape of one image in a batch: ``(1, H, W)``."""
         return (1, *self.resize)
 
-    def to(self, device) -> FashionMNIST:
-        """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
-        move_splits(self, device)
-        return self
-
     def settings(self) -> dict:
         """The constructor arguments that shape the batches, as plain values a checkpoint can store."""
         return {"batch_size": self.batch_size, "resize": self.resize, "normalize": self.normalize,
                 "augment": self.augment, "seed": self.seed, "num_train": self.num_train,
                 "num_val": self.num_val, "val_batch_size": self.val_batch_size, "val_split": self.val_split}
 
-    def get_dataloader(self, train: bool) -> BatchLoader:
-        """The shuffled, optionally augmented training loader, or the in-order validation loader."""
-        normalize = (MEAN, STD) if self.normalize else None
-        if train:
-            return BatchLoader(self.train_images, self.train_labels, self.batch_size, shuffle=True,
-                               augment=self.augment, size=self.resize, normalize=normalize, seed=self.seed)
-        return BatchLoader(self.val_images, self.val_labels, self.val_batch_size or self.batch_size,
-                           size=self.resize, normalize=normalize, seed=self.seed)
-
-    def train_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=True)
-
-    def val_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=False)
-
-    def test_dataloader(self) -> BatchLoader:
-        """The (first ``num_val``) test images in order; the validation loader too unless ``val_split``."""
-        return BatchLoader(self.test_images, self.test_labels, self.val_batch_size or self.batch_size,
-                           size=self.resize, normalize=(MEAN, STD) if self.normalize else None, seed=self.seed)
+    def _normalization(self):
+        return (MEAN, STD) if self.normalize else None
 
     def text_labels(self, indices) -> list[str]:
         """Class names for label indices (d2l §4.2)."""

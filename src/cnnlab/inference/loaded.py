@@ -114,7 +114,7 @@ class LoadedModel:
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` or ``(N, C, H, W)`` uint8 -> the model's float input, by the training batches' own path.
 
-        The images go through :class:`~cnnlab.data.fashion_mnist.BatchLoader` with the run's size and normalization, so
+        The images go through :class:`~cnnlab.data.batching.BatchLoader` with the run's size and normalization, so
         ``predict`` feeds a model exactly what ``evaluate`` and training fed it.
         """
         from cnnlab.data.batching import BatchLoader
