@@ -260,6 +260,7 @@ def test_predict_on_test_images_saved_as_png_equals_evaluate(tmp_path, data_dir,
     assert main(["predict", str(run), *paths, "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = loaded.class_names
+    assert [line.split(": ")[0] for line in lines] == paths  # one line per image, in order
     for i, line in enumerate(lines):
         predicted, probability = line.split(": ")[1].rsplit(" ", 1)
         assert predicted == names[int(expected[i].argmax())]
@@ -288,7 +289,22 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err and "no such run folder" in err
 
 
-def test_library_models_record_how_they_were_built_without_reading_frames():
+def test_library_models_record_how_they_were_built_without_reading_frames(monkeypatch):
+    import cnnlab.nn.classifier as classifier
+
+    def no_frames(depth=1):
+        raise AssertionError("a library model read its caller's frame")
+
+    class BookStyle(classifier.Classifier):  # the book's bare call is the one that reads a frame
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+
+    monkeypatch.setattr(classifier, "caller_arguments", no_frames)
+    with pytest.raises(AssertionError, match="read its caller's frame"):
+        BookStyle()
+    for name in ("lenet", "lenet-bn", "fastnet", "nin-small", "densenet-small"):
+        create_model(name)
     model = create_model("resnet18-small", num_classes=7, in_channels=3, image_size=[32, 30])
     assert model.model_name == "resnet18-small"
     assert model.model_kwargs == {"num_classes": 7, "in_channels": 3, "image_size": (32, 30), "lr": 0.05}
