@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass
 
 from cnnlab.errors import ConfigError, RunFolderError
@@ -182,13 +184,21 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     return config
 
 
-# What each config field may hold once resolved (JSON gives ints for whole floats, so floats accept ints).
-_FIELD_TYPES = {
-    "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int), "optimizer": (str,),
-    "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
-    "resize": (int,), "augment": (bool,), "normalize": (bool,), "bf16": (bool,), "channels_last": (bool,),
-    "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
-    "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
-    "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),
-    "out": (str, type(None)), "progress": (bool,),
-}
+def _resolved_types() -> dict[str, tuple[type, ...]]:
+    """What each config field may hold once resolved, read off TrainConfig's annotations.
+
+    A field the recipes fill (one of BASE's) is never None once resolved; the others keep None as "not given".
+    JSON writes a whole float as an int, so a float field also accepts an int.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    table = {}
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if field.name in BASE:
+            kinds = tuple(k for k in kinds if k is not type(None))
+        table[field.name] = kinds + ((int,) if float in kinds and int not in kinds else ())
+    return table
+
+
+_FIELD_TYPES = _resolved_types()
