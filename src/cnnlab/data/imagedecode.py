@@ -338,6 +338,3 @@ def _read_cache(path: Path, classes: list[str], scans: dict[str, _Scan]) -> Deco
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return Decoded(splits, classes, channels, size, bad, path, from_cache=True)
-
-
-# ---- the data module ----------------------------------------------------------------------------------------
