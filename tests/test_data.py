@@ -32,7 +32,8 @@ from cnnlab.data.fashion_mnist import (
     load_fashion_mnist,
 )
 from cnnlab.data.files import find_data_dir
-from cnnlab.data.idx import DataError, read_idx
+from cnnlab.data.idx import read_idx
+from cnnlab.errors import DataError
 from io_counting import count_idx_reads
 
 T10K_IMAGES, T10K_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"

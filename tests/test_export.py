@@ -16,7 +16,8 @@ from torch import nn
 import cnnlab
 from cnnlab import FashionMNIST, Trainer
 from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD
-from cnnlab.extras import MissingExtra, require
+from cnnlab.errors import MissingExtra
+from cnnlab.extras import require
 from cnnlab.inference.export import ExportCheckFailed, export_onnx, read_metadata
 from cnnlab.models import create_model, list_models
 from cnnlab.recipes import model_defaults

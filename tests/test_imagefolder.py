@@ -16,13 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import imagedecode, imagefolder
+from cnnlab.data import imagedecode
 from cnnlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
-from cnnlab.data.images import MAX_PIXELS, ImageError, decode_image, open_image
+from cnnlab.data.imagedecode import ImageFolderError
+from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, export_folder
+from cnnlab.data.images import decode_image, open_image
 from cnnlab.models import create_model
 from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
-from cnnlab.training.trainer import Trainer, evaluate
+from cnnlab.training.evaluation import evaluate
+from cnnlab.training.trainer import Trainer
 
 QUIET = dict(log=None, progress=False)
 
@@ -247,14 +249,6 @@ def test_rgba_png_and_sixteen_bit_grey(tmp_path):
     assert x.shape == (3, 4, 4) and x[:, 0, 0].tolist() == [255] * 3 and x[:, 0, 1].tolist() == [0] * 3
 
 
-def test_inference_keeps_its_old_imports():
-    from cnnlab.data import images
-    from cnnlab.inference import loaded as inference
-
-    assert inference.ImageError is images.ImageError and issubclass(ImageError, ValueError)
-    assert inference.MAX_PIXELS == MAX_PIXELS
-
-
 # ---- bad input ----------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -359,7 +353,7 @@ def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(ImageFolderError, match="10 images of 3x64x64 need 122,880 bytes"):
         ImageFolderData(root, channels=3, resize=64, max_bytes=100_000, **QUIET)
     assert calls == []  # refused before a single image was decoded
-    assert imagefolder.default_max_bytes() > 1 << 20
+    assert imagedecode.default_max_bytes() > 1 << 20
 
 
 def test_a_split_whose_files_are_all_bad(tmp_path):

@@ -16,7 +16,7 @@ from cnnlab.cli.main import main
 from cnnlab.models import create_model, list_models, model_recipe
 from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.training.checkpoint import load_checkpoint
-from cnnlab.training.trainer import bf16_default, bf16_is_fast
+from cnnlab.training.runtime import bf16_default, bf16_is_fast
 
 WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
 TINY = ["--num-train", "512", "--num-val", "256", "--no-progress", "--no-bf16"]

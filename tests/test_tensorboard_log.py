@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from cnnlab import Callback, FashionMNIST, Trainer, create_model
-from cnnlab.extras import MissingExtra
+from cnnlab.errors import MissingExtra
 from cnnlab.training.tensorboard import TensorBoardLogger, kernel_grid
 
 SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc", "lr": "lr",

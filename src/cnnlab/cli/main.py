@@ -17,7 +17,7 @@ from typing import NoReturn
 from cnnlab.cli.parser import build_parser
 from cnnlab.errors import ConfigError, UserError
 
-__all__ = ["main", "run", "build_parser"]
+__all__ = ["main", "run"]
 
 # ---- commands ------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The whole split is decoded once and kept as ``uint8``; every batch is built with a few tensor ops on the
 data's device (index, convert, augment, resize), the way the speed-run CIFAR-10 trainers do, instead of a
 per-image ``Dataset`` behind a ``DataLoader``. Reading, finding, verifying and downloading the files lives in
-:mod:`cnnlab.data.idx`; its public names are re-exported here.
+:mod:`cnnlab.data.files`, :mod:`cnnlab.data.idx` and :mod:`cnnlab.data.download`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from cnnlab.data.files import (
     is_verified,
     remember_verified,
 )
-from cnnlab.data.idx import DataError, read_idx
-from cnnlab.errors import ConfigError
+from cnnlab.data.idx import read_idx
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.nn.ops import size_pair
 
 __all__ = [

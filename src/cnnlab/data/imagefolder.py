@@ -20,10 +20,9 @@ import torch
 
 from cnnlab.data.batching import SplitLoaders, check_fraction, stratified_split
 from cnnlab.data.fashion_mnist import load_fashion_mnist
-from cnnlab.data.imagedecode import Decoded, ImageFolderError, decode_folder, default_max_bytes
+from cnnlab.data.imagedecode import ImageFolderError, decode_folder
 
-__all__ = ["FASHION_FOLDERS", "Decoded", "ImageFolderData", "ImageFolderError", "channel_stats", "decode_folder",
-           "default_max_bytes", "export_folder"]
+__all__ = ["FASHION_FOLDERS", "ImageFolderData", "channel_stats", "export_folder"]
 
 # Fashion-MNIST's official class names (Xiao et al. 2017) as folder names: "T-shirt/top" holds a slash, which
 # no folder name can, so every character but letters, digits and "-" becomes "_"; the label is put first so

@@ -5,8 +5,7 @@ greyscale and resized to the model's input the way Fashion-MNIST was made: a whi
 inverted so that the garment is bright on black, as in the data set. Image files and checkpoints are
 treated as hostile: a size limit is checked before decoding, and every failure is an :class:`ImageError`
 or a :class:`~cnnlab.training.checkpoint.CheckpointError` with one clear sentence. The checked reader itself lives in
-:mod:`cnnlab.data.images` (training on image folders uses it too); ``ImageError`` and ``MAX_PIXELS`` are
-re-exported here so that older imports keep working.
+:mod:`cnnlab.data.images` (training on image folders uses it too).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.images import MAX_PIXELS, ImageError, open_image
+from cnnlab.data.images import open_image
 from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of
 from cnnlab.nn.ops import size_pair
@@ -30,8 +29,7 @@ from cnnlab.training.checkpoint import (
 )
 from cnnlab.training.evaluation import evaluate
 
-__all__ = ["ImageError", "LoadedModel", "check_test_index", "evaluate_checkpoint", "load_trained", "load_image",
-           "top_k", "MAX_PIXELS"]
+__all__ = ["LoadedModel", "check_test_index", "evaluate_checkpoint", "load_trained", "load_image", "top_k"]
 
 @dataclass
 class LoadedModel:

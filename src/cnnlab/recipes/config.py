@@ -98,7 +98,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     """Fill every None field of ``config`` from the recipe, then the model's defaults, then the base.
 
     bf16 left unset everywhere is ``$CNNLAB_BF16`` if set, else decided by the hardware: on where it is fast
-    (:func:`cnnlab.training.trainer.bf16_default`).
+    (:func:`cnnlab.training.runtime.bf16_default`).
     """
     given = {k: v for k, v in config.to_dict().items() if v is not None}
     recipe_values = {}

@@ -25,7 +25,7 @@ import torch
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import CheckpointError, RunFolderError
 
-__all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "CheckpointError", "save_checkpoint", "load_checkpoint",
+__all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "save_checkpoint", "load_checkpoint",
            "resolve_checkpoint", "model_from_checkpoint"]
 
 CHECKPOINT_VERSION = 1

@@ -209,7 +209,7 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
 def _evaluate_everywhere(trainer, model: nn.Module, class_names):
     """The validation result with the confusion matrix summed over all processes (None on a lone non-main one)."""
     from cnnlab.training import distributed as dist_utils
-    from cnnlab.training.trainer import evaluate
+    from cnnlab.training.evaluation import evaluate
 
     ctx = dist_utils.current()  # the process group itself, whatever the trainer calls its context
     world = ctx.world_size

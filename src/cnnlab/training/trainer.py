@@ -26,13 +26,11 @@ from cnnlab.nn.classifier import eval_mode
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
-from cnnlab.training.evaluation import EvalResult, evaluate
-from cnnlab.training.runfolder import METRIC_FIELDS, RunFolder
-from cnnlab.training.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
+from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.runtime import autocast, pick_device, seed_everything, torch_flags
 from cnnlab.visual.board import in_notebook, live_board
 
-__all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
-           "EvalResult", "seed_everything", "METRIC_FIELDS"]
+__all__ = ["Trainer"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
