@@ -100,7 +100,8 @@ class ImageFolderData(SplitLoaders):
             listing = "\n".join(f"  {reason}" for _, reason in decoded.bad)
             total = sum(len(labels) for _, labels in decoded.splits.values()) + len(decoded.bad)
             raise ImageFolderError(f"{len(decoded.bad):,} of {total:,} image files in {self.root} cannot be read:\n"
-                                   f"{listing}\nfix or remove them, or pass skip_bad=True to leave them out")
+                                   f"{listing}\nfix or remove them, or leave them out: `cnnlab train --skip-bad` "
+                                   "(skip_bad=True in Python)")
         if decoded.bad and log is not None:
             log(f"skipped {len(decoded.bad):,} unreadable image files in {self.root} (skip_bad=True); the first: "
                 f"{decoded.bad[0][1]}")

@@ -99,15 +99,40 @@ class LoadedModel:
 
     def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
         """The test split's loader (an image folder without ``test/``: its validation split)."""
+        folder_test = self._folder_test_split(data_dir)
+        if folder_test is not None:
+            from cnnlab.data.batching import BatchLoader
+
+            return BatchLoader(*folder_test, batch_size, size=self.image_size, normalize=self.normalization())
         data = self.test_data(data_dir, batch_size)
         return data.test_dataloader() if getattr(data, "has_test", True) else data.val_dataloader()
 
     def test_split(self, data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images (uint8) and labels, as :meth:`test_loader` batches them."""
+        folder_test = self._folder_test_split(data_dir)
+        if folder_test is not None:
+            return folder_test
         data = self.test_data(data_dir)
         if getattr(data, "has_test", True):
             return data.test_images, data.test_labels
         return data.val_images, data.val_labels
+
+    def _folder_test_split(self, data_dir) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An image-folder run's ``test/`` images, decoded alone (a damaged training image cannot block them);
+        None for Fashion-MNIST or a folder without ``test/``, whose held-out images need the whole folder."""
+        root = Path(data_dir if data_dir is not None else self.data.get("root", "")).expanduser()
+        if not self.is_image_folder or not (root / "train").is_dir() or not (root / "test").is_dir():
+            return None
+        from cnnlab.data.imagedecode import ImageFolderError, decode_folder
+
+        decoded = decode_folder(root, self.image_size, self.channels, only="test", progress=False, log=None)
+        if list(decoded.classes) != list(self.class_names):
+            raise ImageFolderError(f"{root}/test holds the classes {list(decoded.classes)}, not the "
+                                   f"{list(self.class_names)} the model was trained on")
+        if decoded.bad and not self.data.get("skip_bad"):
+            raise ImageFolderError(f"{len(decoded.bad):,} test images of {root} cannot be read, the first: "
+                                   f"{decoded.bad[0][1]}; fix or remove them")
+        return decoded.splits["test"]
 
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` or ``(N, C, H, W)`` uint8 -> the model's float input, by the training batches' own path.
