@@ -7,7 +7,7 @@ folder (removed). Three figures, in images per second, each the median of ``--re
 
 - the baseline: a bare Pillow loop (``Image.open(path).convert("L")`` into a NumPy array, no checks), the
   floor any per-file decoder pays;
-- cold: :func:`cnnlab.data.imagefolder.decode_folder` without its cache: listing, header checks, checked decoding
+- cold: :func:`cnnlab.data.imagedecode.decode_folder` without its cache: listing, header checks, checked decoding
   into one ``uint8`` tensor;
 - cached: the same call when its cache file exists (listing and stat of every file, then one ``torch.load``).
 
@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_seconds  # noqa: E402
 from cnnlab.bench import cpu_name, load_average  # noqa: E402
-from cnnlab.data.imagefolder import decode_folder, export_folder  # noqa: E402
+from cnnlab.data.imagedecode import decode_folder  # noqa: E402
+from cnnlab.data.imagefolder import export_folder  # noqa: E402
 
 
 def bare_pillow(paths: list[str]) -> np.ndarray:

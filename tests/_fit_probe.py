@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-from cnnlab.training.trainer import Trainer, evaluate
+from cnnlab.training.evaluation import evaluate
+from cnnlab.training.trainer import Trainer
 
 _fit = Trainer.fit
 reports = []

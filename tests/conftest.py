@@ -3,7 +3,7 @@
 import pytest
 
 from cnnlab.data.files import find_data_dir
-from cnnlab.data.idx import DataError
+from cnnlab.errors import DataError
 
 
 @pytest.fixture(scope="session")

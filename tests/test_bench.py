@@ -52,9 +52,10 @@ def test_matmul_flops_is_2n_cubed_over_the_median_time(monkeypatch):
     assert next(durations, None) is None
 
 
-def test_matmul_flops_on_the_real_clock_is_a_positive_finite_rate():
+def test_matmul_flops_on_the_real_clock_is_a_rate_in_flop_per_second():
     flops = matmul_flops(n=128, repeats=3)
-    assert math.isfinite(flops) and flops > 0
+    # In FLOP/s, any CPU lies far inside these bounds; GFLOP/s or a time in seconds would not.
+    assert math.isfinite(flops) and 1e7 < flops < 1e14
 
 
 @pytest.mark.parametrize("size", [28, 40])

@@ -74,7 +74,7 @@ class CountingBoard:
 
 
 def test_trainer_feeds_a_board(data_dir):
-    data = d2l.FashionMNIST(batch_size=64, num_train=256, num_val=64)
+    data = d2l.FashionMNIST(batch_size=64, root=data_dir, num_train=256, num_val=64)
     board = CountingBoard()
     trainer = Trainer(max_epochs=2, progress=False, log=None, board=board)
     model = d2l.LeNet(lr=0.1)
@@ -84,10 +84,10 @@ def test_trainer_feeds_a_board(data_dir):
 
 
 def test_fit_outside_a_notebook_prints_only_its_epoch_lines(data_dir):
-    code = """
+    code = f"""
 import sys
 import cnnlab as d2l
-data = d2l.FashionMNIST(batch_size=64, num_train=128, num_val=64)
+data = d2l.FashionMNIST(batch_size=64, root={str(data_dir)!r}, num_train=128, num_val=64)
 model = d2l.LeNet(lr=0.1)
 model.apply_init([next(iter(data.get_dataloader(True)))[0]], d2l.init_cnn)
 d2l.Trainer(max_epochs=1).fit(model, data)

@@ -68,7 +68,7 @@ def test_predict_a_png_written_here(run_dir, tmp_path, capsys):
     probs = [float(part.rsplit(" ", 1)[1]) for part in lines[0].split(": ", 1)[1].split(", ")]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
     assert lines[1].startswith("test[0] (true: ankle boot)")
-    assert (tmp_path / "grid.png").exists()
+    _assert_a_drawn_png(tmp_path / "grid.png", wider_than_high=True)  # three tiles in one row
 
 
 def test_python_dash_m_and_help():
@@ -88,8 +88,20 @@ def test_summary_and_models(capsys):
 def test_demo_edge(capsys, tmp_path):
     assert main(["demo", "edge", "--plot", str(tmp_path / "edge.png")]) == 0
     out = capsys.readouterr().out
-    assert "epoch 10, loss" in out and "learned kernel" in out
-    assert (tmp_path / "edge.png").exists()
+    assert "epoch 10, loss" in out
+    kernel = [float(v) for v in out.split("learned kernel: tensor([[")[1].split("]]")[0].split(",")]
+    assert kernel == pytest.approx([1.0, -1.0], abs=0.1)  # the book's K = [[1, -1]], recovered
+    _assert_a_drawn_png(tmp_path / "edge.png", wider_than_high=True)  # X, K and Y side by side
+
+
+def _assert_a_drawn_png(path, wider_than_high):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) > 50
+        assert (img.width > img.height) == wider_than_high
+        low, high = img.convert("L").getextrema()
+        assert high - low > 100  # something was drawn, not a blank canvas
 
 
 @pytest.mark.parametrize(

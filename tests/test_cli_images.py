@@ -99,13 +99,30 @@ def test_export_folder_writes_fashion_mnist_as_class_folders_that_train_reads(tm
     assert "on 100 images" in capsys.readouterr().out  # scored on the folder's own test split
 
 
+def test_a_training_image_damaged_after_training_does_not_block_the_test_split(tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    _colour_folder(folder / "train", per_class=8)
+    _colour_folder(folder / "test", per_class=4, seed=1)
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(folder), "--model", "lenet-relu", "--epochs", "1", "--batch-size", "8",
+                 "--no-progress", "--out", str(run)]) == 0
+    (folder / "train" / HOSTILE / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged since")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0  # export reads its check images the same way (test_loader)
+    assert "(8 images)" in capsys.readouterr().out
+    loaded = load_trained(run)
+    images, labels = loaded.test_split()
+    assert images.shape == (8, 3, 32, 32) and labels.tolist() == [0] * 4 + [1] * 4
+    assert next(iter(loaded.test_loader(batch_size=1000)))[0].shape == (8, 3, 32, 32)
+
+
 def test_bad_image_folder_arguments_are_one_line_errors(tmp_path, capsys):
     folder = _colour_folder(tmp_path / "pictures", per_class=4)
     (folder / HOSTILE / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert main(["train", "--images", str(folder), "--epochs", "1", "--no-progress",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "broken.png" in err and "skip-bad" in err.replace("_", "-") and "Traceback" not in err
+    assert "broken.png" in err and "cnnlab train --skip-bad" in err and "Traceback" not in err
     assert main(["train", "--images", str(tmp_path / "missing"), "--no-progress"]) == 2
     assert main(["train", "--images", str(folder), "--channels", "2"]) == 2
     assert main(["train", "--val-split", "1.5"]) == 2

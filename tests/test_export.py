@@ -16,7 +16,8 @@ from torch import nn
 import cnnlab
 from cnnlab import FashionMNIST, Trainer
 from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD
-from cnnlab.extras import MissingExtra, require
+from cnnlab.errors import MissingExtra
+from cnnlab.extras import require
 from cnnlab.inference.export import ExportCheckFailed, export_onnx, read_metadata
 from cnnlab.models import create_model, list_models
 from cnnlab.recipes import model_defaults
@@ -30,10 +31,24 @@ SMALLEST = {"alexnet": 67, "nin": 67}
 # Seconds each on 2 cores, nearly all of it torch.export tracing and onnxscript's graph optimization, which grow
 # with the number of layers, not with the image size: kept for `pytest -m slow`.
 SLOW = {"alexnet", "densenet", "densenet-small", "googlenet", "regnetx32", "resnet34"}
+# The same class as a model exported by default, only wider or larger (so the same graph of ops): also slow-only.
+SAME_GRAPH = {"resnet18": "resnet18-small", "vgg11": "vgg-small", "fastnet-wide": "fastnet-flip", "nin": "nin-small"}
 
 
 def _models():
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in list_models()]
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW | set(SAME_GRAPH) else name
+            for name in list_models()]
+
+
+def test_the_default_run_exports_one_model_of_each_class():
+    import inspect
+
+    from cnnlab.models.registry import _MODELS
+
+    default = {name for name in list_models() if name not in SLOW | set(SAME_GRAPH)}
+    for slow, twin in SAME_GRAPH.items():  # the builders' declared classes (building vgg11 takes seconds)
+        kinds = {inspect.signature(_MODELS[name]).return_annotation for name in (slow, twin)}
+        assert twin in default and len(kinds) == 1, (slow, kinds)
 
 
 def _session(path):

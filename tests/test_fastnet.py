@@ -42,3 +42,17 @@ def test_the_time_to_accuracy_recipes_build_flip_averaging_fastnets(recipe, mode
     built = create_model(config.model)
     assert built.hparams["widths"] == widths and built.hparams["flip_tta"] is True
     assert RECIPES[recipe]["model"] == model
+
+
+def test_each_docstring_that_names_a_recipe_names_the_recipes_own_model():
+    import re
+
+    from cnnlab.models import registry
+
+    claims = {}
+    for name, builder in registry._MODELS.items():
+        for words in re.findall(r"``--recipe ([\w-]+)``(?: and ``([\w-]+)``)?", builder.__doc__ or ""):
+            for recipe in filter(None, words):
+                claims[recipe] = name
+                assert RECIPES[recipe]["model"] == name, f"{name}'s docstring names --recipe {recipe}"
+    assert claims == {"fast": "fastnet-flip", "fast-long": "fastnet-wide"}

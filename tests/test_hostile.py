@@ -27,9 +27,11 @@ from hypothesis import strategies as st
 
 import cnnlab.models
 from cnnlab.cli.main import main
-from cnnlab.data.idx import DataError, read_idx
-from cnnlab.inference.loaded import MAX_PIXELS, ImageError, load_image
-from cnnlab.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint
+from cnnlab.data.idx import read_idx
+from cnnlab.data.images import MAX_PIXELS
+from cnnlab.errors import CheckpointError, DataError, ImageError
+from cnnlab.inference.loaded import load_image
+from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.training.trainer import Trainer
 from io_counting import count_idx_reads
 

@@ -16,13 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import imagedecode, imagefolder
+from cnnlab.data import imagedecode
 from cnnlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, ImageFolderError, export_folder
-from cnnlab.data.images import MAX_PIXELS, ImageError, decode_image, open_image
+from cnnlab.data.imagedecode import ImageFolderError
+from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, export_folder
+from cnnlab.data.images import decode_image, open_image
 from cnnlab.models import create_model
 from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
-from cnnlab.training.trainer import Trainer, evaluate
+from cnnlab.training.evaluation import evaluate
+from cnnlab.training.trainer import Trainer
 
 QUIET = dict(log=None, progress=False)
 
@@ -85,8 +87,9 @@ def test_export_writes_the_layout_with_safe_class_folders(fashion_folder):
 
 
 def test_exported_fashion_subset_trains_as_the_idx_files_do(fashion_folder):
-    """Same 2,000 images, same order, same seed: the PNG round trip must lose nothing, so the accuracy after
-    2 epochs must match the IDX files' (the issue asks for 0.02; the batches are equal, so it is exact)."""
+    """Same 2,000 images, same order, same seed: the PNG round trip must lose nothing, so training on the folder
+    sees exactly the IDX files' batches (the issue asks for accuracies within 0.02: equal batches make them equal,
+    so one training shows that it learns)."""
     folder = ImageFolderData(fashion_folder, batch_size=128, seed=0, **QUIET)
     assert folder.classes == FASHION_FOLDERS and folder.image_shape == (1, 28, 28) and folder.channels == 1
     assert (len(folder.train_labels), len(folder.val_labels), len(folder.test_labels)) == (2000, 500, 500)
@@ -96,10 +99,18 @@ def test_exported_fashion_subset_trains_as_the_idx_files_do(fashion_folder):
     idx.train_images, idx.train_labels = idx.train_images[order], idx.train_labels[order]
     assert torch.equal(folder.train_images[:, 0], idx.train_images)  # lossless, pixel for pixel
     assert torch.equal(folder.train_labels, idx.train_labels)
-    assert torch.equal(folder.val_labels.bincount(minlength=10), idx.val_labels.bincount(minlength=10))
-    acc_folder, acc_idx = train_and_evaluate(folder), train_and_evaluate(idx)
-    assert acc_folder > 0.6  # it learned
-    assert abs(acc_folder - acc_idx) <= 0.02
+    val_order = torch.sort(idx.val_labels, stable=True).indices
+    assert torch.equal(folder.val_images[:, 0], idx.val_images[val_order])
+    assert torch.equal(folder.val_labels, idx.val_labels[val_order])
+    for epoch in range(2):  # what train_and_evaluate's two epochs draw, batch for batch
+        batches = []
+        for data in (folder, idx):
+            loader = data.train_dataloader()
+            loader.set_epoch(epoch)
+            batches.append(list(loader))
+        for (X, y), (X_idx, y_idx) in zip(*batches, strict=True):
+            assert torch.equal(X, X_idx) and torch.equal(y, y_idx)
+    assert train_and_evaluate(folder) > 0.6  # it learned
 
 
 def test_folder_statistics_normalize_each_channel(fashion_folder):
@@ -247,14 +258,6 @@ def test_rgba_png_and_sixteen_bit_grey(tmp_path):
     assert x.shape == (3, 4, 4) and x[:, 0, 0].tolist() == [255] * 3 and x[:, 0, 1].tolist() == [0] * 3
 
 
-def test_inference_keeps_its_old_imports():
-    from cnnlab.data import images
-    from cnnlab.inference import loaded as inference
-
-    assert inference.ImageError is images.ImageError and issubclass(ImageError, ValueError)
-    assert inference.MAX_PIXELS == MAX_PIXELS
-
-
 # ---- bad input ----------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -359,7 +362,7 @@ def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(ImageFolderError, match="10 images of 3x64x64 need 122,880 bytes"):
         ImageFolderData(root, channels=3, resize=64, max_bytes=100_000, **QUIET)
     assert calls == []  # refused before a single image was decoded
-    assert imagefolder.default_max_bytes() > 1 << 20
+    assert imagedecode.default_max_bytes() > 1 << 20
 
 
 def test_a_split_whose_files_are_all_bad(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.errors import CheckpointError
 from cnnlab.inference.loaded import LoadedModel, load_image, load_trained, top_k
 from cnnlab.models import create_model
-from cnnlab.training.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
+from cnnlab.training.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
 
 def _checkpoint(path, resize=28, normalize=True, **overrides):

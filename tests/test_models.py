@@ -285,6 +285,25 @@ def test_unknown_name_lists_known_names():
     assert all(name in str(info.value) for name in REQUIRED)
 
 
+def test_every_way_of_naming_an_unknown_model_gives_the_registrys_one_message(capsys):
+    from cnnlab.cli.main import main
+    from cnnlab.errors import ConfigError
+    from cnnlab.models import check_model_name, model_recipe
+    from cnnlab.recipes import TrainConfig, resolve_config
+
+    with pytest.raises(ConfigError) as info:
+        check_model_name("lenet6")
+    message = str(info.value)
+    for call in (lambda: create_model("lenet6"), lambda: model_recipe("lenet6"),
+                 lambda: resolve_config(TrainConfig(model="lenet6"))):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == message
+    for argv in (["summary", "lenet6"], ["train", "--model", "lenet6"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"cnnlab: error: {message}\n"
+
+
 def test_unknown_argument_refused():
     with pytest.raises(ValueError, match="takes no argument"):
         create_model("lenet", width=3)

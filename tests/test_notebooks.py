@@ -83,13 +83,16 @@ def test_plotting_helpers_show_inline(tmp_path, data_dir):
         "board = d2l.ProgressBoard('x')\n"  # d2l §3.2.2's demo of the board: every 2 points averaged into one
         "for i in range(0, 20):\n    board.draw(i / 2, i % 3, 'sin', every_n=2)\nboard.flush()",
         "fig = d2l.plot(x, x)\nNone",  # a figure that is not the cell's value is not shown (pyplot is not used)
-        # The training board throttles: 50 quick epochs (200 points) redraw at most once a second, plus the
-        # first and the last time, always in the same image.
-        "import time\nfrom cnnlab.visual.board import TrainingBoard\nstart = time.monotonic()\n"
-        "tb = TrainingBoard(max_epochs=50, num_batches=10)\nfor e in range(50):\n"
+        # The training board throttles: 50 epochs (200 points) in 25 s redraw at most once a second, plus the
+        # last time, always in the same image.
+        "from cnnlab.visual.board import ProgressBoard, TrainingBoard\nnow = [0.0]\n"
+        "board = ProgressBoard(xlabel='epoch', xlim=[0, 50], min_interval=1.0, clock=lambda: now[0])\n"
+        "tb = TrainingBoard(max_epochs=50, num_batches=10, board=board)\nfor e in range(50):\n"
+        "    now[0] = 0.5 * e  # a fake clock: each epoch takes half a second\n"
         "    for s in range(10):\n        tb.step(torch.tensor(1.0 / (e + 1)))\n"
         "    tb.epoch({'epoch': e + 1, 'val_loss': 1.0 / (e + 1), 'val_acc': 0.5})\ntb.close()\n"
-        "elapsed = time.monotonic() - start\nassert 2 <= tb.board.redraws <= 2 + elapsed, (tb.board.redraws, elapsed)\n"
+        # At most one redraw a second: at 0, 1, ..., 24 s of the fake clock (epochs 1, 3, ..., 49), plus the last.
+        "assert tb.board.redraws == 25 + 1, tb.board.redraws\n"
         "assert len(tb.board.data['train_loss']) == 100 and len(tb.board.data['val_acc']) == 50",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])

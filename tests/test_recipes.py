@@ -16,7 +16,7 @@ from cnnlab.cli.main import main
 from cnnlab.models import create_model, list_models, model_recipe
 from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.training.checkpoint import load_checkpoint
-from cnnlab.training.trainer import bf16_default, bf16_is_fast
+from cnnlab.training.runtime import bf16_default, bf16_is_fast
 
 WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
 TINY = ["--num-train", "512", "--num-val", "256", "--no-progress", "--no-bf16"]
@@ -227,3 +227,25 @@ def test_a_model_registration_may_not_restate_the_learning_rate():
 
     with pytest.raises(ValueError, match="builder's `lr` default"):
         register_model("never-registered", lr=0.3)
+
+
+def test_a_run_config_is_checked_field_by_field_against_trainconfigs_own_annotations(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cnnlab.errors import RunFolderError
+    from cnnlab.recipes import read_run_config
+    from cnnlab.training.runfolder import RunFolder
+
+    monkeypatch.setenv("CNNLAB_BF16", "0")
+    config = resolve_config(TrainConfig(model="lenet", data_dir="/data", num_train=100))
+    folder = RunFolder(tmp_path).create(config.to_dict())
+    assert read_run_config(tmp_path) == config
+    for field in dataclasses.fields(TrainConfig):  # every field, those added later too, is checked
+        folder.create({**config.to_dict(), field.name: [1]})
+        with pytest.raises(RunFolderError, match=f"{field.name} is \\[1\\], expected "):
+            read_run_config(tmp_path)
+    folder.create({**config.to_dict(), "lr": 1, "epochs": None})  # JSON's whole float is fine, a filled field not
+    with pytest.raises(RunFolderError, match="epochs is None, expected int$"):
+        read_run_config(tmp_path)
+    folder.create({**config.to_dict(), "lr": 1, "num_val": None, "augment": True})
+    assert read_run_config(tmp_path).lr == 1

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from cnnlab import Callback, FashionMNIST, Trainer, create_model
-from cnnlab.extras import MissingExtra
+from cnnlab.errors import MissingExtra
 from cnnlab.training.tensorboard import TensorBoardLogger, kernel_grid
 
 SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc", "lr": "lr",
@@ -80,6 +80,20 @@ def test_scalars_graph_and_figures(tmp_path, data_dir):
     assert width > 400 and height > 400
     assert _png_size(kernels) == (6 * (5 * 8 + 1) + 1, 5 * 8 + 2)  # LeNet's 6 kernels of 5x5, 8x enlarged
     assert logger.writer is None  # closed at fit end
+
+
+def test_a_fit_that_raises_closes_the_writer_with_its_epochs_logged(tmp_path, data_dir):
+    def fail_after_epoch_1(trainer, row):
+        raise KeyboardInterrupt  # Ctrl-C, the commonest way a fit ends early
+
+    logger = TensorBoardLogger(tmp_path / "tb", log_graph=False)
+    data = FashionMNIST(batch_size=64, root=data_dir, num_train=128, num_val=64)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(Trainer(max_epochs=2, progress=False, log=None), create_model("lenet"), data, logger,
+             after_epoch=fail_after_epoch_1)
+    assert logger.writer is None
+    events = _events(tmp_path / "tb")
+    assert [e.step for e in events.Scalars("val/loss")] == [1] and not events.Tags()["images"]
 
 
 def test_resume_logs_each_step_once(tmp_path, data_dir):
@@ -186,8 +200,7 @@ def test_two_ranks_count_the_whole_validation_set_and_only_rank_0_writes(tmp_pat
 
 
 def _fake_trainer(**kw):
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.25)
-    return SimpleNamespace(epoch=0, optimizer=optimizer, data=SimpleNamespace(image_shape=(1, 28, 28)), **kw)
+    return SimpleNamespace(epoch=0, data=SimpleNamespace(image_shape=(1, 28, 28)), **kw)
 
 
 def test_rows_with_lr_and_elapsed_and_other_ranks(tmp_path):
@@ -197,15 +210,15 @@ def test_rows_with_lr_and_elapsed_and_other_ranks(tmp_path):
     row = dict(epoch=1, train_loss=1.0, val_loss=2.0, val_acc=0.5, images_per_s=100.0, seconds=3.0, elapsed=3.0,
                lr=0.0)
     logger.on_train_epoch_end(trainer, None, row)
-    logger.on_train_epoch_end(trainer, None, {**row, "epoch": 2, "lr": None, "elapsed": 7.5})
+    logger.on_train_epoch_end(trainer, None, {**row, "epoch": 2, "lr": 0.25, "elapsed": 7.5})
     logger.close()
     events = _events(tmp_path / "tb")
-    assert [e.value for e in events.Scalars("lr")] == [0.0, 0.25]  # the row's lr, else the optimizer's
+    assert [e.value for e in events.Scalars("lr")] == [0.0, 0.25]
     assert [e.value for e in events.Scalars("time/elapsed_s")] == [3.0, 7.5]
     assert not events.Tags()["graph"]
-    # A process other than the main one writes nothing at all (today's trainer says so through trainer.ctx).
+    # A process other than the main one writes nothing at all.
     quiet = TensorBoardLogger(tmp_path / "other")
-    trainer = _fake_trainer(ctx=SimpleNamespace(is_main=False, world_size=1))
+    trainer = _fake_trainer(is_main=False)
     quiet.on_fit_start(trainer, create_model("lenet-bn"))
     quiet.on_train_epoch_end(trainer, None, row)
     trainer.epoch = 1

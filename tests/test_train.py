@@ -9,7 +9,8 @@ import torch
 
 from cnnlab import FashionMNIST, Trainer, TrainingDiverged, create_model, load_checkpoint
 from cnnlab.nn.classifier import Classifier
-from cnnlab.training.trainer import evaluate, pick_device
+from cnnlab.training.evaluation import evaluate
+from cnnlab.training.runtime import pick_device
 
 
 def _data(data_dir, **kw):

@@ -122,6 +122,50 @@ def test_callbacks_see_the_fit_in_order_and_can_add_to_checkpoints(tmp_path, dat
     assert torch.load(tmp_path / "last.pt", weights_only=True)["recorder"] == 2
 
 
+class _Broken(Exception):
+    pass
+
+
+def test_an_error_in_fit_calls_on_exception_not_on_fit_end_and_closes_the_live_figure(data_dir):
+    class Recorder(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_fit_start(self, trainer, model):
+            self.events.append("start")
+
+        def on_train_epoch_end(self, trainer, model, row):
+            self.events.append(f"epoch {row['epoch']}")
+            if row["epoch"] == 2:
+                raise _Broken("the data went away")
+
+        def on_exception(self, trainer, model, exc):
+            self.events.append(f"exception {type(exc).__name__}")
+
+        def on_fit_end(self, trainer, model):
+            self.events.append("end")
+
+    class Board:
+        steps, closed = 0, 0
+
+        def step(self, loss):
+            self.steps += 1
+
+        def epoch(self, row):
+            pass
+
+        def close(self):
+            self.closed += 1
+
+    recorder, board = Recorder(), Board()
+    trainer = Trainer(max_epochs=3, seed=0, progress=False, log=None, board=board, callbacks=[recorder])
+    data = FashionMNIST(batch_size=64, root=data_dir, num_train=128, num_val=64)
+    with pytest.raises(_Broken):
+        trainer.fit(create_model("lenet-relu"), data)
+    assert recorder.events == ["start", "epoch 1", "epoch 2", "exception _Broken"]
+    assert board.steps == 2 * 2 and board.closed == 1 and trainer._live is None
+
+
 def test_fit_again_continues_with_the_same_optimizer(data_dir):
     torch.manual_seed(0)
     model, data = create_model("lenet-relu"), _data(data_dir)
@@ -216,6 +260,7 @@ def test_predict_on_test_images_saved_as_png_equals_evaluate(tmp_path, data_dir,
     assert main(["predict", str(run), *paths, "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = loaded.class_names
+    assert [line.split(": ")[0] for line in lines] == paths  # one line per image, in order
     for i, line in enumerate(lines):
         predicted, probability = line.split(": ")[1].rsplit(" ", 1)
         assert predicted == names[int(expected[i].argmax())]
@@ -244,7 +289,22 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err and "no such run folder" in err
 
 
-def test_library_models_record_how_they_were_built_without_reading_frames():
+def test_library_models_record_how_they_were_built_without_reading_frames(monkeypatch):
+    import cnnlab.nn.classifier as classifier
+
+    def no_frames(depth=1):
+        raise AssertionError("a library model read its caller's frame")
+
+    class BookStyle(classifier.Classifier):  # the book's bare call is the one that reads a frame
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+
+    monkeypatch.setattr(classifier, "caller_arguments", no_frames)
+    with pytest.raises(AssertionError, match="read its caller's frame"):
+        BookStyle()
+    for name in ("lenet", "lenet-bn", "fastnet", "nin-small", "densenet-small"):
+        create_model(name)
     model = create_model("resnet18-small", num_classes=7, in_channels=3, image_size=[32, 30])
     assert model.model_name == "resnet18-small"
     assert model.model_kwargs == {"num_classes": 7, "in_channels": 3, "image_size": (32, 30), "lr": 0.05}

@@ -112,7 +112,10 @@ def test_features_show_each_conv_stage_with_its_shape(run_dir, loaded, fashion_t
 
 def test_features_out_of_range_is_a_clear_error(run_dir, capsys):
     assert main(["viz", "features", str(run_dir), "--test-index", "10000"]) == 2
-    assert "out of range" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "test index 10000 is out of range: the test set has 10,000 images (0..9,999)" in err
+    assert main(["predict", str(run_dir), "--test-index", "10000"]) == 2
+    assert capsys.readouterr().err == err  # one check, one message (inference.loaded.check_test_index)
 
 
 def test_feature_stages_of_block_models_are_their_blocks():

@@ -329,6 +329,10 @@ def test_book_names_are_importable():
     from cnnlab.models import ResNeXtBlock as FromModels  # noqa: F401 (the brief's import paths)
 
     assert cnnlab.ResNeXtBlock is ResNeXtBlock
+    from cnnlab.nn import batchnorm
+
     for name in ("AlexNet", "NiN", "GoogleNet", "Inception", "DenseNet", "AnyNet", "RegNetX32", "BatchNorm",
                  "batch_norm", "BNLeNet", "BNLeNetScratch", "nin_block", "conv_block", "transition_block"):
-        assert name in cnnlab.__all__ and hasattr(cnnlab, name)
+        home = batchnorm if name in ("BatchNorm", "batch_norm") else cnnlab.models
+        assert name in cnnlab.__all__ and getattr(cnnlab, name) is getattr(home, name), name
+    assert isinstance(cnnlab.nin_block(4, kernel_size=3, strides=1, padding=1), nn.Sequential)

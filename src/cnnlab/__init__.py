@@ -70,8 +70,8 @@ from cnnlab.compat import (  # noqa: F401
 from cnnlab.data.batching import BatchLoader
 from cnnlab.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from cnnlab.data.files import find_data_dir
-from cnnlab.data.idx import DataError, read_idx
-from cnnlab.errors import UserError
+from cnnlab.data.idx import read_idx
+from cnnlab.errors import CheckpointError, DataError, TrainingDiverged, UserError
 from cnnlab.models import (
     VGG,
     AlexNet,
@@ -111,9 +111,10 @@ from cnnlab.nn.ops import (
 )
 from cnnlab.nn.summary import model_summary
 from cnnlab.training.callbacks import Callback
-from cnnlab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.training.evaluation import evaluate
 from cnnlab.training.runfolder import RunFolder
-from cnnlab.training.trainer import Trainer, TrainingDiverged, evaluate
+from cnnlab.training.trainer import Trainer
 from cnnlab.version import __version__
 from cnnlab.visual.board import ProgressBoard
 from cnnlab.visual.plotting import plot, show_images

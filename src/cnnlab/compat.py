@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from cnnlab.nn.classifier import Classifier, caller_arguments
+from cnnlab.nn.classifier import Classifier, caller_arguments, record_hparams
 from cnnlab.nn.layers import ResNeXtBlock  # noqa: F401 - d2l §8.6.5 saves it, §8.8 uses it as d2l.ResNeXtBlock
 
 __all__ = ["ALIASES", "DataModule", "HyperParameters", "Module", "Timer", "add_to_class", "cpu", "gpu",
@@ -186,11 +186,7 @@ class HyperParameters:
 
     def save_hyperparameters(self, ignore=()):
         """Store the calling ``__init__``'s arguments in ``self.hparams`` and as attributes."""
-        values = caller_arguments(depth=2)
-        skip = set(ignore) | {"self"}
-        self.hparams = {k: v for k, v in values.items() if k not in skip and not k.startswith("_")}
-        for k, v in self.hparams.items():
-            setattr(self, k, v)
+        record_hparams(self, caller_arguments(depth=2), ignore)
 
 
 class DataModule(HyperParameters):
@@ -227,15 +223,16 @@ Module = Classifier
 class Timer:
     """Record running times (d2l §3.1): ``start()``, ``stop()`` -> seconds, ``avg()``, ``sum()``, ``cumsum()``."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock  # seconds; tests give a fake one
         self.times: list[float] = []
         self.start()
 
     def start(self) -> None:
-        self.tik = time.perf_counter()
+        self.tik = self.clock()
 
     def stop(self) -> float:
-        self.times.append(time.perf_counter() - self.tik)
+        self.times.append(self.clock() - self.tik)
         return self.times[-1]
 
     def avg(self) -> float:

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from cnnlab.errors import MissingExtra
 
-__all__ = ["MissingExtra", "require"]
+__all__ = ["require"]
 
 
 def require(module: str, extra: str, feature: str | None = None) -> ModuleType:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.batching import BatchLoader
-from cnnlab.errors import ConfigError
-from cnnlab.inference.loaded import LoadedModel
+from cnnlab.inference.loaded import LoadedModel, check_test_index
 from cnnlab.nn.classifier import device_of, eval_mode
 from cnnlab.nn.summary import find_conv
 from cnnlab.visual.plotting import MAX_KERNEL_TILES
@@ -149,9 +148,7 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     """
     from cnnlab.visual.plotting import plot_feature_maps
 
-    if not 0 <= index < len(images):
-        raise ConfigError(f"test index {index} is out of range: the test set has {len(images):,} images "
-                         f"(0..{len(images) - 1})")
+    check_test_index(index, len(images))
     model = loaded.model
     stages = feature_stages(model)
     captured: dict[str, torch.Tensor] = {}

@@ -17,7 +17,7 @@ from typing import NoReturn
 from cnnlab.cli.parser import build_parser
 from cnnlab.errors import ConfigError, UserError
 
-__all__ = ["main", "run", "build_parser"]
+__all__ = ["main", "run"]
 
 # ---- commands ------------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from cnnlab.inference.loaded import load_trained, top_k
+    from cnnlab.inference.loaded import check_test_index, load_trained, top_k
 
     if not args.images and not args.test_index:
         raise ConfigError("give IMAGE files and/or --test-index N...")
@@ -144,9 +144,7 @@ def cmd_predict(args) -> int:
     if args.test_index:
         test_images, test_labels = loaded.test_split(args.data_dir)
         for index in args.test_index:
-            if index >= len(test_images):
-                raise ConfigError(f"--test-index {index} is out of range: the test set has {len(test_images)} "
-                                  f"images (0..{len(test_images) - 1})")
+            check_test_index(index, len(test_images))
             images.append(test_images[index])
             names.append(f"test[{index}]")
             truths.append(int(test_labels[index]))
@@ -221,12 +219,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from cnnlab.models import create_model, list_models
+    from cnnlab.models import create_model
     from cnnlab.nn.summary import model_summary
     from cnnlab.recipes import model_defaults
 
-    if args.model not in list_models():
-        raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
     shape = args.input or (1, 1, *(2 * (model_defaults(args.model)["resize"],)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))

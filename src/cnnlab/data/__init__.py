@@ -7,8 +7,10 @@ and the batch loader that keeps a whole split on the training device."""
 from cnnlab.data.batching import BatchLoader, stratified_split
 from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD, FashionMNIST, load_fashion_mnist
 from cnnlab.data.files import find_data_dir
-from cnnlab.data.idx import DataError, read_idx
-from cnnlab.data.imagefolder import ImageFolderData, ImageFolderError
+from cnnlab.data.idx import read_idx
+from cnnlab.data.imagedecode import ImageFolderError
+from cnnlab.data.imagefolder import ImageFolderData
+from cnnlab.errors import DataError
 
 __all__ = [
     "CLASS_NAMES", "MEAN", "STD", "BatchLoader", "DataError", "FashionMNIST", "ImageFolderData", "ImageFolderError",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["BatchLoader", "check_fraction", "move_splits", "stratified_split"]
+__all__ = ["BatchLoader", "SplitLoaders", "check_fraction", "move_splits", "stratified_split"]
 
 _PAD = 2  # random-crop padding, in pixels of the 28x28 image
 _CHUNK_ELEMENTS = 1 << 20  # output floats built at once (4 MB, cache-sized): 10 batches of 128 at 28x28
@@ -275,6 +275,51 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[torch.Tens
     if val:
         is_val[torch.cat(val)] = True
     return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
+class SplitLoaders:
+    """The loaders of a data module whose splits are uint8 tensors in memory (FashionMNIST, ImageFolderData).
+
+    The class using it sets ``train_``/``val_``/``test_images`` and ``_labels`` (``test_images`` may be None),
+    ``batch_size``, ``val_batch_size``, ``resize``, ``augment`` and ``seed``, and overrides
+    :meth:`_normalization`; :meth:`_check_test` may refuse a missing test split.
+    """
+
+    flip = True  # with ``augment``, mirror images too; a data module whose classes a mirror changes sets False
+
+    def _normalization(self):
+        """``(mean, std)`` for :class:`BatchLoader`'s ``normalize``, or None."""
+        return None
+
+    def _check_test(self) -> None:
+        """Raise a clear error when there is no test split."""
+
+    def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> BatchLoader:
+        batch_size = self.batch_size if train else self.val_batch_size or self.batch_size
+        return BatchLoader(images, labels, batch_size, shuffle=train, augment=train and self.augment,
+                           size=self.resize, normalize=self._normalization(), seed=self.seed, flip=self.flip)
+
+    def get_dataloader(self, train: bool) -> BatchLoader:
+        """The shuffled, optionally augmented training loader, or the in-order validation loader (d2l §4.2)."""
+        if train:
+            return self._loader(self.train_images, self.train_labels, train=True)
+        return self._loader(self.val_images, self.val_labels)
+
+    def train_dataloader(self) -> BatchLoader:
+        return self.get_dataloader(train=True)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self.get_dataloader(train=False)
+
+    def test_dataloader(self) -> BatchLoader:
+        """The test images in order, at the validation batch size."""
+        self._check_test()
+        return self._loader(self.test_images, self.test_labels)
+
+    def to(self, device):
+        """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
+        move_splits(self, device)
+        return self
 
 
 def move_splits(data, device) -> None:

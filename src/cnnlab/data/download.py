@@ -89,10 +89,6 @@ def download(dest_dir: str | os.PathLike | None = None, base_url: str = MIRROR_U
 
 def _fetch(url: str, final: Path, name: str, check_archive: bool, timeout: float) -> None:
     """Download ``url`` into a temporary file next to ``final``, check both MD5s, then rename it ``final``."""
-    # Leftovers of downloads killed by an older cnnlab (".name.XXXX.part"); atomic_write cleans its own.
-    for stale in final.parent.glob(f".{final.name}.*.part"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
     try:
         with atomic_write(final) as out:
             archive_md5 = _stream(url, out, timeout)

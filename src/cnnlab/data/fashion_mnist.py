@@ -3,7 +3,7 @@
 The whole split is decoded once and kept as ``uint8``; every batch is built with a few tensor ops on the
 data's device (index, convert, augment, resize), the way the speed-run CIFAR-10 trainers do, instead of a
 per-image ``Dataset`` behind a ``DataLoader``. Reading, finding, verifying and downloading the files lives in
-:mod:`cnnlab.data.idx`; its public names are re-exported here.
+:mod:`cnnlab.data.files`, :mod:`cnnlab.data.idx` and :mod:`cnnlab.data.download`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.batching import BatchLoader, check_fraction, move_splits, stratified_split
+from cnnlab.data.batching import SplitLoaders, check_fraction, stratified_split
 from cnnlab.data.files import (
     FILE_MD5,
     FILE_NAMES,
@@ -25,8 +25,8 @@ from cnnlab.data.files import (
     is_verified,
     remember_verified,
 )
-from cnnlab.data.idx import DataError, read_idx
-from cnnlab.errors import ConfigError
+from cnnlab.data.idx import read_idx
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.nn.ops import size_pair
 
 __all__ = [
@@ -161,7 +161,7 @@ def _md5(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-class FashionMNIST:
+class FashionMNIST(SplitLoaders):
     """Fashion-MNIST held in memory, with d2l's DataModule API (d2l §4.2): ``get_dataloader(train)``.
 
     Args:
@@ -218,36 +218,14 @@ class FashionMNIST:
         """Shape of one image in a batch: ``(1, H, W)``."""
         return (1, *self.resize)
 
-    def to(self, device) -> FashionMNIST:
-        """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
-        move_splits(self, device)
-        return self
-
     def settings(self) -> dict:
         """The constructor arguments that shape the batches, as plain values a checkpoint can store."""
         return {"batch_size": self.batch_size, "resize": self.resize, "normalize": self.normalize,
                 "augment": self.augment, "seed": self.seed, "num_train": self.num_train,
                 "num_val": self.num_val, "val_batch_size": self.val_batch_size, "val_split": self.val_split}
 
-    def get_dataloader(self, train: bool) -> BatchLoader:
-        """The shuffled, optionally augmented training loader, or the in-order validation loader."""
-        normalize = (MEAN, STD) if self.normalize else None
-        if train:
-            return BatchLoader(self.train_images, self.train_labels, self.batch_size, shuffle=True,
-                               augment=self.augment, size=self.resize, normalize=normalize, seed=self.seed)
-        return BatchLoader(self.val_images, self.val_labels, self.val_batch_size or self.batch_size,
-                           size=self.resize, normalize=normalize, seed=self.seed)
-
-    def train_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=True)
-
-    def val_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=False)
-
-    def test_dataloader(self) -> BatchLoader:
-        """The (first ``num_val``) test images in order; the validation loader too unless ``val_split``."""
-        return BatchLoader(self.test_images, self.test_labels, self.val_batch_size or self.batch_size,
-                           size=self.resize, normalize=(MEAN, STD) if self.normalize else None, seed=self.seed)
+    def _normalization(self):
+        return (MEAN, STD) if self.normalize else None
 
     def text_labels(self, indices) -> list[str]:
         """Class names for label indices (d2l §4.2)."""

@@ -21,7 +21,7 @@ import torch
 from cnnlab.data.files import GET_DATA_HINT, GZIP_MAGIC, READ_CHUNK
 from cnnlab.errors import DataError
 
-__all__ = ["DataError", "read_idx"]
+__all__ = ["read_idx"]
 
 _UBYTE = 0x08
 _MAX_NDIM = 8  # Fashion-MNIST needs 1 and 3; a cap keeps a fuzzed header from asking torch for 255 dims.

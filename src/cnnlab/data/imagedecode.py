@@ -137,7 +137,7 @@ class Decoded:
 
 def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None = None, channels: int | None = None,
                   *, max_bytes: int | None = -1, cache: bool = True, progress: bool | None = None,
-                  log=print) -> Decoded:
+                  log=print, only: str | None = None) -> Decoded:
     """Find and decode every image under ``root`` (the layouts of :class:`ImageFolderData`), or load the cache.
 
     Bad files are collected, not raised: the caller decides (see ``skip_bad`` of :class:`ImageFolderData`).
@@ -151,6 +151,7 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
         cache: read and write ``<cache_dir()>/imagefolders/``.
         progress: a tqdm bar while decoding; None shows it only on a terminal.
         log: where the one-line summary goes; None for silence.
+        only: decode this split alone (``"test"``: a trained model's check images, never its training images).
 
     Returns:
         A :class:`Decoded`.
@@ -165,7 +166,12 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
     size = _size(resize)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey), 3 (colour) or None (decided by the images), got {channels!r}")
-    scans = {name: _scan(folder) for name, folder in _layout(root).items()}
+    layout = _layout(root)
+    if only is not None:
+        if only not in layout:
+            raise ImageFolderError(f"{root} has no {only} split: put those images in {root}/{only}/<class>/")
+        layout = {only: layout[only]}
+    scans = {name: _scan(folder) for name, folder in layout.items()}
     first = next(iter(scans.values()))
     for name, scan in scans.items():
         if scan.classes != first.classes:
@@ -338,6 +344,3 @@ def _read_cache(path: Path, classes: list[str], scans: dict[str, _Scan]) -> Deco
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return Decoded(splits, classes, channels, size, bad, path, from_cache=True)
-
-
-# ---- the data module ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The layout is torchvision's ``ImageFolder``: ``DIR/<class>/<image>``, the class 
 names (label ``k`` is the ``k``-th). ``DIR/train/<class>/...`` with ``DIR/test/`` and/or ``DIR/val/`` beside it
 gives the splits explicitly. Every image is decoded once by :func:`cnnlab.data.images.decode_array` (checked,
 upright, composited, resized by Pillow) into one ``uint8`` tensor ``(N, C, H, W)``, kept in a cache keyed by
-the folder's listing, and batched by :class:`cnnlab.data.fashion_mnist.BatchLoader` as Fashion-MNIST is.
+the folder's listing, and batched by :class:`cnnlab.data.batching.BatchLoader` as Fashion-MNIST is.
 
 Folder and file names are untrusted text: they become class names and appear in messages, but no path is
 ever built from them for writing (the cache file is named by a hash).
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.batching import BatchLoader, check_fraction, move_splits, stratified_split
+from cnnlab.data.batching import SplitLoaders, check_fraction, stratified_split
 from cnnlab.data.fashion_mnist import load_fashion_mnist
-from cnnlab.data.imagedecode import Decoded, ImageFolderError, decode_folder, default_max_bytes
+from cnnlab.data.imagedecode import ImageFolderError, decode_folder
 
-__all__ = ["FASHION_FOLDERS", "Decoded", "ImageFolderData", "ImageFolderError", "channel_stats", "decode_folder",
-           "default_max_bytes", "export_folder"]
+__all__ = ["FASHION_FOLDERS", "ImageFolderData", "channel_stats", "export_folder"]
 
 # Fashion-MNIST's official class names (Xiao et al. 2017) as folder names: "T-shirt/top" holds a slash, which
 # no folder name can, so every character but letters, digits and "-" becomes "_"; the label is put first so
@@ -34,7 +33,7 @@ FASHION_FOLDERS = tuple(f"{i}_" + "".join(ch if ch.isalnum() or ch == "-" else "
                         for i, name in enumerate(_FASHION_NAMES))
 
 
-class ImageFolderData:
+class ImageFolderData(SplitLoaders):
     """Your own images as a data module with FashionMNIST's API (d2l §4.2's DataModule), for ``Trainer.fit``.
 
     Layouts (torchvision's ``ImageFolder``, class names = sorted folder names):
@@ -102,7 +101,8 @@ class ImageFolderData:
             listing = "\n".join(f"  {reason}" for _, reason in decoded.bad)
             total = sum(len(labels) for _, labels in decoded.splits.values()) + len(decoded.bad)
             raise ImageFolderError(f"{len(decoded.bad):,} of {total:,} image files in {self.root} cannot be read:\n"
-                                   f"{listing}\nfix or remove them, or pass skip_bad=True to leave them out")
+                                   f"{listing}\nfix or remove them, or leave them out: `cnnlab train --skip-bad` "
+                                   "(skip_bad=True in Python)")
         if decoded.bad and log is not None:
             log(f"skipped {len(decoded.bad):,} unreadable image files in {self.root} (skip_bad=True); the first: "
                 f"{decoded.bad[0][1]}")
@@ -157,11 +157,6 @@ class ImageFolderData:
     def has_test(self) -> bool:
         return self.test_images is not None
 
-    def to(self, device) -> ImageFolderData:
-        """Move the uint8 images and labels to ``device`` once; loaders made afterwards batch there."""
-        move_splits(self, device)
-        return self
-
     def settings(self) -> dict:
         """Plain values for a checkpoint: the constructor arguments that shape the batches (``resize`` and
         ``channels`` as resolved), and what a model trained on them needs at prediction time (``classes``,
@@ -185,28 +180,10 @@ class ImageFolderData:
     def _normalization(self):
         return (self.mean, self.std) if self.normalize else None
 
-    def get_dataloader(self, train: bool) -> BatchLoader:
-        """The shuffled, optionally augmented training loader, or the in-order validation loader."""
-        if train:
-            return BatchLoader(self.train_images, self.train_labels, self.batch_size, shuffle=True,
-                               augment=self.augment, normalize=self._normalization(), seed=self.seed,
-                               flip=self.flip)
-        return BatchLoader(self.val_images, self.val_labels, self.val_batch_size or self.batch_size,
-                           normalize=self._normalization(), seed=self.seed)
-
-    def train_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=True)
-
-    def val_dataloader(self) -> BatchLoader:
-        return self.get_dataloader(train=False)
-
-    def test_dataloader(self) -> BatchLoader:
-        """The test folder's images in order (only when ``DIR/test/`` exists)."""
+    def _check_test(self) -> None:
         if not self.has_test:
             raise ImageFolderError(f"{self.root} has no test split: put the test images in {self.root}/test/<class>/"
                                    f" beside {self.root}/train/<class>/")
-        return BatchLoader(self.test_images, self.test_labels, self.val_batch_size or self.batch_size,
-                           normalize=self._normalization(), seed=self.seed)
 
     def text_labels(self, indices) -> list[str]:
         """Class names (the folder names) for label indices."""

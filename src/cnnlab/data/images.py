@@ -22,7 +22,7 @@ import torch
 
 from cnnlab.errors import ImageError
 
-__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "decode_array", "decode_image", "is_grey",
+__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "decode_array", "decode_image", "is_grey",
            "open_image", "probe_image"]
 
 # Refuse decompression bombs before decoding: 40 megapixels is far beyond any photo a CNN here is fed.

@@ -124,39 +124,63 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_shape: Seque
     require("onnxscript", "export", feature)  # torch's dynamo exporter translates through it
     ort = require("onnxruntime", "export", feature)
 
-    channels, height, width = _image_shape(image_shape)
-    means, stds = _per_channel(mean, "mean", channels), _per_channel(std, "std", channels)
+    shape = _image_shape(image_shape)
+    means, stds = _per_channel(mean, "mean", shape[0]), _per_channel(std, "std", shape[0])
     if any(s <= 0 for s in stds):
         raise ValueError(f"std must be positive, got {stds}")
     names = _class_names(class_names)
     model_name = str(model_name or getattr(model, "model_name", None) or type(model).__name__)
+    net = _private_copy(model, shape, len(names), model_name)
+    if check_images is None:
+        generator = torch.Generator().manual_seed(0)
+        check_images = torch.randn(DEFAULT_CHECK_IMAGES, *shape, generator=generator)
+    check_images = _check_tensor(check_images, shape)
+    data, used_opset = _serialize(onnx, net, shape, opset, _metadata(model_name, names, shape, means, stds))
 
-    # A private fp32 CPU copy in eval mode: exporting must not move, cast or switch the caller's (training) model.
+    # The bytes to be written are what is checked, before anything touches the disk.
+    max_diff, agreement = _compare(ort, data, net, check_images)
+    _require_agreement(max_diff, agreement, len(check_images), model_name, path)
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return ExportResult(path=path, opset=used_opset, size_bytes=len(data), max_abs_diff=max_diff,
+                        top1_agreement=agreement, num_checked=len(check_images), model_name=model_name)
+
+
+def _require_agreement(max_diff: float, agreement: float, n: int, model_name: str, path) -> None:
+    """Raise :class:`ExportCheckFailed` unless the check met ``MAX_ABS_DIFF`` and ``MIN_AGREEMENT``."""
+    if not (max_diff <= MAX_ABS_DIFF and agreement >= MIN_AGREEMENT):
+        raise ExportCheckFailed(
+            f"the ONNX export of {model_name} does not match PyTorch on {n:,} images: max |logit difference| "
+            f"{max_diff:.3g} (allowed {MAX_ABS_DIFF:g}), top-1 agreement {agreement:.2%} (needed "
+            f"{MIN_AGREEMENT:.1%}); nothing was written to {path}", max_diff, agreement, n)
+
+
+def _private_copy(model: nn.Module, shape: tuple[int, int, int], num_classes: int, model_name: str) -> nn.Module:
+    """An fp32 CPU copy in eval mode, checked to map ``shape`` images to ``num_classes`` logits.
+
+    A copy: exporting must not move, cast or switch the caller's (training) model.
+    """
+    channels, height, width = shape
     net = copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
-    example = torch.zeros(2, channels, height, width)  # batch 2: a batch of 1 would be specialized away
     with torch.no_grad():
         try:
-            out = net(example)
+            out = net(torch.zeros(2, *shape))
         except RuntimeError as exc:
             raise ValueError(f"model {model_name} cannot take {channels}x{height}x{width} images "
                              f"({str(exc).splitlines()[0]}); pass the image_shape it was trained on") from exc
-    if not isinstance(out, torch.Tensor) or out.shape != (2, len(names)):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model {model_name} returns {shape} for 2 images but {len(names)} class names were given; "
-                         f"it must return (N, {len(names)}) logits")
-    if check_images is None:
-        generator = torch.Generator().manual_seed(0)
-        check_images = torch.randn(DEFAULT_CHECK_IMAGES, channels, height, width, generator=generator)
-    check_images = _check_tensor(check_images, (channels, height, width))
+    if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model {model_name} returns {got} for 2 images but {num_classes} class names were given; "
+                         f"it must return (N, {num_classes}) logits")
+    return net
 
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
-    proto = program.model_proto
-    exporter_props = {p.key: p.value for p in proto.metadata_props}  # kept: set_model_props replaces them all
-    onnx.helper.set_model_props(proto, {
-        **exporter_props,
+
+def _metadata(model_name: str, names: list[str], shape: tuple[int, int, int], means: list[float],
+              stds: list[float]) -> dict[str, str]:
+    """The metadata properties listed in this module's docstring, as ONNX stores them (strings)."""
+    channels, height, width = shape
+    return {
         "model_name": model_name,
         "class_names": json.dumps(names, ensure_ascii=False),
         "input_size": json.dumps([height, width]),
@@ -166,23 +190,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_shape: Seque
         "preprocessing": (f"{INPUT_NAME}: float32 (N, {channels}, {height}, {width}); pixels scaled to [0, 1], "
                           f"resized to {height}x{width}, then (x - mean) / std per channel"),
         "cnnlab_version": __version__,
-    })
-    used_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    data = proto.SerializeToString()
+    }
 
-    # The bytes to be written are what is checked, before anything touches the disk.
-    max_diff, agreement = _compare(ort, data, net, check_images)
-    n = len(check_images)
-    if not (max_diff <= MAX_ABS_DIFF and agreement >= MIN_AGREEMENT):
-        raise ExportCheckFailed(
-            f"the ONNX export of {model_name} does not match PyTorch on {n:,} images: max |logit difference| "
-            f"{max_diff:.3g} (allowed {MAX_ABS_DIFF:g}), top-1 agreement {agreement:.2%} (needed "
-            f"{MIN_AGREEMENT:.1%}); nothing was written to {path}", max_diff, agreement, n)
-    path = Path(path)
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-    return ExportResult(path=path, opset=used_opset, size_bytes=len(data), max_abs_diff=max_diff,
-                        top1_agreement=agreement, num_checked=n, model_name=model_name)
+
+def _serialize(onnx, net: nn.Module, shape: tuple[int, int, int], opset: int | None,
+               metadata: dict[str, str]) -> tuple[bytes, int]:
+    """The ONNX model's bytes (dynamic batch axis, ``metadata`` added to the exporter's) and its opset."""
+    example = torch.zeros(2, *shape)  # batch 2: a batch of 1 would be specialized away
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
+            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    proto = program.model_proto
+    exporter_props = {p.key: p.value for p in proto.metadata_props}  # kept: set_model_props replaces them all
+    onnx.helper.set_model_props(proto, {**exporter_props, **metadata})
+    used_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return proto.SerializeToString(), used_opset
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -5,8 +5,7 @@ greyscale and resized to the model's input the way Fashion-MNIST was made: a whi
 inverted so that the garment is bright on black, as in the data set. Image files and checkpoints are
 treated as hostile: a size limit is checked before decoding, and every failure is an :class:`ImageError`
 or a :class:`~cnnlab.training.checkpoint.CheckpointError` with one clear sentence. The checked reader itself lives in
-:mod:`cnnlab.data.images` (training on image folders uses it too); ``ImageError`` and ``MAX_PIXELS`` are
-re-exported here so that older imports keep working.
+:mod:`cnnlab.data.images` (training on image folders uses it too).
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.images import MAX_PIXELS, ImageError, open_image
+from cnnlab.data.images import open_image
+from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of
 from cnnlab.nn.ops import size_pair
 from cnnlab.training.checkpoint import (
@@ -29,7 +29,7 @@ from cnnlab.training.checkpoint import (
 )
 from cnnlab.training.evaluation import evaluate
 
-__all__ = ["ImageError", "LoadedModel", "evaluate_checkpoint", "load_trained", "load_image", "top_k", "MAX_PIXELS"]
+__all__ = ["LoadedModel", "check_test_index", "evaluate_checkpoint", "load_trained", "load_image", "top_k"]
 
 @dataclass
 class LoadedModel:
@@ -99,20 +99,45 @@ class LoadedModel:
 
     def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
         """The test split's loader (an image folder without ``test/``: its validation split)."""
+        folder_test = self._folder_test_split(data_dir)
+        if folder_test is not None:
+            from cnnlab.data.batching import BatchLoader
+
+            return BatchLoader(*folder_test, batch_size, size=self.image_size, normalize=self.normalization())
         data = self.test_data(data_dir, batch_size)
         return data.test_dataloader() if getattr(data, "has_test", True) else data.val_dataloader()
 
     def test_split(self, data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images (uint8) and labels, as :meth:`test_loader` batches them."""
+        folder_test = self._folder_test_split(data_dir)
+        if folder_test is not None:
+            return folder_test
         data = self.test_data(data_dir)
         if getattr(data, "has_test", True):
             return data.test_images, data.test_labels
         return data.val_images, data.val_labels
 
+    def _folder_test_split(self, data_dir) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An image-folder run's ``test/`` images, decoded alone (a damaged training image cannot block them);
+        None for Fashion-MNIST or a folder without ``test/``, whose held-out images need the whole folder."""
+        root = Path(data_dir if data_dir is not None else self.data.get("root", "")).expanduser()
+        if not self.is_image_folder or not (root / "train").is_dir() or not (root / "test").is_dir():
+            return None
+        from cnnlab.data.imagedecode import ImageFolderError, decode_folder
+
+        decoded = decode_folder(root, self.image_size, self.channels, only="test", progress=False, log=None)
+        if list(decoded.classes) != list(self.class_names):
+            raise ImageFolderError(f"{root}/test holds the classes {list(decoded.classes)}, not the "
+                                   f"{list(self.class_names)} the model was trained on")
+        if decoded.bad and not self.data.get("skip_bad"):
+            raise ImageFolderError(f"{len(decoded.bad):,} test images of {root} cannot be read, the first: "
+                                   f"{decoded.bad[0][1]}; fix or remove them")
+        return decoded.splits["test"]
+
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` or ``(N, C, H, W)`` uint8 -> the model's float input, by the training batches' own path.
 
-        The images go through :class:`~cnnlab.data.fashion_mnist.BatchLoader` with the run's size and normalization, so
+        The images go through :class:`~cnnlab.data.batching.BatchLoader` with the run's size and normalization, so
         ``predict`` feeds a model exactly what ``evaluate`` and training fed it.
         """
         from cnnlab.data.batching import BatchLoader
@@ -130,6 +155,18 @@ class LoadedModel:
 
             return decode_image(path, self.channels, self.image_size)
         return load_image(path)
+
+
+def check_test_index(index: int, count: int) -> int:
+    """Return ``index`` if the test split of ``count`` images has it (predict, viz features, the report).
+
+    Raises:
+        ConfigError: it does not; the message gives the valid range.
+    """
+    if not 0 <= index < count:
+        raise ConfigError(f"test index {index} is out of range: the test set has {count:,} images "
+                          f"(0..{count - 1:,}); give --test-index a number in that range")
+    return index
 
 
 def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:

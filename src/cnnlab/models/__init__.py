@@ -22,12 +22,12 @@ from cnnlab.models.lenet import (
 from cnnlab.models.nin import NiN, nin, nin_block, nin_small
 from cnnlab.models.registry import (
     MODERN_RECIPE,
+    check_model_name,
     create_model,
     list_models,
     model_recipe,
     prepare_model,
     register_model,
-    size_pair,
 )
 from cnnlab.models.regnet import REGNETX32_ARCH, AnyNet, RegNetX32, regnetx32
 from cnnlab.models.resnet import (
@@ -67,6 +67,7 @@ __all__ = [
     "ResNet18",
     "alexnet",
     "alexnet_small",
+    "check_model_name",
     "conv_block",
     "create_model",
     "densenet",
@@ -87,7 +88,6 @@ __all__ = [
     "resnet18",
     "resnet18_small",
     "resnet34",
-    "size_pair",
     "transition_block",
     "vgg11",
     "vgg_small",

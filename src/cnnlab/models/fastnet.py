@@ -5,11 +5,12 @@ groups of ``conv -> max-pool -> BN -> ReLU -> conv -> BN -> ReLU`` that halve th
 global max pooling and a linear classifier. Pooling right after the group's first conv puts most of the
 work at the lower resolution, and no residual connections are needed at this depth.
 
-``fastnet-wide`` (``--recipe fast`` and ``fast-long``) is the same net a third wider, and in eval mode it
-averages the logits of each image and its mirror image (test-time flip averaging, as airbench does): the
-training data are flipped at random, so the net has learned both views; the second view costs one more
-forward pass per evaluated image, about 5% of a training epoch when validating on 10k images. The widths
-and the flip were chosen on a validation split of the training images (benchmarks/tune_recipes.py).
+``fastnet-flip`` (``--recipe fast``) is FastNet 24-48-96 that in eval mode averages the logits of each image
+and its mirror image (test-time flip averaging, as airbench does): the training data are flipped at random,
+so the net has learned both views; the second view costs one more forward pass per evaluated image, about 5%
+of a training epoch when validating on 10k images. ``fastnet-wide`` (``--recipe fast-long``) is the same
+a third wider. The widths and the flip were chosen on a validation split of the training images
+(benchmarks/tune_recipes.py).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def fastnet_wide(
     widths: Sequence[int] = FASTNET_WIDE_WIDTHS,
     flip_tta: bool = True,
 ) -> FastNet:
-    """FastNet 32-64-128 with test-time flip averaging: the model of ``--recipe fast`` and ``fast-long``."""
+    """FastNet 32-64-128 with test-time flip averaging: the model of ``--recipe fast-long``."""
     model = FastNet(tuple(widths), lr=lr, num_classes=num_classes, in_channels=in_channels, flip_tta=flip_tta)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 

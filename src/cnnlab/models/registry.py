@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode, init_cnn
 from cnnlab.nn.ops import size_pair
 
-__all__ = ["create_model", "list_models", "model_recipe", "prepare_model", "register_model", "size_pair",
+__all__ = ["check_model_name", "create_model", "list_models", "model_recipe", "prepare_model", "register_model",
            "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
@@ -77,11 +78,20 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names if pattern is None else fnmatch.filter(names, pattern)
 
 
+def check_model_name(name: str) -> str:
+    """Return `name` if a model is registered under it; the one place an unknown name is refused.
+
+    Raises:
+        ConfigError: (a ValueError) no such model; the message lists the known names.
+    """
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return name
+
+
 def model_recipe(name: str) -> dict:
     """The training defaults registered with model `name` (a copy), its builder's `lr` default included."""
-    if name not in _RECIPES:
-        raise ValueError(f"unknown model {name!r}; known models are: {', '.join(sorted(_MODELS))}.")
-    return dict(_RECIPES[name])
+    return dict(_RECIPES[check_model_name(name)])
 
 
 def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.Module:
@@ -96,11 +106,9 @@ def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.M
         **kwargs: further builder arguments (`in_channels`, `image_size`, `lr`, ...).
 
     Raises:
-        ValueError: for an unknown name or an argument the builder does not take.
+        ValueError: for an unknown name (a ConfigError) or an argument the builder does not take.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models are: {', '.join(sorted(_MODELS))}.")
-    builder = _MODELS[name]
+    builder = _MODELS[check_model_name(name)]
     kwargs = {k: v for k, v in {"num_classes": num_classes, **kwargs}.items() if v is not None}
     params = inspect.signature(builder).parameters
     unknown = sorted(set(kwargs) - set(params))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Classifier", "caller_arguments", "device_of", "eval_mode", "init_cnn"]
+__all__ = ["Classifier", "caller_arguments", "device_of", "eval_mode", "init_cnn", "record_hparams"]
 
 
 def caller_arguments(depth: int = 1) -> dict:
@@ -40,6 +40,18 @@ def caller_arguments(depth: int = 1) -> dict:
         return values
     finally:
         del frame  # break the frame reference cycle (see the inspect docs)
+
+
+def record_hparams(obj, values: dict, ignore: Iterable[str] = ()) -> None:
+    """Store ``values`` (less ``ignore``, ``self`` and private names) as ``obj.hparams`` and as attributes.
+
+    What d2l's ``save_hyperparameters`` does (d2l §3.2.1), for :class:`Classifier` and the book's
+    ``HyperParameters`` (:mod:`cnnlab.compat`) alike.
+    """
+    skip = set(ignore) | {"self"}
+    obj.hparams = {k: v for k, v in values.items() if k not in skip and not k.startswith("_")}
+    for k, v in obj.hparams.items():
+        setattr(obj, k, v)
 
 
 def init_cnn(module: nn.Module) -> None:
@@ -106,11 +118,7 @@ class Classifier(nn.Module):
         """
         if "_parameters" not in self.__dict__:
             raise RuntimeError("call super().__init__() before self.save_hyperparameters().")
-        values = values or caller_arguments(depth=2)
-        skip = set(ignore) | {"self"}
-        self.hparams = {k: v for k, v in values.items() if k not in skip and not k.startswith("_")}
-        for k, v in self.hparams.items():
-            setattr(self, k, v)
+        record_hparams(self, values or caller_arguments(depth=2), ignore)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.net(X)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass
 
 from cnnlab.errors import ConfigError, RunFolderError
@@ -106,7 +108,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     """Fill every None field of ``config`` from the recipe, then the model's defaults, then the base.
 
     bf16 left unset everywhere is ``$CNNLAB_BF16`` if set, else decided by the hardware: on where it is fast
-    (:func:`cnnlab.training.trainer.bf16_default`).
+    (:func:`cnnlab.training.runtime.bf16_default`).
     """
     given = {k: v for k, v in config.to_dict().items() if v is not None}
     recipe_values = {}
@@ -116,11 +118,9 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
         recipe_values = dict(RECIPES[recipe])
         if "model" in recipe_values and config.model == TrainConfig.model:
             given["model"] = recipe_values["model"]
-    model = given.get("model", config.model)
-    from cnnlab.models import list_models
+    from cnnlab.models import check_model_name
 
-    if model not in list_models():
-        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    model = check_model_name(given.get("model", config.model))
     filled = {**model_defaults(model), **recipe_values, **given}
     filled["model"] = model
     if config.images is not None and config.resize is None:
@@ -134,10 +134,9 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
 
 def validate_config(config: TrainConfig) -> None:
     """Reject impossible settings with one clear sentence each (the CLI turns these into exit code 2)."""
-    from cnnlab.models import list_models
+    from cnnlab.models import check_model_name
 
-    if config.model not in list_models():
-        raise ConfigError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
+    check_model_name(config.model)
     checks = [
         (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
         (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
@@ -201,15 +200,21 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     return config
 
 
-# What each config field may hold once resolved (JSON gives ints for whole floats, so floats accept ints).
-_FIELD_TYPES = {
-    "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int), "optimizer": (str,),
-    "momentum": (float, int), "weight_decay": (float, int), "schedule": (str,), "label_smoothing": (float, int),
-    "resize": (int,), "augment": (bool,), "flip": (bool, type(None)), "normalize": (bool,), "bf16": (bool,),
-    "channels_last": (bool,),
-    "compile": (bool,), "device": (str,), "seed": (int,), "data_dir": (str, type(None)),
-    "num_train": (int, type(None)), "num_val": (int, type(None)), "val_split": (float, type(None)),
-    "images": (str, type(None)), "channels": (int, type(None)), "skip_bad": (bool,), "tensorboard": (bool,),
-    "out": (str, type(None)), "progress": (bool,), "budget": (float, int, type(None)),
-    "steps": (int, type(None)), "min_steps": (int, type(None)), "replay": (str, type(None)),
-}
+def _resolved_types() -> dict[str, tuple[type, ...]]:
+    """What each config field may hold once resolved, read off TrainConfig's annotations.
+
+    A field the recipes fill (one of BASE's) is never None once resolved; the others keep None as "not given".
+    JSON writes a whole float as an int, so a float field also accepts an int.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    table = {}
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if field.name in BASE:
+            kinds = tuple(k for k in kinds if k is not type(None))
+        table[field.name] = kinds + ((int,) if float in kinds and int not in kinds else ())
+    return table
+
+
+_FIELD_TYPES = _resolved_types()

@@ -8,7 +8,9 @@
 - ``on_train_epoch_end(trainer, model, row)``: after each epoch's validation, with the epoch's metrics row
   (``epoch``, ``train_loss``, ``val_loss``, ``val_acc``, ``lr``, ``images_per_s``, ``seconds``, ``elapsed``);
 - ``on_save_checkpoint(trainer, state)``: before a checkpoint dict is written; add plain values to ``state``;
-- ``on_fit_end(trainer, model)``: after the last epoch, also when there was nothing left to train.
+- ``on_fit_end(trainer, model)``: after the last epoch, also when there was nothing left to train;
+- ``on_exception(trainer, model, exc)``: instead of ``on_fit_end`` when ``fit`` raises (after ``on_fit_start`` was
+  called, Ctrl-C included), before the exception propagates: release what the callback holds.
 """
 
 from __future__ import annotations
@@ -30,3 +32,6 @@ class Callback:
 
     def on_fit_end(self, trainer, model) -> None:
         """Called when ``fit`` has trained its last epoch."""
+
+    def on_exception(self, trainer, model, exc: BaseException) -> None:
+        """Called when ``fit`` raises ``exc`` (a diverged loss, a data error, Ctrl-C); ``fit`` then re-raises it."""

@@ -59,7 +59,7 @@ class TensorBoardLogger(Callback):
     def on_fit_start(self, trainer, model: nn.Module) -> None:
         """Open the writer; a resumed run (``trainer.epoch > 0``) purges the steps after its checkpoint."""
         self._start_epoch = int(trainer.epoch)
-        if not _is_main(trainer):
+        if not trainer.is_main:
             return
         from torch.utils.tensorboard import SummaryWriter
 
@@ -76,11 +76,8 @@ class TensorBoardLogger(Callback):
         if self.writer is None:
             return
         step = int(row["epoch"])
-        lr = row.get("lr")
-        if lr is None and getattr(trainer, "optimizer", None) is not None:
-            lr = trainer.optimizer.param_groups[0]["lr"]  # after the epoch's last scheduler step
         scalars = {"train/loss": row.get("train_loss"), "val/loss": row.get("val_loss"),
-                   "val/accuracy": row.get("val_acc"), "lr": lr, "images_per_s": row.get("images_per_s"),
+                   "val/accuracy": row.get("val_acc"), "lr": row.get("lr"), "images_per_s": row.get("images_per_s"),
                    "time/epoch_s": row.get("seconds"), "time/elapsed_s": row.get("elapsed")}
         for tag, value in scalars.items():
             if value is not None:
@@ -102,8 +99,12 @@ class TensorBoardLogger(Callback):
                 self._add_kernels(model, step)
         self.close()
 
+    def on_exception(self, trainer, model: nn.Module, exc: BaseException) -> None:
+        """Close the writer when the fit raised: the epochs logged so far stay readable."""
+        self.close()
+
     def close(self) -> None:
-        """Flush and close the event file (the hooks call it; call it yourself after a fit that raised)."""
+        """Flush and close the event file (``on_fit_end`` and ``on_exception`` call it)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -205,25 +206,14 @@ def kernel_grid(weight: torch.Tensor, tile_pixels: int = 40, max_tiles: int | No
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _is_main(trainer) -> bool:
-    # The redesigned Trainer has `is_main`; today's keeps it in its distributed context.
-    is_main = getattr(trainer, "is_main", None)
-    if is_main is None:
-        from cnnlab.training import distributed as dist_utils
-
-        ctx = getattr(trainer, "ctx", None) or dist_utils.current()
-        is_main = ctx.is_main
-    return bool(is_main() if callable(is_main) else is_main)
-
-
 def _evaluate_everywhere(trainer, model: nn.Module, class_names):
     """The validation result with the confusion matrix summed over all processes (None on a lone non-main one)."""
     from cnnlab.training import distributed as dist_utils
-    from cnnlab.training.trainer import evaluate
+    from cnnlab.training.evaluation import evaluate
 
     ctx = dist_utils.current()  # the process group itself, whatever the trainer calls its context
     world = ctx.world_size
-    if world == 1 and not _is_main(trainer):
+    if world == 1 and not trainer.is_main:
         return None
     num_classes = len(class_names) if class_names else getattr(getattr(trainer, "data", None), "num_classes", None)
     result = evaluate(model, trainer.val_loader, trainer.device, num_classes=num_classes)  # fp32, as cnnlab evaluate

@@ -27,14 +27,12 @@ from cnnlab.training import distributed as dist_utils
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
-from cnnlab.training.evaluation import EvalResult, evaluate
-from cnnlab.training.runfolder import METRIC_FIELDS, RunFolder
-from cnnlab.training.runtime import autocast, bf16_default, bf16_is_fast, pick_device, seed_everything, torch_flags
+from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.runtime import autocast, pick_device, seed_everything, torch_flags
 from cnnlab.training.schedules import ClockProgress, ProgressLR, StepProgress, epochs_for_steps
 from cnnlab.visual.board import in_notebook, live_board
 
-__all__ = ["Trainer", "TrainingDiverged", "pick_device", "bf16_is_fast", "bf16_default", "evaluate",
-           "EvalResult", "seed_everything", "METRIC_FIELDS"]
+__all__ = ["Trainer"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -271,27 +269,33 @@ class Trainer:
                 if self.epoch < self.max_epochs:
                     self._say(f"resuming at epoch {self.epoch + 1}/{self.max_epochs}")
             stop = self.max_epochs if epochs is None else min(self.max_epochs, self.epoch + epochs)
-            self._call("on_fit_start", self.model)
-            # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
-            self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
-                          if self.is_main else None)
-            self._stop = stop
-            while self.epoch < stop and not self.finished:
-                row = self._train_epoch()
-                if row is None:  # an epoch between validations
-                    continue
-                self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
-                self.history.append(row)
-                self.is_best_epoch = row["val_acc"] > self.best_val_acc
-                self.best_val_acc = max(self.best_val_acc, row["val_acc"])
-                self._call("on_train_epoch_end", self.model, row)
-                self._say(f"epoch {row['epoch']}{self._of_epochs()}  train loss {row['train_loss']:.4f}  "
-                          f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                          f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
-                if self._live is not None:
-                    self._live.epoch(row)
-            if self._live is not None:
-                self._live.close()
+            try:
+                self._call("on_fit_start", self.model)
+                # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
+                self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
+                              if self.is_main else None)
+                self._stop = stop
+                while self.epoch < stop and not self.finished:
+                    row = self._train_epoch()
+                    if row is None:  # an epoch between validations
+                        continue
+                    self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
+                    self.history.append(row)
+                    self.is_best_epoch = row["val_acc"] > self.best_val_acc
+                    self.best_val_acc = max(self.best_val_acc, row["val_acc"])
+                    self._call("on_train_epoch_end", self.model, row)
+                    self._say(f"epoch {row['epoch']}{self._of_epochs()}  train loss {row['train_loss']:.4f}  "
+                              f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+                              f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
+                    if self._live is not None:
+                        self._live.epoch(row)
+            except BaseException as exc:  # Ctrl-C too: callbacks release what they hold (Lightning's hook)
+                self._call("on_exception", self.model, exc)
+                raise
+            finally:
+                if self._live is not None:  # the figure shows the epochs done, whatever ended the loop
+                    self._live.close()
+                    self._live = None
             self._call("on_fit_end", self.model)
         return self.history
 

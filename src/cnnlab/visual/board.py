@@ -88,15 +88,16 @@ class ProgressBoard:
         fig, axes: a figure and axes to draw on; None makes one of ``figsize`` inches.
         display: draw at all.
         min_interval: least seconds between two redraws; 0 redraws at every new point, as d2l does.
+        clock: the seconds the throttle reads (``time.monotonic``; tests give a fake one).
     """
 
     def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None, xscale="linear", yscale="linear",
                  ls=("-", "--", "-.", ":"), colors=("C0", "C1", "C2", "C3"), fig=None, axes=None,
-                 figsize=(3.5, 2.5), display=True, min_interval=0.0):
+                 figsize=(3.5, 2.5), display=True, min_interval=0.0, clock=time.monotonic):
         self.xlabel, self.ylabel, self.xlim, self.ylim = xlabel, ylabel, xlim, ylim
         self.xscale, self.yscale, self.ls, self.colors = xscale, yscale, tuple(ls), tuple(colors)
         self.fig, self.axes, self.figsize, self.display = fig, axes, figsize, display
-        self.min_interval = min_interval
+        self.min_interval, self.clock = min_interval, clock
         self.raw_points: dict[str, list[Point]] = collections.OrderedDict()
         self.data: dict[str, list[Point]] = collections.OrderedDict()
         self.redraws = 0
@@ -114,7 +115,7 @@ class ProgressBoard:
         line.append(Point(sum(p.x for p in points) / every_n, sum(p.y for p in points) / every_n))
         points.clear()
         self._pending = True
-        if time.monotonic() - self._last >= self.min_interval:
+        if self.clock() - self._last >= self.min_interval:
             self.flush()
 
     def flush(self) -> None:
@@ -143,7 +144,7 @@ class ProgressBoard:
         self._handle = show_figure(self.fig, self._handle)
         self.redraws += 1
         self._pending = False
-        self._last = time.monotonic()
+        self._last = self.clock()
 
 
 class TrainingBoard:
