@@ -50,8 +50,8 @@ def test_the_callers_own_oserror_surfaces_as_itself_not_as_a_write_error(tmp_pat
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO])
 def test_the_writes_own_oserror_becomes_a_write_error(tmp_path, code):
     target = tmp_path / "a.bin"
-    with pytest.raises(WriteError, match="cannot write .*a.bin"), atomic_write(target) as f:
-        raise OSError(code, os.strerror(code))  # what f.write or torch.save(obj, f) raise on a full disk
+    with pytest.raises(WriteError, match="cannot write .*a.bin"), atomic_write(target):
+        raise OSError(code, os.strerror(code))  # what f.write or torch.save raise on a full disk
     assert os.listdir(tmp_path) == []
 
 
