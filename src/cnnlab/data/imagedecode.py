@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from cnnlab.atomic import atomic_write
 from cnnlab.data.files import cache_dir
-from cnnlab.data.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_array, probe_image
+from cnnlab.data.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, ImageError, check_file, decode_array, probe_image
 from cnnlab.errors import UserError
 from cnnlab.nn.ops import size_pair
 
@@ -104,9 +105,11 @@ def _scan(folder: Path) -> _Scan:
                 path = os.path.join(here, fname)
                 try:
                     st = os.stat(path)
-                    size, mtime = st.st_size, st.st_mtime_ns
                 except OSError:  # a broken link: decoding reports it with the other bad files
                     size, mtime = -1, -1
+                else:  # size -1 also for a FIFO, socket or device (perhaps behind a link): bad, never opened
+                    size = st.st_size if stat.S_ISREG(st.st_mode) else -1
+                    mtime = st.st_mtime_ns
                 scan.files.append((path, label, size, mtime))
         if len(scan.files) == found:
             empty.append(name)
@@ -207,12 +210,20 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
     start = time.perf_counter()
     files = [f for scan in scans.values() for f in scan.files]
     bad: dict[str, str] = {}
+    for path, _, file_size, _ in files:
+        if file_size <= 0:  # missing, empty or not a regular file: refused from its stat, before anything opens it
+            try:
+                check_file(path)
+            except ImageError as e:
+                bad[path] = str(e)
     disable = None if progress is None else not progress
     if channels is None:
         # From the headers, before anything is decoded: the size in memory depends on it. The first colour
         # image settles it; the rest are then checked while they are decoded.
         channels = 1
         for path, *_ in tqdm(files, desc="reading headers", unit="img", disable=disable, leave=False):
+            if path in bad:
+                continue
             try:
                 grey = _png_is_grey(path)
                 if grey is None:
