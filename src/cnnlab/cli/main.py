@@ -26,12 +26,13 @@ def cmd_train(args) -> int:
 
     from cnnlab.recipes import TrainConfig, resolve_config, run_training
 
-    if args.resume:
+    if args.resume and args.resume != "auto":
         summary = run_training(None, resume=args.resume)
-    else:
+    else:  # a new run; --resume auto: or the continuation of the one in --out (cnnlab.recipes.resume)
         # Every TrainConfig field has an option of the same name (``progress`` is ``--no-progress``).
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-        summary = run_training(resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe))
+        summary = run_training(resolve_config(TrainConfig(**given, progress=not args.no_progress), args.recipe),
+                               resume=args.resume)
     if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
         return 0
     if summary["finished_already"]:
