@@ -24,7 +24,7 @@ from cnnlab.errors import ConfigError, DistributedRunFailed
 
 __all__ = ["DistContext", "DistributedRunFailed", "run_failed", "current", "init_from_env", "launched_by_torchrun",
            "env_world_size", "timeout_from_env", "threads_per_process", "wrap_model", "all_reduce_sum",
-           "all_gather_object", "sync_buffers", "barrier", "shutdown", "DEFAULT_TIMEOUT_S"]
+           "all_gather_object", "sync_buffers", "shutdown", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -136,10 +136,21 @@ def init_from_env(device_type: str, timeout_s: float | None = None) -> DistConte
     # The processes on one machine share its cores: each takes an equal part so that together they do not
     # oversubscribe them (N processes x all cores each thrash), yet do not sit on 1 thread each either, which
     # is what torchrun's default OMP_NUM_THREADS=1 would leave on a CPU-only run.
+    # Process-wide, so it is given back when the group is left (shutdown): a library caller's process that
+    # trains again without a group must not stay on 1 thread.
+    _threads_before.append(torch.get_num_threads())
     torch.set_num_threads(threads_per_process(_cores(), local_world_size))
     backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except BaseException:
+        torch.set_num_threads(_threads_before.pop())
+        raise
     return current()
+
+
+# The thread count before init_from_env changed it (at most one entry: one group per process at a time).
+_threads_before: list[int] = []
 
 
 def wrap_model(model: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
@@ -185,12 +196,6 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (a no-op for one process)."""
-    if ctx.world_size > 1:
-        dist.barrier()
-
-
 def shutdown(clean: bool = True) -> None:
     """Leave the process group if one was joined: all ranks together after a clean run.
 
@@ -219,3 +224,5 @@ def shutdown(clean: bool = True) -> None:
             dist.destroy_process_group()
         except Exception:  # after a peer died, teardown may fail; there is nothing left to save
             pass
+        if _threads_before:
+            torch.set_num_threads(_threads_before.pop())
