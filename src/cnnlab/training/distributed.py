@@ -141,12 +141,35 @@ def init_from_env(device_type: str, timeout_s: float | None = None) -> DistConte
     _threads_before.append(torch.get_num_threads())
     torch.set_num_threads(threads_per_process(_cores(), local_world_size))
     backend = "nccl" if device_type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        store = _restart_store(timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=env_world_size())
     except BaseException:
         torch.set_num_threads(_threads_before.pop())
         raise
     return current()
+
+
+def _restart_store(timeout: datetime.timedelta):
+    """torchrun's agent store seen through a prefix of this restart attempt; None when torchrun shares none.
+
+    torchrun (c10d rendezvous) keeps one TCP store for all attempts of a run and starts the workers of a
+    restart (``--max-restarts``) on it, but the workers' process group writes its keys (each rank's gloo
+    address) under the same names every attempt, so a restarted rank may read a dead rank's address from the
+    attempt before: "connectFullMesh failed ... Connection refused", or a hang. A prefix per attempt
+    (TORCHELASTIC_RESTART_COUNT) gives every attempt its own names.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env_world_size(),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"cnnlab/attempt-{attempt}", store)
 
 
 # The thread count before init_from_env changed it (at most one entry: one group per process at a time).
