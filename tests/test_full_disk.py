@@ -19,17 +19,39 @@ TINY = ["--model", "lenet-relu", "--num-train", "256", "--num-val", "64", "--epo
         "--device", "cpu", "--no-progress"]
 
 
+def _mount_tmpfs(mount, options: str) -> None:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("this machine does not let us mount a tmpfs (a container without CAP_SYS_ADMIN)")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs mounted in tmp_path (a few LeNet checkpoints fit), unmounted afterwards."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root on Linux")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("this machine does not let us mount a tmpfs (a container without CAP_SYS_ADMIN)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    _mount_tmpfs(tmp_path / "disk", "size=4m")
+    yield tmp_path / "disk"
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs (EROFS for every write, root included), unmounted afterwards."""
+    _mount_tmpfs(tmp_path / "ro", "size=1m,ro")
+    yield tmp_path / "ro"
+    subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+
+
+def test_a_read_only_folder_is_one_line_at_start(read_only_disk, data_dir, capsys, monkeypatch):
+    from cnnlab.training.trainer import Trainer
+
+    epochs = []
+    monkeypatch.setattr(Trainer, "_train_epoch", lambda self: epochs.append(1))
+    code = main(["train", *TINY, "--data-dir", str(data_dir), "--out", str(read_only_disk / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Read-only file system" in err and "--out" in err, err
+    assert epochs == [] and os.listdir(read_only_disk) == []  # refused before training, nothing written
 
 
 def _fill(folder) -> int:
