@@ -394,7 +394,8 @@ def test_elastic_restart_after_a_sigkill_gives_the_uninterrupted_weights(tmp_pat
     run = tmp_path / "run"
     proc = _torchrun(tmp_path, *_args(data_dir, "--out", str(run)), entry=(WORKER,), timeout=240,
                      launcher=("--standalone", "--max-restarts=1"), **_ELASTIC)
-    assert "exitcode: -9" in proc.stderr  # the kill happened, and torchrun restarted the workers
+    # The kill happened and torchrun saw a worker fail (rank 1's -9, or rank 0's 4 when it noticed first).
+    assert "failed (exitcode: " in proc.stderr
     _assert_continued_like_the_uninterrupted_run([proc.returncode], [(proc.stdout, proc.stderr)], run, uninterrupted)
 
 
