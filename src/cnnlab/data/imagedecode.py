@@ -209,13 +209,7 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
 
     start = time.perf_counter()
     files = [f for scan in scans.values() for f in scan.files]
-    bad: dict[str, str] = {}
-    for path, _, file_size, _ in files:
-        if file_size <= 0:  # missing, empty or not a regular file: refused from its stat, before anything opens it
-            try:
-                check_file(path)
-            except ImageError as e:
-                bad[path] = str(e)
+    bad = _refused_from_stat(files)
     disable = None if progress is None else not progress
     if channels is None:
         # From the headers, before anything is decoded: the size in memory depends on it. The first colour
@@ -280,6 +274,18 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
         log(f"decoded {row:,} images of {root} to {channels}x{size[0]}x{size[1]} in {took:.1f} s "
             f"({row / max(took, 1e-9):,.0f} images/s)")
     return decoded
+
+
+def _refused_from_stat(files: list[tuple[str, int, int, int]]) -> dict[str, str]:
+    """``{path: reason}`` for the files the scan found missing, empty or special, before anything opens them."""
+    bad = {}
+    for path, _, size, _ in files:
+        if size <= 0:  # _scan gives -1 for a broken link and for a FIFO, socket or device
+            try:
+                check_file(path)
+            except ImageError as e:
+                bad[path] = str(e)
+    return bad
 
 
 def _png_is_grey(path: str) -> bool | None:
