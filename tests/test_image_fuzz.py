@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import tracemalloc
+import warnings
 import zlib
 from datetime import timedelta
 
@@ -124,10 +125,13 @@ def test_the_folder_reader_decodes_or_lists_each_fuzzed_file(folder, case):
     path.write_bytes(data)
     tracemalloc.start()
     try:
-        decoded = decode_folder(folder, resize=8, channels=1, cache=False, log=None, progress=False)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            decoded = decode_folder(folder, resize=8, channels=1, cache=False, log=None, progress=False)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    assert [str(w.message) for w in warned] == []  # a damaged file is one line in the list, not warnings too
     bad = dict(decoded.bad)
     assert set(bad) <= {str(path)}  # the good images always decode
     images, labels = decoded.splits["all"]

@@ -129,6 +129,9 @@ def _checked(path: str | os.PathLike, formats: tuple[str, ...] | None):
         with warnings.catch_warnings():
             # Pillow warns from 89 Mpx and refuses from 179 Mpx; our own, lower limit is checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Damaged TIFF/EXIF tags ("Tag data larger than file"): the file is decoded or refused all the same,
+            # and a folder of them would bury the one-line summary.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             with Image.open(path, formats=formats) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
