@@ -176,6 +176,7 @@ def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None,
         folder = RunFolder(seen[0][0])
     epochs = [epoch for _, _, epoch in seen]
     if len(set(epochs)) > 1:
+        folder.release()  # run_training never learns of this folder: let go of it here
         raise CheckpointError(f"the processes of this run found different checkpoints in {folder.path} (epoch "
                               f"by rank: {epochs}); on several machines the run folder must be on a filesystem "
                               "they all share, at the same path")
