@@ -4,7 +4,8 @@ Environment:
     CNNLAB_TEST_DUMP: a folder; after every epoch each rank saves its model's state dict there as rank{r}.pt.
     CNNLAB_TEST_DIE_STEP: after this many training steps the rank CNNLAB_TEST_DIE_RANK (default 1) stops:
         CNNLAB_TEST_DIE_HOW=exit (default) exits with status 1, hang sleeps for an hour, kill sends itself
-        SIGKILL, sigint sends itself SIGINT (Ctrl-C) once.
+        SIGKILL, sigint sends itself SIGINT (Ctrl-C) once. Only in torchrun's first attempt: the workers an
+        elastic restart (--max-restarts) starts again run to the end.
 """
 
 import os
@@ -61,7 +62,8 @@ def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=()
 def build_model(config, data):
     model = _build_model(config, data)
     die_step = int(os.environ.get("CNNLAB_TEST_DIE_STEP", "0"))
-    if die_step and RANK == int(os.environ.get("CNNLAB_TEST_DIE_RANK", "1")):
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if die_step and first_attempt and RANK == int(os.environ.get("CNNLAB_TEST_DIE_RANK", "1")):
         model.register_forward_pre_hook(_die_after(die_step))
     return model
 

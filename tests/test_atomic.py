@@ -1,5 +1,6 @@
 """cnnlab.atomic: a killed writer leaves the old file, and every file cnnlab writes goes through it, fsynced."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from cnnlab import atomic
 from cnnlab.atomic import atomic_write, temp_path
 from cnnlab.cli.main import main
+from cnnlab.errors import WriteError
 
 
 def test_write_replace_and_no_litter(tmp_path):
@@ -30,6 +32,27 @@ def test_an_error_inside_keeps_the_old_file_and_removes_the_temp(tmp_path):
         f.write(b"new, half")
         1 / 0  # noqa: B018
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_the_callers_own_oserror_surfaces_as_itself_not_as_a_write_error(tmp_path):
+    # Reading a missing input inside the block is the caller's mistake (or bug), not a full or read-only disk.
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(FileNotFoundError) as caught, atomic_write(target) as f:
+        f.write((tmp_path / "missing-input").read_bytes())
+    assert not isinstance(caught.value, WriteError)
+    with pytest.raises(PermissionError) as caught, atomic_write(target) as f:  # EACCES on another file
+        raise PermissionError(13, "Permission denied", str(tmp_path / "elsewhere"))
+    assert not isinstance(caught.value, WriteError)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO])
+def test_the_writes_own_oserror_becomes_a_write_error(tmp_path, code):
+    target = tmp_path / "a.bin"
+    with pytest.raises(WriteError, match="cannot write .*a.bin"), atomic_write(target):
+        raise OSError(code, os.strerror(code))  # what f.write or torch.save raise on a full disk
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_sigkilled_writer_leaves_the_old_file_and_the_next_write_cleans_up(tmp_path):

@@ -7,8 +7,10 @@ exactly. All in fp32 (--no-bf16), whatever CNNLAB_BF16 says. The slow part is st
 on 2 cores).
 """
 
+import inspect
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -198,6 +200,35 @@ def test_threads_and_timeout_settings(monkeypatch):
             distributed.timeout_from_env()
 
 
+def test_the_thread_count_is_given_back_when_the_group_is_left(monkeypatch):
+    # init_from_env shares the cores among the processes of a machine (torch's process-wide setting); leaving
+    # the group gives the caller's count back. A one-process gloo group stands in for torchrun's.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    for name, value in dict(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, LOCAL_WORLD_SIZE=64, MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=_free_port()).items():
+        monkeypatch.setenv(name, str(value))
+    try:
+        distributed.init_from_env("cpu", timeout_s=30)
+        assert dist.is_initialized() and torch.get_num_threads() == 1  # 64 processes share this machine
+        distributed.shutdown(clean=True)
+        assert not dist.is_initialized() and torch.get_num_threads() == 3
+    finally:
+        distributed.shutdown(clean=False)
+        torch.set_num_threads(before)
+
+
+def test_every_distributed_helper_has_a_caller():
+    # Dead helpers rot (issue 24 found a barrier helper that nothing called): each public function is called
+    # somewhere, in the package or its tests (torch's own dist.barrier() does not count).
+    roots = [Path(distributed.__file__).parents[1], Path(__file__).parent]
+    sources = "\n".join(p.read_text() for root in roots for p in root.rglob("*.py"))
+    functions = [name for name in distributed.__all__ if inspect.isfunction(getattr(distributed, name))]
+    uncalled = [name for name in functions if not re.search(rf"(?<!def )(?<!dist\.)\b{name}\(", sources)]
+    assert uncalled == [], uncalled
+
+
 # -- torchrun runs end cleanly, every time ------------------------------------------------------------------------
 
 def _torchrun(cwd, *argv, nproc=2, entry=("-m", "cnnlab"), launcher=("--standalone",), timeout=300, **env):
@@ -338,3 +369,63 @@ def test_processes_that_see_different_checkpoints_refuse_to_start(tmp_path, data
     outputs = [r.communicate(timeout=240) for r in ranks]
     assert [r.returncode for r in ranks] == [2, 2], [o[1][-1500:] for o in outputs]
     assert "found different checkpoints in run (epoch by rank: [1, 2])" in outputs[0][1]
+
+
+# -- elastic restarts: torchrun --max-restarts starts the workers again, and they continue last.pt -----------------
+
+def _assert_continued_like_the_uninterrupted_run(codes, outputs, run, uninterrupted):
+    assert codes == [0] * len(codes), [o[1][-3000:] for o in outputs]
+    stdout = "".join(o[0] for o in outputs)
+    # Rank 1 was SIGKILLed in epoch 2, after epoch 1's checkpoint; the restarted workers loaded it.
+    assert stdout.count("resuming at epoch 2/2") == 1 and stdout.count("test accuracy") == 1
+    assert {p.name for p in run.iterdir()} == RUN_FILES  # and no lock file left behind
+    last, reference = load_checkpoint(run / "last.pt"), load_checkpoint(uninterrupted / "last.pt")
+    assert last["epoch"] == 2 and _losses(run) == _losses(uninterrupted)
+    for name, value in reference["model_state"].items():
+        assert torch.equal(last["model_state"][name], value), name
+
+
+_ELASTIC = dict(CNNLAB_TEST_DIE_STEP=20, CNNLAB_TEST_DIE_HOW="kill", CNNLAB_DIST_TIMEOUT=30)
+
+
+@pytest.mark.slow  # two starts of two processes: ~15 s on 2 idle cores
+@pytest.mark.parametrize("i", range(20))
+def test_elastic_restart_after_a_sigkill_gives_the_uninterrupted_weights(tmp_path, data_dir, uninterrupted, i):
+    run = tmp_path / "run"
+    proc = _torchrun(tmp_path, *_args(data_dir, "--out", str(run)), entry=(WORKER,), timeout=240,
+                     launcher=("--standalone", "--max-restarts=1"), **_ELASTIC)
+    # The kill happened and torchrun saw a worker fail (rank 1's -9, or rank 0's 4 when it noticed first).
+    assert "failed (exitcode: " in proc.stderr
+    _assert_continued_like_the_uninterrupted_run([proc.returncode], [(proc.stdout, proc.stderr)], run, uninterrupted)
+
+
+@pytest.mark.slow
+def test_elastic_restart_with_two_launchers_like_two_machines(tmp_path, data_dir):
+    def both(run, **env):
+        port = _free_port()
+        launcher = ("--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                    "--rdzv-id=cnnlab-el", "--max-restarts=1", "--nproc_per_node=1")
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, WORKER,
+                                   *_args(data_dir, "--out", str(run))], cwd=tmp_path, env=_env(**env),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        return [p.communicate(timeout=240) for p in procs], [p.returncode for p in procs]
+
+    # The reference is the same two launchers never stopped: one process per launcher takes all the cores
+    # (threads_per_process), so its float sums differ from the hand-started pair of the other tests.
+    outputs, codes = both(tmp_path / "uninterrupted")
+    assert codes == [0, 0], [o[1][-2000:] for o in outputs]
+    outputs, codes = both(tmp_path / "run", **_ELASTIC)
+    _assert_continued_like_the_uninterrupted_run(codes, outputs, tmp_path / "run", tmp_path / "uninterrupted")
+
+
+def test_a_group_that_cannot_form_fails_within_the_timeout_with_one_line(tmp_path, data_dir):
+    # A restarted worker whose peer never comes back: init_process_group gives up after CNNLAB_DIST_TIMEOUT
+    # (here 3 s) and the rank says so in one line, exit 4, instead of waiting forever.
+    alone = subprocess.run([sys.executable, WORKER, *_args(data_dir, "--out", str(tmp_path / "run"))], text=True,
+                           capture_output=True, timeout=120,
+                           env=_env(RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR="127.0.0.1",
+                                    MASTER_PORT=_free_port(), CNNLAB_DIST_TIMEOUT=3))
+    err = alone.stderr
+    assert alone.returncode == 4, err[-2000:]
+    assert err.count("\n") == 1 and err.startswith(f"cnnlab: error: {FAILED} (") and "start the run again" in err
+    assert not (tmp_path / "run").exists()  # nothing was written: the folder comes after the group

@@ -21,6 +21,7 @@ from cnnlab.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from cnnlab.data.imagedecode import ImageFolderError
 from cnnlab.data.imagefolder import FASHION_FOLDERS, ImageFolderData, export_folder
 from cnnlab.data.images import decode_image, open_image
+from cnnlab.errors import ImageError
 from cnnlab.models import create_model
 from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
 from cnnlab.training.evaluation import evaluate
@@ -493,3 +494,72 @@ def test_hostile_folder_names_stay_plain_strings(tmp_path, monkeypatch):
     written = list((tmp_path / "cache").rglob("*"))
     assert [p.name for p in written if p.is_file()] == [data.cache_file.name]  # ...whose name is a hash
     assert set(data.cache_file.stem) <= set("0123456789abcdef-")
+
+
+# ---- special files: FIFOs, sockets, devices, links --------------------------------------------------------------
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) when something blocks: opening a FIFO waits for a writer forever."""
+    import signal
+
+    class Blocked(Exception):  # not an OSError (TimeoutError is one): no `except OSError` may swallow it
+        pass
+
+    def fail(signum, frame):
+        raise Blocked("blocked for 20 s: something opened a special file")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_fifos_sockets_and_devices_are_bad_files_listed_at_once(tmp_path, no_hang):
+    import socket
+
+    root = grey_folder(tmp_path / "special", per_class=3)
+    os.mkfifo(root / "a" / "x.png")  # a reader that opened it would wait for a writer forever
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "fifo", root / "a" / "link-to-fifo.png")
+    os.symlink("/dev/zero", root / "b" / "zero.png")  # a device that never ends
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "b" / "sock.png"))
+    os.symlink(root / "a" / "0.png", root / "b" / "link-to-good.png")  # a link to a regular file: followed
+    try:
+        data = ImageFolderData(root, skip_bad=True, val_split=0.25, **QUIET)
+        with pytest.raises(ImageFolderError) as info:
+            ImageFolderData(root, **QUIET)
+    finally:
+        sock.close()
+    reasons = {Path(p).name: reason for p, reason in data.skipped}
+    assert set(reasons) == {"x.png", "link-to-fifo.png", "zero.png", "sock.png"}
+    assert "FIFO" in reasons["x.png"] and "FIFO" in reasons["link-to-fifo.png"]
+    assert "character device" in reasons["zero.png"] and "socket" in reasons["sock.png"]
+    assert len(data.train_labels) + len(data.val_labels) == 7  # six images and the linked one
+    assert str(info.value).startswith("4 of 11 image files in") and "x.png" in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_given_to_the_image_reader_is_refused_unopened(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(ImageError, match="is not a file but a FIFO"):
+        open_image(tmp_path / "x.png")
+    with pytest.raises(ImageError, match="is not a file but a folder"):
+        open_image(tmp_path)
+
+
+def test_a_bug_in_the_conversion_is_a_bug_not_a_bad_file(tmp_path, monkeypatch):
+    # Only the user's file may be blamed: an error in cnnlab's own grey conversion must surface as itself.
+    from cnnlab.data import images
+
+    path = write_png(tmp_path / "a.png", np.full((8, 8), 7, np.uint8))
+
+    def broken(img):
+        raise ZeroDivisionError("a bug in _to_grey")
+
+    monkeypatch.setattr(images, "_to_grey", broken)
+    with pytest.raises(ZeroDivisionError):
+        open_image(path, channels=1)

@@ -11,6 +11,7 @@ the same target removes once that process is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
 
     Raises:
         WriteError: (an ``OSError`` and a :class:`~cnnlab.errors.UserError`) the folder is missing, unwritable
-            or full; ``path`` is intact and no temporary file remains.
+            or full; ``path`` is intact and no temporary file remains. Inside the block only the write's
+            own errors (a write errno, on no other file) become one: the caller's other OSErrors (a missing
+            input file, a broken pipe) surface as themselves, after the same clean-up.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write opens files for writing only ('w' or 'wb'), not {mode!r}")
@@ -69,21 +72,37 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     tmp = temp_path(path)
     if mode == "w" and encoding is None:
         encoding = "utf-8"
+    callers = False  # an OSError of the caller's own code inside the block surfaces as itself
     try:
         with open(tmp, mode, encoding=encoding, newline=newline) as f:
-            yield f
+            try:
+                yield f
+            except OSError as exc:
+                callers = not _is_write_error(exc, tmp)
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:  # an error, Ctrl-C or a failed rename: leave the old file and no litter
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and not callers:
             # The environment's doing (no space, read-only, no folder), not a bug: one clear line in the CLI.
             raise WriteError(path, exc) from exc
         raise
     fsync_dir(path.parent)
     _remove_stale_temps(path)
+
+
+# What writing the temporary file itself can meet: a full disk or quota, a read-only or unwritable folder, a
+# file over the size limit, a failing device. Anything else raised inside the block is the caller's.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                           errno.EIO})
+
+
+def _is_write_error(exc: OSError, tmp: Path) -> bool:
+    """An OSError raised inside the block is the write's own when it is a write errno on no other file."""
+    return exc.errno in _WRITE_ERRNOS and exc.filename in (None, str(tmp), tmp)
 
 
 def _remove_stale_temps(path: Path) -> None:

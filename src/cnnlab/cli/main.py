@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     from cnnlab.recipes import TrainConfig, resolve_config, run_training
     from cnnlab.recipes.budget import process_seconds
 
-    if args.resume:
+    if args.resume and args.resume != "auto":
         summary = run_training(None, resume=args.resume)
     elif args.replay:
         from cnnlab.recipes import read_run_config
@@ -53,7 +53,9 @@ def cmd_train(args) -> int:
                 from cnnlab.recipes.auto import find_lr
 
                 config = dataclasses.replace(config, lr=find_lr(config))
-            summary = run_training(config, spent=process_seconds())  # a --budget counts the start-up too
+            # --resume auto: or the continuation of the run in --out (cnnlab.recipes.resume); a --budget counts
+            # the start-up too.
+            summary = run_training(config, resume=args.resume, spent=process_seconds())
     if summary["test_accuracy"] is None:  # a non-zero rank under torchrun
         return 0
     if summary["finished_already"]:

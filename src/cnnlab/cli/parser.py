@@ -128,7 +128,9 @@ def _add_train(sub) -> None:
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard/ (needs the "
                    "'tensorboard' extra); view with `tensorboard --logdir runs/`")
     p.add_argument("--out", help="the run folder itself (default runs/<model>-<timestamp>)")
-    p.add_argument("--resume", metavar="RUN", help="continue this run folder with its saved settings")
+    p.add_argument("--resume", metavar="RUN", help="continue this run folder with its saved settings; 'auto': "
+                   "continue the run in --out if its last.pt has these settings, else start it (as torchrun's "
+                   "restarts always do)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action="store_true", help="write report.html into the run folder at the end")
 

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ import torch
 
 from cnnlab.atomic import atomic_write
 from cnnlab.data.files import cache_dir
-from cnnlab.data.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_array, probe_image
-from cnnlab.errors import UserError
+from cnnlab.data.images import FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, check_file, decode_array, probe_image
+from cnnlab.errors import ImageError, UserError
 from cnnlab.nn.ops import size_pair
 
 __all__ = ["Decoded", "ImageFolderError", "decode_folder", "default_max_bytes"]
@@ -104,9 +105,11 @@ def _scan(folder: Path) -> _Scan:
                 path = os.path.join(here, fname)
                 try:
                     st = os.stat(path)
-                    size, mtime = st.st_size, st.st_mtime_ns
                 except OSError:  # a broken link: decoding reports it with the other bad files
                     size, mtime = -1, -1
+                else:  # size -1 also for a FIFO, socket or device (perhaps behind a link): bad, never opened
+                    size = st.st_size if stat.S_ISREG(st.st_mode) else -1
+                    mtime = st.st_mtime_ns
                 scan.files.append((path, label, size, mtime))
         if len(scan.files) == found:
             empty.append(name)
@@ -212,13 +215,15 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
 
     start = time.perf_counter()
     files = [f for scan in scans.values() for f in scan.files]
-    bad: dict[str, str] = {}
+    bad = _refused_from_stat(files)
     disable = None if progress is None else not progress
     if channels is None:
         # From the headers, before anything is decoded: the size in memory depends on it. The first colour
         # image settles it; the rest are then checked while they are decoded.
         channels = 1
         for path, *_ in tqdm(files, desc="reading headers", unit="img", disable=disable, leave=False):
+            if path in bad:
+                continue
             try:
                 grey = _png_is_grey(path)
                 if grey is None:
@@ -275,6 +280,18 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
         log(f"decoded {row:,} images of {root} to {channels}x{size[0]}x{size[1]} in {took:.1f} s "
             f"({row / max(took, 1e-9):,.0f} images/s)")
     return decoded
+
+
+def _refused_from_stat(files: list[tuple[str, int, int, int]]) -> dict[str, str]:
+    """``{path: reason}`` for the files the scan found missing, empty or special, before anything opens them."""
+    bad = {}
+    for path, _, size, _ in files:
+        if size <= 0:  # _scan gives -1 for a broken link and for a FIFO, socket or device
+            try:
+                check_file(path)
+            except ImageError as e:
+                bad[path] = str(e)
+    return bad
 
 
 def _png_is_grey(path: str) -> bool | None:

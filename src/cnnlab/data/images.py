@@ -22,7 +22,7 @@ import torch
 
 from cnnlab.errors import ImageError
 
-__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "decode_array", "decode_image", "is_grey",
+__all__ = ["FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "check_file", "decode_array", "decode_image", "is_grey",
            "open_image", "probe_image"]
 
 # Refuse decompression bombs before decoding: 40 megapixels is far beyond any photo a CNN here is fed.
@@ -70,8 +70,9 @@ def open_image(path: str | os.PathLike, channels: int | None = None, *, formats:
         img.load()
         _upright(img)
         grey = is_grey(img) if channels is None else channels == 1
-        # Both return a new image: ``img`` itself is closed (its pixels freed) when the ``with`` ends.
-        return _to_grey(img) if grey else _to_rgb(img)
+    # Converted outside the check: the file is read whole by now, so an error from here on is cnnlab's bug, to
+    # be seen as one, not "your file is damaged". (Closing the file left the decoded pixels in memory.)
+    return _to_grey(img) if grey else _to_rgb(img)
 
 
 def probe_image(path: str | os.PathLike, formats: tuple[str, ...] | None = FORMATS) -> tuple[int, int, bool]:
@@ -89,27 +90,48 @@ def probe_image(path: str | os.PathLike, formats: tuple[str, ...] | None = FORMA
         return img.width, img.height, is_grey(img)
 
 
-@contextlib.contextmanager
-def _checked(path: str | os.PathLike, formats: tuple[str, ...] | None):
-    """The opened (not yet decoded) image, its size checked; every failure inside becomes an ImageError."""
-    from PIL import Image, UnidentifiedImageError
+def check_file(path: str | os.PathLike) -> os.stat_result:
+    """Refuse what is not a non-empty regular file (through symlinks) from its ``stat``, before any ``open``.
 
+    A FIFO, socket or device named ``x.png`` must never be opened: opening a FIFO blocks until a writer comes
+    (forever), and a device may be endless or act on being opened.
+
+    Raises:
+        ImageError: missing (or a broken symlink), unreadable, a folder, a FIFO, socket or device, or empty.
+    """
     try:
-        st = os.stat(path)  # one system call for the three checks: a folder of 60,000 files notices
+        st = os.stat(path)  # follows symlinks: a link to a regular file is fine, a link to a FIFO is not
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
     except OSError as exc:
         raise ImageError(f"image {path} cannot be read ({exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"image {path} is not a file")
+        kind = _SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise ImageError(f"image {path} is not a file but {kind}; remove it from the image folder")
     if st.st_size == 0:
         raise ImageError(f"image {path} is empty (0 bytes)")
+    return st
+
+
+_SPECIAL_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+                  stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+@contextlib.contextmanager
+def _checked(path: str | os.PathLike, formats: tuple[str, ...] | None):
+    """The opened (not yet decoded) image, its size checked; every failure inside becomes an ImageError."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_file(path)
     too_big = (f"over the {MAX_PIXELS:,}-pixel limit (a decompression bomb or a needlessly huge photo); "
                "shrink it first")
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89 Mpx and refuses from 179 Mpx; our own, lower limit is checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Damaged TIFF/EXIF tags ("Tag data larger than file"): the file is decoded or refused all the same,
+            # and a folder of them would bury the one-line summary.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             with Image.open(path, formats=formats) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:

@@ -76,7 +76,8 @@ class AutoPlan:
 
 def native_size(root: str | os.PathLike, sample: int = 32) -> tuple[int, int]:
     """The median (height, width) of the first ``sample`` image files under ``root``, read from their headers."""
-    from cnnlab.data.images import IMAGE_SUFFIXES, ImageError, probe_image
+    from cnnlab.data.images import IMAGE_SUFFIXES, probe_image
+    from cnnlab.errors import ImageError
 
     sizes = []
     for here, dirs, files in os.walk(root):

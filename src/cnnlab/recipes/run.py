@@ -18,6 +18,7 @@ from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.recipes.budget import BudgetKeeper
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
+from cnnlab.recipes.resume import AUTO, folder_to_resume
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
@@ -150,6 +151,8 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     """
     start = time.perf_counter()
     state = None
+    if resume == AUTO or (resume is None and config is not None):
+        resume = folder_to_resume(config, resume)  # an elastic restart (torchrun) or --resume auto
     if resume is not None:
         config = read_run_config(resume)
         # The same checks as a new run (a hand-edited config.json is no exception), including that the batch
@@ -160,47 +163,32 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             state = load_checkpoint(folder.last)
     else:
         validate_config(config)
-        folder = RunFolder(config.out or default_run_dir(config.model))
+        folder = RunFolder(config.out) if config.out else None  # None: rank 0 creates a default-named one
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
+    holder = [folder]  # the folder once rank 0 has created (and locked) it, for the release below
     try:
-        ctx = dist_utils.init_from_env(device.type)  # waits (up to the timeout) for all ranks to join
-        if ctx.world_size > 1 and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
-        if config.seed is not None:
-            torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
-        data_start = time.perf_counter()
-        data = build_data(config) if data is None else data
-        data_seconds = time.perf_counter() - data_start
-        if config.resize is None:  # an image folder chose its size: the run's config records it
-            config = dataclasses.replace(config, resize=data.resize[0])
-        model = build_model(config, data)
-        folder = _set_up_run_folder(folder, config if resume is None else None, state, ctx)
-        if config.tensorboard:
-            from cnnlab.training.tensorboard import TensorBoardLogger
-
-            callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
-        steps_per_epoch = len(data.train_dataloader())
-        pace = build_pace(config, steps_per_epoch)
-        if isinstance(pace, ClockProgress):
-            callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
-                                                  log=log, clock=lambda: spent + time.perf_counter() - start,
-                                                  startup=spent)]
-        if log is not None and ctx.is_main:
-            log(describe_run(config, data, steps_per_epoch, pace))
-        trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,
-                                callbacks=callbacks, on_epoch_end=on_epoch_end)
-        trainer.fit(model, data, resume_from=state)
-    except RuntimeError as exc:
-        # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
-        # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
-        if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
-            raise
-        raise dist_utils.run_failed(exc, folder.path) from exc
-    result = warning = None
-    if ctx.is_main:
-        loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
-        warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
+        try:
+            ctx = dist_utils.init_from_env(device.type)  # waits (up to the timeout) for all ranks to join
+            if ctx.world_size > 1 and device.type == "cuda":
+                device = torch.device("cuda", ctx.local_rank)
+            config, trainer, steps_per_epoch = _fit(config, holder, state, resume is None, ctx, device, data=data,
+                                                    clock=lambda: spent + time.perf_counter() - start,
+                                                    spent=spent, log=log, callbacks=callbacks,
+                                                    on_epoch_end=on_epoch_end)
+        except RuntimeError as exc:
+            # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
+            # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
+            if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
+                raise
+            raise dist_utils.run_failed(exc, holder[0].path if holder[0] else None) from exc
+        folder, result, warning = holder[0], None, None
+        if ctx.is_main:
+            loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
+            warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
+    finally:
+        if holder[0] is not None:
+            holder[0].release()  # the run folder's lock (RunFolder.create); a library caller's process lives on
     return {
         "run_dir": str(folder.path),
         "config": config,
@@ -231,24 +219,71 @@ def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
     return state.get("global_step", state.get("epoch", 0) * steps_per_epoch) >= total
 
 
-def _set_up_run_folder(folder: RunFolder, new_config: TrainConfig | None, state: dict | None,
+def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,
+         device: torch.device, *, data=None, clock, spent: float, log, callbacks,
+         on_epoch_end) -> tuple[TrainConfig, Trainer, int]:
+    """Build data, model and trainer, set up the run folder (into ``holder[0]``) and fit.
+
+    Returns:
+        The final config, the trainer and the number of steps in an epoch.
+
+    ``clock``: seconds since the command started (a ``--budget`` counts all of them), ``spent`` of them before
+    :func:`run_training` was called.
+    """
+    if config.seed is not None:
+        torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
+    data_start = time.perf_counter()
+    data = build_data(config) if data is None else data
+    data_seconds = time.perf_counter() - data_start
+    if config.resize is None:  # an image folder chose its size: the run's config records it
+        config = dataclasses.replace(config, resize=data.resize[0])
+    model = build_model(config, data)
+    holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
+    if config.tensorboard:
+        from cnnlab.training.tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
+    steps_per_epoch = len(data.train_dataloader())
+    pace = build_pace(config, steps_per_epoch)
+    if isinstance(pace, ClockProgress):
+        callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
+                                              log=log, clock=clock, startup=spent)]
+    if log is not None and ctx.is_main:
+        log(describe_run(config, data, steps_per_epoch, pace))
+    trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,
+                            callbacks=callbacks, on_epoch_end=on_epoch_end)
+    trainer.fit(model, data, resume_from=state)
+    return config, trainer, steps_per_epoch
+
+
+def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None, state: dict | None,
                        ctx: dist_utils.DistContext) -> RunFolder:
-    """Rank 0 creates the run folder (and writes ``config.json`` for a new run); every rank learns its path."""
-    error = None
+    """Rank 0 creates and locks the run folder (and writes ``config.json`` for a new run); every rank learns its path.
+
+    ``folder`` None: a new run without ``--out``, in a default-named folder that rank 0 chooses.
+    """
+    error, path = None, None
     if ctx.is_main:
+        values = new_config.to_dict() if new_config is not None else None
         try:
-            folder.create(new_config.to_dict() if new_config is not None else None)
+            if folder is None:  # a default name: taken exclusively, the next free one on a collision
+                folder = RunFolder.create_new(default_run_dir(new_config.model), values)
+            else:
+                folder.create(values)
+            path = str(folder.path)
         except UserError as exc:
             error = exc
     # One exchange settles the set-up for all ranks: rank 0's folder (the default name holds a timestamp that
     # could differ between ranks), whether rank 0 could create it (so no rank waits for a rank 0 that gave
     # up), and which checkpoint epoch each rank loaded (they must all resume from the same one).
-    seen = dist_utils.all_gather_object((str(folder.path), error, state.get("epoch") if state else None), ctx)
-    folder, error = RunFolder(seen[0][0]), seen[0][1]
-    if error is not None:
-        raise error
+    seen = dist_utils.all_gather_object((path, error, state.get("epoch") if state else None), ctx)
+    if seen[0][1] is not None:
+        raise seen[0][1]
+    if not ctx.is_main:
+        folder = RunFolder(seen[0][0])
     epochs = [epoch for _, _, epoch in seen]
     if len(set(epochs)) > 1:
+        folder.release()  # run_training never learns of this folder: let go of it here
         raise CheckpointError(f"the processes of this run found different checkpoints in {folder.path} (epoch "
                               f"by rank: {epochs}); on several machines the run folder must be on a filesystem "
                               "they all share, at the same path")

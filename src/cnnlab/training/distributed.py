@@ -24,7 +24,7 @@ from cnnlab.errors import ConfigError, DistributedRunFailed
 
 __all__ = ["DistContext", "DistributedRunFailed", "run_failed", "current", "init_from_env", "launched_by_torchrun",
            "env_world_size", "timeout_from_env", "threads_per_process", "wrap_model", "all_reduce_sum",
-           "all_gather_object", "sync_buffers", "barrier", "shutdown", "DEFAULT_TIMEOUT_S"]
+           "all_gather_object", "sync_buffers", "shutdown", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -136,10 +136,44 @@ def init_from_env(device_type: str, timeout_s: float | None = None) -> DistConte
     # The processes on one machine share its cores: each takes an equal part so that together they do not
     # oversubscribe them (N processes x all cores each thrash), yet do not sit on 1 thread each either, which
     # is what torchrun's default OMP_NUM_THREADS=1 would leave on a CPU-only run.
+    # Process-wide, so it is given back when the group is left (shutdown): a library caller's process that
+    # trains again without a group must not stay on 1 thread.
+    _threads_before.append(torch.get_num_threads())
     torch.set_num_threads(threads_per_process(_cores(), local_world_size))
     backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        store = _restart_store(timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=env_world_size())
+    except BaseException:
+        torch.set_num_threads(_threads_before.pop())
+        raise
     return current()
+
+
+def _restart_store(timeout: datetime.timedelta):
+    """torchrun's agent store seen through a prefix of this restart attempt; None when torchrun shares none.
+
+    torchrun (c10d rendezvous) keeps one TCP store for all attempts of a run and starts the workers of a
+    restart (``--max-restarts``) on it, but the workers' process group writes its keys (each rank's gloo
+    address) under the same names every attempt, so a restarted rank may read a dead rank's address from the
+    attempt before: "connectFullMesh failed ... Connection refused", or a hang. A prefix per attempt
+    (TORCHELASTIC_RESTART_COUNT) gives every attempt its own names.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env_world_size(),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"cnnlab/attempt-{attempt}", store)
+
+
+# The thread count before init_from_env changed it (at most one entry: one group per process at a time).
+_threads_before: list[int] = []
 
 
 def wrap_model(model: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
@@ -185,12 +219,6 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (a no-op for one process)."""
-    if ctx.world_size > 1:
-        dist.barrier()
-
-
 def shutdown(clean: bool = True) -> None:
     """Leave the process group if one was joined: all ranks together after a clean run.
 
@@ -219,3 +247,5 @@ def shutdown(clean: bool = True) -> None:
             dist.destroy_process_group()
         except Exception:  # after a peer died, teardown may fail; there is nothing left to save
             pass
+        if _threads_before:
+            torch.set_num_threads(_threads_before.pop())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import RunFolderError
+from cnnlab.training import runlock
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import resolve_checkpoint, save_checkpoint
 
@@ -54,17 +55,32 @@ class RunFolder(Callback):
 
     # ---- creating and reading --------------------------------------------------------------------
 
-    def create(self, config: dict | None = None) -> RunFolder:
-        """Make the folder, check that it takes files, and write ``config.json`` when ``config`` is given.
+    def create(self, config: dict | None = None, exclusive: bool = False) -> RunFolder:
+        """Make the folder, hold its lock, check that it takes files, and write ``config.json`` if given.
+
+        The lock (:mod:`cnnlab.training.runlock`) is taken before anything is written and held until
+        :meth:`release`, or until the process ends, however it ends.
+
+        Args:
+            config: the run's settings for ``config.json`` (None: keep the one there, as a resume does).
+            exclusive: the folder must not exist yet (a default name; see :meth:`create_new`).
 
         Raises:
+            FileExistsError: ``exclusive`` and the folder exists.
+            RunFolderBusy: another live process is writing the folder (nothing was written).
             RunFolderError: the folder cannot be created or written into.
         """
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=not exclusive)
+        except FileExistsError:
+            if exclusive:
+                raise
+            raise RunFolderError(f"cannot create run folder {self.path}: a file of that name exists; choose "
+                                 "another --out folder") from None
         except OSError as exc:
             raise RunFolderError(f"cannot create run folder {self.path}: {exc.strerror or exc}; choose another "
                                  "--out folder") from None
+        runlock.acquire(self.path)
         try:
             probe = self.path / ".write-test"
             probe.write_bytes(b"ok")
@@ -73,10 +89,31 @@ class RunFolder(Callback):
                 with atomic_write(self.config_file, "w") as f:  # a kill never leaves half a config
                     f.write(json.dumps(config, indent=2) + "\n")
         except OSError as exc:
+            self.release()
             reason = exc.strerror or str(exc)
             raise RunFolderError(f"cannot write into run folder {self.path}: {reason}; choose another --out "
                                  "folder") from None
         return self
+
+    @classmethod
+    def create_new(cls, base: str | os.PathLike, config: dict | None = None) -> RunFolder:
+        """Create a folder no other run has: ``base``, else ``base-1``, ``base-2``... (Lightning's version_N).
+
+        The name is taken by an exclusive ``mkdir``, so two runs started in the same second (the default name
+        holds the time to the second) get two folders, never one.
+        """
+        base = Path(base)
+        for n in range(10_000):
+            folder = cls(base if n == 0 else base.with_name(f"{base.name}-{n}"))
+            try:
+                return folder.create(config, exclusive=True)
+            except FileExistsError:
+                continue
+        raise RunFolderError(f"10,000 run folders named {base}-N exist already; choose an --out folder")
+
+    def release(self) -> None:
+        """Let go of the folder's lock taken by :meth:`create` (a no-op if not held)."""
+        runlock.release(self.path)
 
     def read_config(self) -> dict:
         """The settings the run was started with, as stored (the caller checks the fields).

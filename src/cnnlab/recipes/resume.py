@@ -1,0 +1,55 @@
+"""Continuing a run by itself: torchrun's elastic restarts and ``cnnlab train --out DIR --resume auto``.
+
+``torchrun --max-restarts=N`` starts the workers again with the same command line after one dies, and
+PyTorch's elastic guide expects the script to load its latest checkpoint then. So, under torchrun, a new run
+whose ``--out`` folder already holds a ``last.pt`` of the same configuration continues it, as ``--resume DIR``
+would; ``--resume auto`` does the same outside torchrun (and starts afresh where there is nothing to continue).
+A folder that holds a run of other settings is refused with the differences named, never overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab.errors import ConfigError
+from cnnlab.recipes.config import TrainConfig
+from cnnlab.training import distributed as dist_utils
+from cnnlab.training.runfolder import RunFolder
+
+__all__ = ["AUTO", "config_differences", "folder_to_resume"]
+
+AUTO = "auto"
+
+# Settings that may differ between a run and its continuation: how it is shown and where it was named from.
+_FREE = ("progress", "out")
+
+
+def config_differences(stored: dict, given: dict) -> list[str]:
+    """``"name: stored -> given"`` for each setting that differs (a None in ``given`` is "decided later")."""
+    names = sorted(set(stored) | set(given))
+    return [f"{name}: {stored.get(name)!r} there, {given.get(name)!r} now" for name in names
+            if name not in _FREE and given.get(name) is not None and stored.get(name) != given.get(name)]
+
+
+def folder_to_resume(config: TrainConfig, resume: str | None) -> Path | None:
+    """The run folder this start continues by itself, or None for a fresh run.
+
+    Args:
+        config: the settings of this start (``cnnlab train``'s options).
+        resume: ``"auto"`` (``--resume auto``) or None (then only an elastic start under torchrun continues).
+
+    Raises:
+        ConfigError: ``--resume auto`` without ``--out``, or the folder holds a run of other settings.
+    """
+    if resume == AUTO and config.out is None:
+        raise ConfigError("--resume auto continues the run in --out DIR; give --out DIR (or --resume DIR)")
+    if config.out is None or (resume != AUTO and not dist_utils.launched_by_torchrun()):
+        return None
+    folder = RunFolder(config.out)
+    if not folder.last.is_file():
+        return None  # nothing finished there yet: a fresh start
+    differences = config_differences(folder.read_config(), config.to_dict())
+    if differences:
+        raise ConfigError(f"{folder.path} holds a run of other settings ({'; '.join(differences)}); continue it "
+                          "with `cnnlab train --resume DIR`, or give another --out folder")
+    return folder.path
