@@ -90,7 +90,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "gradcam", tar
             side = max(2, min(h, w) // 7)  # a patch a seventh of the image, moved half a patch at a time
             maps = attr.Occlusion(model).attribute(x, sliding_window_shapes=(c, side, side),
                                                    strides=(c, max(1, side // 2), max(1, side // 2)),
-                                                   target=target, baselines=0.0).sum(1)
+                                                   target=target, baselines=0.0,
+                                                   # several patches per forward: one each is 169 passes at 28x28
+                                                   perturbations_per_eval=max(1, 256 // n)).sum(1)
         else:
             maps = attr.Saliency(model).attribute(x, target=target, abs=True).amax(1)
     return maps.detach().float()
