@@ -68,6 +68,16 @@ def test_missing_captum_is_one_line(monkeypatch, capsys):
 
 # ---- trained models for the sanity checks ------------------------------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread while training: on a shared 2-core machine, two threads that wait for each other made
+    a LeNet step 20x slower (0.57 s against 0.027 s at load 13)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _train(model, images, labels, steps, lr=2e-3, batch=64, seed=0):
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -138,7 +148,7 @@ def cascading_randomization(model, images, method):
 
 @pytest.mark.parametrize("method", ["gradcam", "ig"])
 def test_randomizing_lenet_weights_changes_the_maps(lenet, fashion, method):
-    images = fashion[0][-64:]
+    images = fashion[0][-32:] if method == "ig" else fashion[0][-64:]  # IG: 64 forward-backward passes a map
     correlations = cascading_randomization(lenet, images, method)
     print(f"\nlenet-relu {method}: rank correlation after each cascade step {[round(c, 3) for c in correlations]}")
     assert correlations[-1] < 0.5 and max(correlations[1:]) < 0.5
@@ -163,7 +173,7 @@ def test_integrated_gradients_are_complete(lenet, fashion):
 # ---- localization: a synthetic set where a small mark at a random place decides the class ----------------------
 
 MARK = 5  # the mark's side in pixels, on a 28x28 noise background
-TOLERANCE = 2  # pixels around the mark that still count as on it: Grad-CAM's maps are 5x5 cells upsampled
+TOLERANCE = 2  # pixels around the mark that still count as on it: FastNet's Grad-CAM is 4x4 cells upsampled
 
 
 def marks_dataset(n, seed):
@@ -183,22 +193,35 @@ def marks_dataset(n, seed):
     return (x - 0.3) / 0.3, labels, corners
 
 
+@pytest.mark.slow
 def test_gradcam_peaks_on_the_mark():
+    """FastNet, whose max-pooled head points Grad-CAM at one place; LeNet's dense head does not (see docs)."""
     x, y, _ = marks_dataset(3000, seed=0)
-    model = _train(create_model("lenet-relu", num_classes=2), x, y, steps=400)
+    model = _train(create_model("fastnet", num_classes=2), x, y, steps=200)
     test_x, test_y, corners = marks_dataset(300, seed=1)
     with torch.no_grad():
         right = model(test_x).argmax(1) == test_y
-    maps = explain(model, test_x[right], "gradcam")
-    peak = maps.flatten(1).argmax(1)
-    rows, cols = peak // 28, peak % 28
-    r0, c0 = corners[right].T
-    hit = ((rows >= r0 - TOLERANCE) & (rows < r0 + MARK + TOLERANCE)
-           & (cols >= c0 - TOLERANCE) & (cols < c0 + MARK + TOLERANCE))
-    rate = float(hit.float().mean())
+    rate = peak_on_mark_rate(explain(model, test_x[right], "gradcam"), corners[right])
     print(f"\nlocalization: accuracy {float(right.float().mean()):.3f}, Grad-CAM peak on the mark in {rate:.3f} "
           f"of {int(right.sum())} correctly classified test images")
     assert float(right.float().mean()) > 0.9 and rate >= 0.9
+
+
+def peak_on_mark_rate(maps, corners, tolerance=TOLERANCE):
+    """The share of maps whose highest pixel lies on the mark (its box grown by ``tolerance`` pixels)."""
+    peak = maps.flatten(1).argmax(1)
+    rows, cols = peak // maps.shape[2], peak % maps.shape[2]
+    r0, c0 = corners.T
+    hit = ((rows >= r0 - tolerance) & (rows < r0 + MARK + tolerance)
+           & (cols >= c0 - tolerance) & (cols < c0 + MARK + tolerance))
+    return float(hit.float().mean())
+
+
+def test_peak_on_mark_rate_counts_only_peaks_on_the_mark():
+    maps = torch.zeros(2, 28, 28)
+    maps[0, 12, 12] = maps[1, 0, 27] = 1  # the first on its mark at (10, 10), the second far away
+    corners = torch.tensor([[10, 10], [10, 10]])
+    assert peak_on_mark_rate(maps, corners) == 0.5 and peak_on_mark_rate(maps[:1], corners[:1], 0) == 1.0
 
 
 # ---- the command --------------------------------------------------------------------------------------------
