@@ -31,8 +31,14 @@ def test_every_model_has_a_cam_layer_that_gradcam_explains(name):
     layer_name, layer = cam_layer(model)
     names = [n for n, _ in model.named_modules()]
     shapes = {}
-    handles = [m.register_forward_hook(lambda m, i, o, n=n: shapes.setdefault(n, tuple(o.shape)))
-               for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) or n == layer_name]
+
+    def keep(name):
+        def hook(module, inputs, output):  # returns None: a hook's return value would replace the output
+            shapes.setdefault(name, tuple(output.shape))
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Conv2d) or n == layer_name]
     with torch.no_grad():
         model(torch.zeros(1, 1, size, size))
     for handle in handles:
