@@ -81,11 +81,17 @@ def test_commands_take_the_file_in_place_of_the_run(run, exported, capsys, data_
 
 
 @pytest.mark.slow
-def test_evaluate_takes_the_file(run, exported, capsys, tmp_path, data_dir):
+def test_evaluate_and_report_take_the_file(run, exported, capsys, tmp_path, data_dir):
     for target in (run, exported):
         assert main(["evaluate", str(target), "--data-dir", str(data_dir), "--out", str(tmp_path / "c.png")]) == 0
     first, second = (text.split("\n", 1)[1] for text in capsys.readouterr().out.split("checkpoint ")[1:])
     assert first == second
+    # A file away from its run: no metrics.jsonl or config.json beside it, and the page says so.
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes(exported.read_bytes())
+    assert main(["report", str(alone), "--data-dir", str(data_dir)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "weights from alone.safetensors" in page and "No metrics.jsonl" in page
 
 
 def _halves(capsys):
