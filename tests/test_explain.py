@@ -85,6 +85,7 @@ def _one_thread():
 
 
 def _train(model, images, labels, steps, lr=2e-3, batch=64, seed=0):
+    """Adam on random batches (seeded); the caller seeds the model's initial weights."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -106,6 +107,7 @@ def fashion(data_dir):
 
 @pytest.fixture(scope="module")
 def lenet(fashion):
+    torch.manual_seed(0)
     return _train(create_model("lenet-relu"), *fashion, steps=300)
 
 
@@ -154,7 +156,7 @@ def cascading_randomization(model, images, method):
 
 @pytest.mark.parametrize("method", ["gradcam", "ig"])
 def test_randomizing_lenet_weights_changes_the_maps(lenet, fashion, method):
-    images = fashion[0][-32:] if method == "ig" else fashion[0][-64:]  # IG: 64 forward-backward passes a map
+    images = fashion[0][-16:] if method == "ig" else fashion[0][-64:]  # IG: 64 forward-backward passes a map
     correlations = cascading_randomization(lenet, images, method)
     print(f"\nlenet-relu {method}: rank correlation after each cascade step {[round(c, 3) for c in correlations]}")
     assert correlations[-1] < 0.5 and max(correlations[1:]) < 0.5
@@ -163,6 +165,7 @@ def test_randomizing_lenet_weights_changes_the_maps(lenet, fashion, method):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "ig"])
 def test_randomizing_fastnet_weights_changes_the_maps(fashion, method):
+    torch.manual_seed(0)
     model = _train(create_model("fastnet"), *fashion, steps=300, lr=3e-3)
     correlations = cascading_randomization(model, fashion[0][-64:], method)
     print(f"\nfastnet {method}: rank correlation after each cascade step {[round(c, 3) for c in correlations]}")
@@ -170,7 +173,7 @@ def test_randomizing_fastnet_weights_changes_the_maps(fashion, method):
 
 
 def test_integrated_gradients_are_complete(lenet, fashion):
-    errors = ig_completeness(lenet, fashion[0][-64:])
+    errors = ig_completeness(lenet, fashion[0][-32:])
     print(f"\nIG completeness on lenet-relu: max relative error {float(errors.max()):.2e}, "
           f"median {float(errors.median()):.2e}")
     assert float(errors.max()) < 0.01
@@ -203,6 +206,7 @@ def marks_dataset(n, seed):
 def test_gradcam_peaks_on_the_mark():
     """FastNet, whose max-pooled head points Grad-CAM at one place; LeNet's dense head does not (see docs)."""
     x, y, _ = marks_dataset(3000, seed=0)
+    torch.manual_seed(0)  # the initial weights too: the result depends on them (docs/explain.md)
     model = _train(create_model("fastnet", num_classes=2), x, y, steps=200)
     test_x, test_y, corners = marks_dataset(300, seed=1)
     with torch.no_grad():
