@@ -32,13 +32,30 @@ SECTIONS = [
     ("8.6", "resnet", "Residual Networks (ResNet) and ResNeXt", f"{MODERN}/resnet"),
 ]
 
+# One explanation at the end of a training notebook (cnnlab's, not the book's: docs/explain.md).
+EXPLAIN = [
+    ("markdown", "Why did the model predict what it did? One explanation, cnnlab's addition to the book "
+                 "(`d2l.explain`, Grad-CAM by Captum, see docs/explain.md): the heat map marks where the last "
+                 "convolutional block found the evidence for the predicted class."),
+    ("code", "from IPython.display import Image\n\nfrom cnnlab.visual.plotting import plot_overlays\n\n"
+             "X, y = next(iter(data.val_dataloader()))\n"
+             "X, y = X[:8].to(next(model.parameters()).device), y[:8]\n"
+             "maps = d2l.explain(model, X, method=\"gradcam\")  # one (H, W) map per image\n"
+             "preds = model(X).argmax(1).cpu()\n"
+             "titles = [f\"true {t}\\npred {p}\" for t, p in zip(data.text_labels(y), data.text_labels(preds))]\n"
+             "Image(plot_overlays(X[:, 0].cpu(), maps.cpu(), titles, \"gradcam.png\", "
+             "\"Grad-CAM of the predicted class\"))"),
+]
+
 # Cells added after the book's own, each from a nearby section of the book, to show its helpers inline.
 EXTRA = {
     "lenet": [
         ("markdown", "Fashion-MNIST's validation images as d2l §4.2 shows them "
                      "(`FashionMNIST.visualize`, inline like every cnnlab figure):"),
         ("code", "X, y = next(iter(data.val_dataloader()))\ndata.visualize((X, y))"),
+        *EXPLAIN,
     ],
+    "resnet": EXPLAIN,
 }
 
 INTRO = """# {section} {title}

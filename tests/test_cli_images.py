@@ -56,6 +56,14 @@ def test_train_on_an_image_folder_then_evaluate_predict_report_and_export(tmp_pa
     assert main(["evaluate", str(run)]) == 0
     assert "test accuracy 1.0000" in capsys.readouterr().out
 
+    # A colour run explained (Integrated Gradients, RGB summed) and used through its safetensors file.
+    assert main(["explain", str(run), str(picture), "--test-index", "0", "--method", "ig"]) == 0
+    assert "grid:" in capsys.readouterr().out and len(list((run / "explain").glob("*.png"))) == 3
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(run / "m.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run / "m.safetensors"), str(picture), "--top", "1"]) == 0
+    assert capsys.readouterr().out.strip() == predicted
+
     pytest.importorskip("onnxruntime")
     from cnnlab.inference.export import read_metadata
 

@@ -68,8 +68,10 @@ def test_notebook_runs_in_a_kernel(name, tmp_path, data_dir):
         window = torch.zeros(8, 8, dtype=torch.int32)
         window[4:7, 2:5] = 1
         assert code[3].outputs[-1]["data"]["text/plain"] == repr(window)  # the 3x3 window of H[4, 2], no more
+    if name in ("7.6-lenet", "8.6-resnet"):
+        assert "d2l.explain(model" in code[-1].source and images(code[-1]) == 1  # one Grad-CAM explanation
     if name == "7.6-lenet":
-        assert images(code[-1]) == 1  # data.visualize(...)
+        assert images(code[-2]) == 1  # data.visualize(...)
         assert "Conv2d output shape:\t torch.Size([1, 6, 28, 28])" in code[3].outputs[0].text
 
 

@@ -99,7 +99,7 @@ def test_report_is_self_contained(report):
 def test_report_escapes_run_text(report):
     markup = report.read_text(encoding="utf-8")
     assert "<b>" not in markup  # the folder name, shown in the title and the run line
-    assert "run &lt;b&gt;&amp;&#x27;&quot;" in markup
+    assert "run &lt;b&gt;&amp;&#39;&#34;" in markup  # Jinja2's (markupsafe's) escapes
     assert ODD_NAME in "".join(_parse(markup).text)
 
 
@@ -109,7 +109,7 @@ def test_report_holds_settings_metrics_and_tables(report, evaluated_accuracy):
     assert page.accuracy == evaluated_accuracy
     for expected in ("lenet-relu", "onecycle", "Training curves", "per-class accuracy", "ankle boot", "t-shirt",
                      "Most confident mistakes", "kernels", "Feature maps", "net.0", "Conv2d", "MaxPool2d",
-                     "61,706", "1x6x28x28"):
+                     "61,706", "1x6x28x28", "Grad-CAM heat map", "one 1x28x28 input"):
         assert expected in text, expected
 
 

@@ -14,6 +14,7 @@ Importing cnnlab does no work: no downloads, no file reads, no prints, no backen
 # The book's names (cnnlab.compat). d2l/torch.py's tensor aliases (d2l.tensor, d2l.zeros, d2l.reshape, ...,
 # listed in compat.ALIASES) are attributes, as in d2l, but not in __all__, so that `from cnnlab import *` keeps
 # Python's own abs.
+from cnnlab.analysis.explain import explain
 from cnnlab.compat import (  # noqa: F401
     DataModule,
     HyperParameters,
@@ -72,6 +73,8 @@ from cnnlab.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mn
 from cnnlab.data.files import find_data_dir
 from cnnlab.data.idx import read_idx
 from cnnlab.errors import CheckpointError, DataError, TrainingDiverged, UserError
+from cnnlab.inference.loaded import LoadedModel
+from cnnlab.inference.loaded import load_trained as load_model
 from cnnlab.models import (
     VGG,
     AlexNet,
@@ -128,8 +131,8 @@ __all__ = [
     "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "RunFolder", "Timer", "Trainer", "TrainingDiverged",
     "UserError", "VGG", "add_to_class",
     "avg_pool2d", "batch_norm", "conv2d", "conv_block", "conv_output_shape", "corr2d", "corr2d_multi_in",
-    "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu", "create_model", "evaluate", "find_data_dir", "gpu",
-    "init_cnn", "list_models", "load_checkpoint", "load_fashion_mnist", "max_pool2d", "model_summary", "nin_block",
-    "num_gpus", "plot", "pool2d", "read_idx", "register_model", "save_checkpoint", "show_images",
-    "transition_block", "try_all_gpus", "try_gpu", "vgg_block",
+    "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu", "create_model", "evaluate", "explain", "find_data_dir",
+    "gpu", "init_cnn", "list_models", "load_checkpoint", "load_model", "LoadedModel", "load_fashion_mnist",
+    "max_pool2d", "model_summary", "nin_block", "num_gpus", "plot", "pool2d", "read_idx", "register_model",
+    "save_checkpoint", "show_images", "transition_block", "try_all_gpus", "try_gpu", "vgg_block",
 ]

@@ -60,6 +60,7 @@ class MistakesFigure:
     indices: list[int]
     wrong: int
     total: int
+    explained: bool = False  # each drawn with its Grad-CAM overlay
 
 
 def plot_layer_kernels(model: nn.Module, path: str | os.PathLike, layer: str | None = None) -> KernelFigure:
@@ -208,11 +209,13 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: tor
 
 
 def plot_test_mistakes(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
-                       path: str | os.PathLike, n: int = 24, probs: torch.Tensor | None = None) -> MistakesFigure:
+                       path: str | os.PathLike, n: int = 24, probs: torch.Tensor | None = None,
+                       explain: bool = False) -> MistakesFigure:
     """Draw the ``n`` wrong predictions the model was surest of, with true and predicted class.
 
     Args:
         probs: the probabilities from :func:`predict_probabilities`, if already computed.
+        explain: draw each mistake's Grad-CAM map (of the wrong, predicted class) over it; needs Captum.
     """
     from cnnlab.visual.plotting import plot_mistakes
 
@@ -225,7 +228,14 @@ def plot_test_mistakes(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     titles = [f"#{i}  true: {names[int(labels[i])]}\npred: {names[int(predicted[i])]} "
               f"{float(confidence[i]):.2f}" for i in ranked]
     total = len(labels)
+    heatmaps = None
+    if explain and ranked:
+        from cnnlab.analysis.explain import explain_images
+
+        heatmaps = [e.heatmap for e in explain_images(loaded, images[ranked], "gradcam")]
+    what = "; Grad-CAM of the predicted class over each" if heatmaps is not None else ""
     title = (f"The {len(ranked)} most confident mistakes of {loaded.state.get('model_name') or 'the model'} "
-             f"({len(wrong):,} wrong of {total:,} test images; pred = predicted class and its probability)")
-    plot_mistakes([picture(images[i]) for i in ranked], titles, path, title)
-    return MistakesFigure(path=Path(path), indices=ranked, wrong=len(wrong), total=total)
+             f"({len(wrong):,} wrong of {total:,} test images; pred = predicted class and its probability{what})")
+    plot_mistakes([picture(images[i]) for i in ranked], titles, path, title, heatmaps=heatmaps)
+    return MistakesFigure(path=Path(path), indices=ranked, wrong=len(wrong), total=total,
+                          explained=heatmaps is not None)

@@ -5,16 +5,20 @@ the one small script are inline, and a Content-Security-Policy forbids any other
 offline, from an e-mail or from a CI artifact. Every piece of text from the run is escaped.
 The small script counts the images that failed to decode into ``body[data-broken-images]`` (and those that
 loaded into ``data-images-loaded``), which is what the browser test reads.
+
+Three steps, one function each: :func:`_evaluate` (the numbers, as ``cnnlab evaluate`` computes them),
+:func:`_draw_figures` (the PNGs, the mistakes with their Grad-CAM overlays when Captum is installed) and
+:func:`_render` (the page: ``templates/report.html.j2``, a Jinja2 template that escapes every value).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
@@ -53,42 +57,25 @@ window.addEventListener("load", function () {
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+@dataclass
+class _Evaluated:
+    """What the report shows of a run: the model, its run folder and the test-set evaluation."""
 
-
-def _img(png: Path, alt: str, caption: str) -> str:
-    data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _table(header, rows, numeric=()) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{_e(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
-                         for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _baseline_box(run_dir: Path) -> list[str]:
-    """The linear baseline on the raw pixels beside the network's accuracy (``baseline.json``, written by the
-    automatic recipe for your own images), or nothing."""
-    try:
-        base = json.loads((run_dir / "baseline.json").read_text())
-        accuracy = float(base["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [f'<div><span class="label">linear baseline on the raw pixels (same test images)</span>'
-            f'<span class="big" id="baseline-accuracy" style="color:#1b1f24">{accuracy:.4f}</span></div>']
+    loaded: object
+    folder: object
+    config: dict
+    history: list
+    images: object
+    labels: object
+    result: object
+    probs: object
+    data_dir: object
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None, *, test_index: int = 0, num_mistakes: int = 24,
                  device: str = "auto") -> Path:
-    """Write ``report.html`` for a run folder (or a checkpoint file) and return its path.
+    """Write ``report.html`` for a run folder (or a checkpoint or ``.safetensors`` file) and return its path.
 
     The test accuracy, per-class table and confusion matrix come from the same evaluation as
     ``cnnlab evaluate`` (the run's best checkpoint on the full 10,000-image test set), so the numbers agree.
@@ -101,134 +88,126 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         num_mistakes: how many of the most confident mistakes to show.
         device: where to evaluate ('auto': CUDA, then MPS, then the CPU).
     """
-    import torch
+    run = _evaluate(run_dir, data_dir, test_index, device)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-report-") as tmp:
+        figures, mistakes = _draw_figures(run, Path(tmp), test_index, num_mistakes)
+    out = Path(out) if out is not None else run.folder.path / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "w") as f:  # a browser never opens half a page
+        f.write(_render(run, figures, mistakes))
+    return out
 
-    from cnnlab.analysis.figures import (
-        plot_layer_kernels,
-        plot_test_features,
-        plot_test_mistakes,
-        predict_probabilities,
-    )
+
+def _evaluate(run_dir, data_dir, test_index: int, device: str) -> _Evaluated:
+    """Load the run, check ``test_index`` (before the slow part), evaluate the test set as ``cnnlab evaluate``."""
+    from cnnlab.analysis.figures import predict_probabilities
     from cnnlab.inference.loaded import load_trained
-    from cnnlab.nn.summary import layer_stats
     from cnnlab.training.evaluation import evaluate
     from cnnlab.training.runfolder import RunFolder
     from cnnlab.training.runtime import pick_device
-    from cnnlab.visual.plotting import plot_confusion, plot_curves
 
     device = pick_device(device)
     loaded = load_trained(run_dir, device)
     folder = RunFolder(loaded.checkpoint.parent)
     config = folder.read_config() if folder.config_file.is_file() else {}
     data_dir = data_dir if data_dir is not None else config.get("data_dir")
-    history = folder.history()
-    model_name = loaded.state.get("model_name") or type(loaded.model).__name__
-
     images, labels = loaded.test_split(data_dir)
-    class_names = loaded.class_names
-    dataset = f"the image folder {loaded.data.get('root')}" if loaded.is_image_folder else "Fashion-MNIST"
-    if not 0 <= test_index < len(images):  # checked before the slow part
+    if not 0 <= test_index < len(images):
         raise ConfigError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
                          f"(0..{len(images) - 1})")
     result = evaluate(loaded.model, loaded.test_loader(data_dir), device)  # as evaluate_checkpoint does
     probs = predict_probabilities(loaded, images.to(device), labels.to(device))
+    return _Evaluated(loaded=loaded, folder=folder, config=config, history=folder.history(), images=images,
+                      labels=labels, result=result, probs=probs, data_dir=data_dir)
 
+
+def _figure(png: Path, alt: str, caption: str) -> dict:
+    return {"data": base64.b64encode(png.read_bytes()).decode("ascii"), "alt": alt, "caption": caption}
+
+
+def _draw_figures(run: _Evaluated, tmp: Path, test_index: int, num_mistakes: int):
+    """The report's PNGs as ``data:`` URI parts (name -> data, alt, caption), and the mistakes record."""
+    from cnnlab.analysis.figures import plot_layer_kernels, plot_test_features, plot_test_mistakes
+    from cnnlab.visual.plotting import plot_confusion, plot_curves
+
+    loaded, figures = run.loaded, {}
+    if run.history:
+        figures["curves"] = _figure(plot_curves(run.history, tmp / "curves.png"), "training curves",
+                                    "Loss and validation accuracy after each epoch (metrics.jsonl).")
+    plot_confusion(run.result.confusion, loaded.class_names, tmp / "confusion.png",
+                   title=f"Confusion matrix (test accuracy {run.result.accuracy:.4f})")
+    figures["confusion"] = _figure(tmp / "confusion.png", "confusion matrix",
+                                   "Rows: true class; columns: predicted class; cells: image counts.")
+    mistakes = plot_test_mistakes(loaded, run.images, run.labels, tmp / "mistakes.png", n=num_mistakes,
+                                  probs=run.probs, explain=_captum_installed())
+    why = (" Over each, its Grad-CAM heat map: where the last convolutional block found the evidence for the "
+           "wrong class." if mistakes.explained else " (Install the 'explain' extra to see each one's Grad-CAM.)")
+    figures["mistakes"] = _figure(tmp / "mistakes.png", "most confident mistakes",
+                                  f"The {len(mistakes.indices)} wrong predictions the model was surest of, with "
+                                  "the test-set index, the true class, the predicted class and its probability."
+                                  + why)
+    kernels = plot_layer_kernels(loaded.model, tmp / "kernels.png")
+    figures["kernels"] = _figure(tmp / "kernels.png", f"kernels of {kernels.layer}",
+                                 f"The {kernels.tiles} kernels of the first conv layer, {kernels.layer} "
+                                 f"(weight {'x'.join(map(str, kernels.weight_shape))}); red positive, blue "
+                                 "negative, white zero, on one scale.")
+    features = plot_test_features(loaded, run.images, run.labels, test_index, tmp / "features.png")
+    figures["features"] = _figure(tmp / "features.png", f"feature maps of test image {test_index}",
+                                  f"Test image {test_index} and the feature maps after each conv stage "
+                                  f"({len(features.stages)} stages).")
+    return figures, mistakes
+
+
+def _captum_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("captum") is not None
+
+
+def _baseline_accuracy(run_dir: Path) -> float | None:
+    """The linear baseline's test accuracy on the raw pixels (``baseline.json``, written by the automatic recipe
+    for your own images), shown beside the network's; None where the run has none."""
+    try:
+        return float(json.loads((run_dir / "baseline.json").read_text())["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _render(run: _Evaluated, figures: dict, mistakes) -> str:
+    """The page, from ``templates/report.html.j2`` (Jinja2, every value escaped)."""
+    import jinja2
+    import torch
+
+    from cnnlab.nn.summary import layer_stats
+
+    loaded, result, history = run.loaded, run.result, run.history
+    env = jinja2.Environment(loader=jinja2.PackageLoader("cnnlab.analysis", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
     h, w = loaded.image_size
-    with tempfile.TemporaryDirectory(prefix="cnnlab-report-") as tmp:
-        tmp = Path(tmp)
-        figures = {}
-        if history:
-            plot_curves(history, tmp / "curves.png")
-            figures["curves"] = _img(tmp / "curves.png", "training curves",
-                                     "Loss and validation accuracy after each epoch (metrics.jsonl).")
-        plot_confusion(result.confusion, class_names, tmp / "confusion.png",
-                       title=f"Confusion matrix (test accuracy {result.accuracy:.4f})")
-        figures["confusion"] = _img(tmp / "confusion.png", "confusion matrix",
-                                    "Rows: true class; columns: predicted class; cells: image counts.")
-        mistakes = plot_test_mistakes(loaded, images, labels, tmp / "mistakes.png", n=num_mistakes, probs=probs)
-        figures["mistakes"] = _img(tmp / "mistakes.png", "most confident mistakes",
-                                   f"The {len(mistakes.indices)} wrong predictions the model was surest of, "
-                                   "with the test-set index, the true class, the predicted class and its "
-                                   "probability.")
-        kernels = plot_layer_kernels(loaded.model, tmp / "kernels.png")
-        figures["kernels"] = _img(tmp / "kernels.png", f"kernels of {kernels.layer}",
-                                  f"The {kernels.tiles} kernels of the first conv layer, {kernels.layer} "
-                                  f"(weight {'x'.join(map(str, kernels.weight_shape))}); red positive, blue "
-                                  "negative, white zero, on one scale.")
-        features = plot_test_features(loaded, images, labels, test_index, tmp / "features.png")
-        figures["features"] = _img(tmp / "features.png", f"feature maps of test image {test_index}",
-                                   f"Test image {test_index} and the feature maps after each conv stage "
-                                   f"({len(features.stages)} stages).")
-
     rows = layer_stats(loaded.model, (1, loaded.channels, h, w))
     prefix = "net." if isinstance(getattr(loaded.model, "net", None), torch.nn.Module) else ""  # named_modules()
     total = sum(p.numel() for p in loaded.model.parameters())
-    per_class = [(name, f"{acc:.4f}", f"{int(n):,}") for name, acc, n in
-                 zip(class_names, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
-                     strict=True)]
     last = history[-1] if history else {}
-    epochs_done = int(loaded.state.get("epoch", len(history)))
-    best = loaded.checkpoint.name
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>cnnlab report: {_e(folder.path.name)}</title>",
-        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
-        f"<h1>{_e(model_name)} on {_e(dataset)}</h1>",
-        f'<p class="muted">Run folder {_e(folder.path)}; weights from {_e(best)} (epoch {epochs_done}); '
-        f"report written {_e(time.strftime('%Y-%m-%d %H:%M'))} by cnnlab.</p>",
-        '<div class="headline">',
-        f'<div><span class="label">test accuracy ({result.count:,} test images)</span>'
-        f'<span class="big" id="test-accuracy">{result.accuracy:.4f}</span></div>',
-        f'<div><span class="label">test loss</span><span class="big" style="color:#1b1f24">'
-        f"{result.loss:.4f}</span></div>",
-        f'<div><span class="label">parameters</span><span class="big" style="color:#1b1f24">{total:,}</span></div>',
-        *_baseline_box(folder.path),
-        "</div>",
-        '<p class="muted">The same evaluation as <code>cnnlab evaluate</code>: the whole test set, which '
-        "training never sees (the validation accuracy below was measured during training, on "
-        f"{_e(config.get('num_val') or 'all')} test images).</p>",
-        "<h2>Training curves</h2>",
-        figures.get("curves", '<p class="muted">No metrics.jsonl in the run folder.</p>'),
-    ]
-    if history:
-        parts.append(_table(("epoch", "train loss", "val loss", "val accuracy", "images/s", "seconds"),
-                            [(r.get("epoch"), f"{r.get('train_loss', float('nan')):.4f}",
-                              f"{r.get('val_loss', float('nan')):.4f}", f"{r.get('val_acc', float('nan')):.4f}",
-                              f"{r.get('images_per_s', 0):,.0f}", f"{r.get('seconds', 0):.1f}") for r in history],
-                            numeric=range(6)))
-        parts.append(f'<p class="muted">Final epoch: train loss {last.get("train_loss", float("nan")):.4f}, '
-                     f'validation accuracy {last.get("val_acc", float("nan")):.4f}; total training time '
-                     f"{sum(r.get('seconds', 0) for r in history):.1f} s.</p>")
-    parts += [
-        "<h2>Test set: per-class accuracy and confusion matrix</h2>",
-        '<div class="cols">',
-        _table(("class", "accuracy", "images"), per_class, numeric=(1, 2)),
-        figures["confusion"],
-        "</div>",
-        "<h2>Most confident mistakes</h2>",
-        f'<p class="muted">{mistakes.wrong:,} of {mistakes.total:,} test images are misclassified.</p>',
-        figures["mistakes"],
-        "<h2>What the first layer learned: kernels</h2>",
-        figures["kernels"],
-        "<h2>Feature maps of one test image</h2>",
-        figures["features"],
-        "<h2>Layers</h2>",
-        f'<p class="muted">Top-level layers for one 1x{h}x{w} input; FLOPs count multiply-adds as 2 and '
-        "elementwise work as 0.</p>",
-        _table(("layer", "type", "output shape", "params", "FLOPs"),
-               [(prefix + r.name, r.layer_type, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.flops:,}")
-                for r in rows] + [("total", "", "", f"{total:,}", f"{sum(r.flops for r in rows):,}")],
-               numeric=(3, 4)),
-        "<h2>Settings</h2>",
-        _table(("setting", "value"), [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in config.items()])
-        if config else '<p class="muted">No config.json in the run folder.</p>',
-        "</body></html>",
-    ]
-    out = Path(out) if out is not None else folder.path / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out, "w") as f:  # a browser never opens half a page
-        f.write("\n".join(parts) + "\n")
-    return out
+    nan = float("nan")
+    return env.get_template("report.html.j2").render(
+        csp=_CSP, style=_STYLE, script=_SCRIPT, folder_name=run.folder.path.name, folder=run.folder.path,
+        model_name=loaded.state.get("model_name") or type(loaded.model).__name__,
+        dataset=f"the image folder {loaded.data.get('root')}" if loaded.is_image_folder else "Fashion-MNIST",
+        baseline=_baseline_accuracy(run.folder.path), checkpoint=loaded.checkpoint.name, epochs_done=int(loaded.state.get("epoch", len(history))),
+        written=time.strftime("%Y-%m-%d %H:%M"), result=result, total_params=total,
+        num_val=run.config.get("num_val") or "all", figures=figures, mistakes=mistakes,
+        history_rows=[(r.get("epoch"), f"{r.get('train_loss', nan):.4f}", f"{r.get('val_loss', nan):.4f}",
+                       f"{r.get('val_acc', nan):.4f}", f"{r.get('images_per_s', 0):,.0f}",
+                       f"{r.get('seconds', 0):.1f}") for r in history],
+        final_epoch=f"Final epoch: train loss {last.get('train_loss', nan):.4f}, validation accuracy "
+                    f"{last.get('val_acc', nan):.4f}; total training time "
+                    f"{sum(r.get('seconds', 0) for r in history):.1f} s.",
+        per_class=[(name, f"{acc:.4f}", f"{int(n):,}") for name, acc, n in
+                   zip(loaded.class_names, result.per_class_accuracy.tolist(), result.confusion.sum(1).tolist(),
+                       strict=True)],
+        input_shape=f"{loaded.channels}x{h}x{w}",  # was 1xHxW whatever the channels
+        layer_rows=[(prefix + r.name, r.layer_type, "x".join(map(str, r.output_shape)), f"{r.params:,}",
+                     f"{r.flops:,}") for r in rows] + [("total", "", "", f"{total:,}",
+                                                        f"{sum(r.flops for r in rows):,}")],
+        settings=[(k, v if isinstance(v, str) else json.dumps(v)) for k, v in run.config.items()],
+    ) + "\n"

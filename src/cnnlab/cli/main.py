@@ -132,24 +132,11 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from cnnlab.inference.loaded import check_test_index, load_trained, top_k
+    from cnnlab.inference.loaded import load_trained, top_k
 
-    if not args.images and not args.test_index:
-        raise ConfigError("give IMAGE files and/or --test-index N...")
     loaded = load_trained(args.run)
     class_names = loaded.class_names
-    names, images, truths = [], [], []
-    for path in args.images:
-        images.append(loaded.read_image(path))
-        names.append(str(path))
-        truths.append(None)
-    if args.test_index:
-        test_images, test_labels = loaded.test_split(args.data_dir)
-        for index in args.test_index:
-            check_test_index(index, len(test_images))
-            images.append(test_images[index])
-            names.append(f"test[{index}]")
-            truths.append(int(test_labels[index]))
+    names, images, truths = _gather_images(loaded, args)
     probs, classes = top_k(loaded, torch.stack(images), k=args.top)
     for name, truth, p_row, c_row in zip(names, truths, probs.tolist(), classes.tolist(), strict=True):
         ranked = ", ".join(f"{class_names[c]} {p:.3f}" for p, c in zip(p_row, c_row, strict=True))
@@ -170,11 +157,64 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _gather_images(loaded, args) -> tuple[list[str], list, list]:
+    """The IMAGE files and --test-index images of predict and explain: names, uint8 images, true classes."""
+    from cnnlab.inference.loaded import check_test_index
+
+    if not args.images and not args.test_index:
+        raise ConfigError("give IMAGE files and/or --test-index N...")
+    names, images, truths = [], [], []
+    for path in args.images:
+        images.append(loaded.read_image(path))
+        names.append(str(path))
+        truths.append(None)
+    if args.test_index:
+        test_images, test_labels = loaded.test_split(args.data_dir)
+        for index in args.test_index:
+            check_test_index(index, len(test_images))
+            images.append(test_images[index])
+            names.append(f"test[{index}]")
+            truths.append(int(test_labels[index]))
+    return names, images, truths
+
+
+def cmd_explain(args) -> int:
+    import re
+
+    import torch
+
+    from cnnlab.analysis.explain import explain_images, plot_explanations
+    from cnnlab.extras import require
+    from cnnlab.inference.loaded import load_trained
+    from cnnlab.training.runtime import pick_device
+
+    require("captum", "explain", "cnnlab explain")  # before any work: a missing extra is one line
+    loaded = load_trained(args.run, pick_device(args.device))
+    names, images, truths = _gather_images(loaded, args)
+    batch = torch.stack(images)
+    explanations = explain_images(loaded, batch, args.method, args.target, truths)
+    out = Path(args.out) if args.out else loaded.checkpoint.parent / "explain"
+    classes = loaded.class_names
+    for k, (name, e) in enumerate(zip(names, explanations, strict=True)):
+        # A file name from the image's own name, reduced to safe characters (an IMAGE path is user text).
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem if k < len(args.images) else name)[:60]
+        path = plot_explanations(loaded, batch[k:k + 1], [e], [name], out / f"{k:02d}-{stem}-{args.method}.png",
+                                 args.method, show_input=True)
+        target = "" if e.target == e.predicted else f", explaining {classes[e.target]}"
+        print(f"{name}: predicted {classes[e.predicted]} {e.probability:.3f}{target}: {path}")
+    if len(explanations) > 1:
+        grid = plot_explanations(loaded, batch, explanations, names, out / f"grid-{args.method}.png", args.method)
+        print(f"grid: {grid}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from cnnlab.extras import require
     from cnnlab.inference.export import export_onnx
     from cnnlab.inference.loaded import load_trained
 
+    if args.format == "safetensors":
+        return _export_safetensors(args)
     require("onnxruntime", "export", "ONNX export")  # before any work: a missing extra is one line
     loaded = load_trained(args.run)
     # The check's inputs: the first 1,000 test images, batched by the run's own input path.
@@ -187,6 +227,21 @@ def cmd_export(args) -> int:
     print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}); checked with onnxruntime on "
           f"{result.num_checked:,} test images: max |logit difference| {result.max_abs_diff:.2e}, same top-1 "
           f"class on {result.top1_agreement:.2%}")
+    return 0
+
+
+def _export_safetensors(args) -> int:
+    from cnnlab.inference.loaded import load_trained
+    from cnnlab.inference.safetensors_io import save_safetensors
+
+    loaded = load_trained(args.run)
+    mean, std = loaded.normalization() or (0.0, 1.0)
+    out = Path(args.out) if args.out else loaded.checkpoint.parent / "model.safetensors"
+    path = save_safetensors(loaded.model, out, class_names=list(loaded.class_names),
+                            image_shape=(loaded.channels, *loaded.image_size), mean=mean, std=std,
+                            data_settings=loaded.data)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes): the weights of {loaded.state.get('model_name')} and "
+          "their metadata; predict, evaluate, explain and report take it in place of the run")
     return 0
 
 
@@ -297,9 +352,8 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "export": cmd_export,
-            "data": cmd_data,
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "explain": cmd_explain, "export": cmd_export, "data": cmd_data,
             "summary": cmd_summary, "models": cmd_models, "demo": cmd_demo, "viz": cmd_viz,
             "report": cmd_report, "bench": cmd_bench}
 

@@ -183,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--top", type=_positive_int, default=3)
 
+    p = sub.add_parser("explain", help="why a model made its predictions: a heat map over each image (Grad-CAM, "
+                       "Integrated Gradients, Occlusion or Saliency; needs the 'explain' extra)")
+    p.add_argument("run", metavar="RUN|CKPT")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--test-index", type=_nonneg_int, nargs="+", default=[], metavar="N")
+    p.add_argument("--method", choices=("gradcam", "ig", "occlusion", "saliency"), default="gradcam")
+    p.add_argument("--target", type=_nonneg_int, metavar="CLASS", help="explain this class index instead of the "
+                   "predicted one")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: <run>/explain)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("data", help="Fashion-MNIST: info, show, download")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     d = dsub.add_parser("info", help="where the data is, counts, per-class counts, checksums")
@@ -207,9 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "Debian's): only the MD5 of the data inside is checked, not the archive's")
 
     p = sub.add_parser("export", help="write a trained model as ONNX, checked against PyTorch by onnxruntime "
-                       "(needs the 'export' extra)")
+                       "(needs the 'export' extra), or its weights as safetensors")
     p.add_argument("run", metavar="RUN|CKPT")
-    p.add_argument("--out", help="ONNX file to write (default: <run>/model.onnx)")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx",
+                   help="onnx (default): a graph any ONNX runtime runs; safetensors: the weights and metadata, "
+                   "which predict/evaluate/explain/report and cnnlab.load_model take in place of a run")
+    p.add_argument("--out", help="file to write (default: <run>/model.onnx or <run>/model.safetensors)")
     p.add_argument("--opset", type=_positive_int, help="ONNX opset (default: torch's exporter's)")
     p.add_argument("--data-dir", help="where the test images for the check are (default: the run's)")
 

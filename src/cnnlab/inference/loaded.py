@@ -170,9 +170,13 @@ def check_test_index(index: int, count: int) -> int:
 
 
 def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model of a run folder (its best.pt, else last.pt) or of a checkpoint file."""
+    """Rebuild the model of a run folder (its best.pt, else last.pt), of a checkpoint file or of a ``.safetensors``
+    file written by ``cnnlab export --format safetensors`` (read by
+    :func:`~cnnlab.inference.safetensors_io.read_safetensors`: checked, never unpickled)."""
+    from cnnlab.inference.safetensors_io import is_safetensors, read_safetensors
+
     path = resolve_checkpoint(run_or_ckpt)
-    state = load_checkpoint(path)
+    state = read_safetensors(path) if is_safetensors(path) else load_checkpoint(path)
     model = model_from_checkpoint(state).to(device).eval()
     data = state.get("data_settings") or {}
     resize = data.get("resize") or (state.get("model_kwargs") or {}).get("image_size") or 28

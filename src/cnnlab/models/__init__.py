@@ -22,6 +22,7 @@ from cnnlab.models.lenet import (
 from cnnlab.models.nin import NiN, nin, nin_block, nin_small
 from cnnlab.models.registry import (
     MODERN_RECIPE,
+    cam_layer,
     check_model_name,
     create_model,
     list_models,
@@ -77,6 +78,7 @@ __all__ = [
     "lenet_bn",
     "lenet_bn_scratch",
     "lenet_relu",
+    "cam_layer",
     "list_models",
     "model_recipe",
     "nin",

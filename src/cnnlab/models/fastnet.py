@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model, size_pair
+from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
 from cnnlab.nn.classifier import Classifier, init_cnn
+from cnnlab.nn.ops import size_pair
 
 __all__ = ["FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_auto", "fastnet_flip",
            "fastnet_wide", "sized_widths"]

@@ -6,6 +6,8 @@ built: `model.model_name` and `model.model_kwargs` (every builder argument, defa
 builder's signature), so a checkpoint can rebuild it with `create_model(model.model_name, **model.model_kwargs)`
 before loading its state dict. The registration also holds the model's training defaults (its recipe row, see
 `cnnlab.recipes`); the learning rate among them is the builder's own `lr` default, so it is written once.
+`cam_layer(model)` names the model's last convolutional block (the layer Grad-CAM explains), from its
+registration when one is given, else from the model's own forward pass (see :func:`cam_layer`).
 """
 
 from __future__ import annotations
@@ -24,25 +26,28 @@ from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode, init_cnn
 from cnnlab.nn.ops import size_pair
 
-__all__ = ["check_model_name", "create_model", "list_models", "model_recipe", "prepare_model", "register_model",
-           "MODERN_RECIPE"]
+__all__ = ["cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "prepare_model",
+           "register_model", "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
 Builder = Callable[..., nn.Module]
 
 _MODELS: dict[str, Builder] = {}
 _RECIPES: dict[str, dict] = {}
+_CAM_LAYERS: dict[str, str] = {}
 
 # The training defaults the modern networks share (momentum SGD, weight decay, one-cycle, standardized input);
 # each model's registration adds what differs (input size, learning rate via its builder, augmentation).
 MODERN_RECIPE = dict(optimizer="momentum", weight_decay=5e-4, schedule="onecycle", normalize=True)
 
 
-def register_model(name: str, **recipe: Any) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, cam_layer: str | None = None, **recipe: Any) -> Callable[[Builder], Builder]:
     """Decorator registering a keyword-only builder under `name`; a name can be registered only once.
 
     Args:
         name: the registry name (`create_model(name)`, `cnnlab train --model name`).
+        cam_layer: the name (as in `model.named_modules()`) of the last convolutional block, for a model whose
+            forward pass does not show it (see :func:`cam_layer`); None lets the forward pass decide.
         **recipe: the model's training defaults (`resize=96`, `optimizer="momentum"`, ...); see
             `cnnlab.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
     """
@@ -65,6 +70,8 @@ def register_model(name: str, **recipe: Any) -> Callable[[Builder], Builder]:
             return model
 
         _MODELS[name] = build
+        if cam_layer is not None:
+            _CAM_LAYERS[name] = cam_layer
         lr = signature.parameters.get("lr")
         _RECIPES[name] = {**recipe, **({"lr": lr.default} if lr is not None else {})}
         return build
@@ -143,3 +150,79 @@ def prepare_model(model: M, *, in_channels: int, image_size: int | tuple[int, in
     for module in lazy:  # now nn.Conv2d / nn.Linear: a lazy module turns into its eager class in place
         init_cnn(module)
     return model
+
+
+def cam_layer(model: nn.Module, image_size: int | tuple[int, int] | None = None) -> tuple[str, nn.Module]:
+    """The last convolutional block of a registered model: the layer Grad-CAM (Selvaraju et al. 2017) explains.
+
+    A name given at registration (`register_model(..., cam_layer="net.b5")`) wins. Otherwise one dry forward
+    (eval mode, no_grad, zeros of the model's input size) records each module's output, and the answer is found
+    from the top of the network down: the last top-level stage whose output is still a spatial map (4-D with more
+    than one pixel, so not a global pool), descending into a stage that holds convolutions but ends flat (e.g.
+    GoogLeNet's last block, whose inceptions are followed by pooling and flattening). Spatial maps of the last
+    block are what Grad-CAM weighs; a 1x1 map would give a constant heat map.
+
+    Args:
+        model: a model from :func:`create_model` (it carries `model_name` and `model_kwargs`).
+        image_size: the input side(s) for the dry forward; default the model's `image_size` argument, else its
+            recipe's `resize`, else 28.
+
+    Returns:
+        `(name, module)` with `name` as in `model.named_modules()`.
+    """
+    name = getattr(model, "model_name", None)
+    modules = dict(model.named_modules())
+    if name in _CAM_LAYERS:
+        return _CAM_LAYERS[name], modules[_CAM_LAYERS[name]]
+    kwargs = getattr(model, "model_kwargs", {}) or {}
+    size = image_size or kwargs.get("image_size") or _RECIPES.get(name, {}).get("resize") or 28
+    shapes = _output_shapes(model, int(kwargs.get("in_channels", 1)), size_pair(size))
+    root = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
+    prefix = "net." if root is not model else ""
+    for spatial_only in (True, False):  # a tiny input may leave no map above 1x1: then any 4-D map will do
+        found = _last_map(root, prefix, shapes, spatial_only)
+        if found is not None:
+            return found, modules[found]
+    raise ValueError(f"{name or type(model).__name__} has no convolutional layer whose output is a feature map")
+
+
+def _output_shapes(model: nn.Module, in_channels: int, size: tuple[int, int]) -> dict[nn.Module, tuple]:
+    shapes: dict[nn.Module, tuple] = {}
+
+    def keep(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            shapes[module] = tuple(output.shape)
+
+    handles = [m.register_forward_hook(keep) for m in model.modules()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, in_channels, *size, device=device_of(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _last_map(module: nn.Module, prefix: str, shapes: dict, spatial_only: bool) -> str | None:
+    """The last child (searched from the end, descending into conv-holding children) whose output is a map."""
+    for child_name, child in reversed(list(module.named_children())):
+        shape = shapes.get(child)
+        holds_conv = any(isinstance(m, nn.Conv2d) for m in child.modules())
+        is_map = shape is not None and len(shape) == 4 and (not spatial_only or shape[2] * shape[3] > 1)
+        if is_map and (holds_conv or _after_conv(module, child)):
+            return prefix + child_name
+        if holds_conv:
+            found = _last_map(child, f"{prefix}{child_name}.", shapes, spatial_only)
+            if found is not None:
+                return found
+    return None
+
+
+def _after_conv(parent: nn.Module, child: nn.Module) -> bool:
+    """Whether a convolution comes before `child` among `parent`'s children (a flat net's ReLU or pooling)."""
+    for sibling in parent.children():
+        if sibling is child:
+            return False
+        if any(isinstance(m, nn.Conv2d) for m in sibling.modules()):
+            return True
+    return False

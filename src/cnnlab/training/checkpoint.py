@@ -26,7 +26,7 @@ from cnnlab.atomic import atomic_write
 from cnnlab.errors import CheckpointError, RunFolderError
 
 __all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "save_checkpoint", "load_checkpoint",
-           "resolve_checkpoint", "model_from_checkpoint"]
+           "resolve_checkpoint", "model_from_checkpoint", "check_model_kwargs"]
 
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("version", "model_state")
@@ -164,7 +164,7 @@ def _check_tensor_bytes(path: Path, state: dict) -> None:
 
     if name not in list_models():
         return
-    _check_model_kwargs(name, kwargs)
+    check_model_kwargs(name, kwargs)
     held = _tensor_bytes(state)
     # Model weights, plus an optimizer state of at most two tensors per weight (Adam), plus small extras
     # (RNG state, metrics); 4x and 1 MiB leave room for all of that and nothing like a bomb.
@@ -227,7 +227,7 @@ def model_from_checkpoint(state: dict):
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"checkpoint's model_kwargs is a {type(kwargs).__name__}, not a dict; "
                               "the file is corrupt or not cnnlab's")
-    _check_model_kwargs(name, kwargs)
+    check_model_kwargs(name, kwargs)
     model = _build(name, kwargs)
     try:
         model.load_state_dict(state["model_state"])
@@ -237,7 +237,9 @@ def model_from_checkpoint(state: dict):
     return model
 
 
-def _check_model_kwargs(name: str, kwargs: dict) -> None:
+def check_model_kwargs(name: str, kwargs: dict) -> None:
+    """Refuse stored model kwargs that would make building the model huge (checked before any dry forward)."""
+
     def count(value, low, high):
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 

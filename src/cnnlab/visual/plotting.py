@@ -296,29 +296,57 @@ def plot_feature_maps(image, image_title: str, stages, path, title: str, max_cha
     return _save(fig, path)
 
 
-def plot_mistakes(images, titles, path, title: str, ncols: int = 8) -> Path:
-    """A grid of greyscale images with a caption each (the most confident wrong predictions).
+def plot_mistakes(images, titles, path, title: str, ncols: int = 8, heatmaps=None) -> Path:
+    """A grid of images with a caption each (the most confident wrong predictions), heat maps over them if given.
 
     Args:
-        images: 2-D images (uint8 or float), drawn in grey.
+        images: 2-D images (uint8 or float) drawn in grey, or ``(H, W, 3)`` colour ones.
         titles: one caption per image, e.g. ``"true: coat\\npred: shirt 0.97"``.
         path: where the PNG goes.
         title: the figure title.
         ncols: images per row.
+        heatmaps: one ``(H, W)`` map per image (e.g. Grad-CAM), drawn over it (see :func:`plot_overlays`).
+    """
+    return plot_overlays(images, heatmaps, titles, path, title, ncols=ncols, empty="no mistakes")
+
+
+def plot_overlays(images, heatmaps, titles, path, title: str, ncols: int = 8, show_input: bool = False,
+                  empty: str = "no images") -> Path:
+    """A grid of pictures, each with its heat map drawn over it (an explanation of one prediction).
+
+    Each map is scaled to its own range (``inferno``, half transparent), since an explanation ranks pixels
+    within one image, not across images.
+
+    Args:
+        images: 2-D images (uint8 or float) drawn in grey, or ``(H, W, 3)`` colour ones.
+        heatmaps: one ``(H, W)`` map per image, or None for plain pictures.
+        titles: one caption per image.
+        show_input: draw the plain picture beside each overlay (one explanation per file).
     """
     n = len(images)
+    per = 2 if show_input and heatmaps is not None else 1
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    inch = max(0.9, min(1.35, 10.0 / ncols))
-    fig = _figure(figsize=(ncols * inch, nrows * (inch + 0.45) + 0.4))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
+    inch = max(0.9, min(1.35 if per == 1 else 2.2, 10.0 / ncols))
+    fig = _figure(figsize=(ncols * per * inch, nrows * (inch + 0.45) + 0.4))
+    axes = fig.subplots(nrows, ncols * per, squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-        if k < n:
-            ax.imshow(_array(images[k]), cmap="gray")
-            ax.set_title(titles[k], fontsize=7, pad=2)
+    for k in range(n):
+        row, col = divmod(k, ncols)
+        picture = _array(images[k])
+        grey = "gray" if picture.ndim == 2 else None
+        if per == 2:
+            axes[row, 2 * col].imshow(picture, cmap=grey)
+        ax = axes[row, per * col + per - 1]
+        ax.imshow(picture, cmap=grey)
+        if heatmaps is not None:
+            heat = _array(heatmaps[k])
+            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=float(heat.min()), vmax=float(heat.max()) or None,
+                      extent=(-0.5, picture.shape[1] - 0.5, picture.shape[0] - 0.5, -0.5))
+        ax.set_title(titles[k], fontsize=7, pad=2)
     if n == 0:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
