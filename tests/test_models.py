@@ -421,6 +421,12 @@ OVERFIT = {
 # small-stem variant cost 0.1-0.2 GFLOP per 16-67 pixel image, and GoogLeNet (no BN) needs ~150
 # Adam steps to leave its loss plateau: tens of seconds each.
 SLOW_OVERFIT = {"vgg11", "alexnet", "alexnet-small", "googlenet"}
+# Likewise the larger twins of a class whose smaller model stays in the default run (the same code, more
+# weights): densenet (densenet-small), resnet18 and resnet34 (resnet18-small), fastnet-flip (fastnet; the flip
+# only averages at evaluation) and fastnet-wide (fastnet). 50-60 s on two cores together.
+SAME_CODE_OVERFIT = {"densenet": "densenet-small", "resnet18": "resnet18-small", "resnet34": "resnet18-small",
+                     "fastnet-flip": "fastnet", "fastnet-wide": "fastnet"}
+SLOW_OVERFIT |= set(SAME_CODE_OVERFIT)
 # NiN's logits come out of a ReLU (its last block, then the global pool): its own tests are below.
 RELU_LOGITS = {"nin", "nin-small"}
 
@@ -454,6 +460,16 @@ def _adam_full_batch(model, X, y, lr: float, steps: int, stop_below: float | Non
         if stop_below is not None and losses[-1] < stop_below:
             break
     return losses
+
+
+def test_each_slow_overfit_twin_has_a_default_model_of_its_class():
+    import inspect
+
+    from cnnlab.models.registry import _MODELS
+
+    for slow, twin in SAME_CODE_OVERFIT.items():  # the builders' declared classes, without building them
+        kinds = {inspect.signature(_MODELS[name]).return_annotation for name in (slow, twin)}
+        assert twin not in SLOW_OVERFIT and len(kinds) == 1, (slow, kinds)
 
 
 @pytest.mark.parametrize(
