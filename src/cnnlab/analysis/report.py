@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
-from cnnlab.errors import ConfigError
 
 __all__ = ["write_report"]
 
@@ -101,7 +100,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def _evaluate(run_dir, data_dir, test_index: int, device: str) -> _Evaluated:
     """Load the run, check ``test_index`` (before the slow part), evaluate the test set as ``cnnlab evaluate``."""
     from cnnlab.analysis.figures import predict_probabilities
-    from cnnlab.inference.loaded import load_trained
+    from cnnlab.inference.loaded import check_test_index, load_trained
     from cnnlab.training.evaluation import evaluate
     from cnnlab.training.runfolder import RunFolder
     from cnnlab.training.runtime import pick_device
@@ -112,9 +111,7 @@ def _evaluate(run_dir, data_dir, test_index: int, device: str) -> _Evaluated:
     config = folder.read_config() if folder.config_file.is_file() else {}
     data_dir = data_dir if data_dir is not None else config.get("data_dir")
     images, labels = loaded.test_split(data_dir)
-    if not 0 <= test_index < len(images):
-        raise ConfigError(f"test index {test_index} is out of range: the test set has {len(images):,} images "
-                         f"(0..{len(images) - 1})")
+    check_test_index(test_index, len(images))
     result = evaluate(loaded.model, loaded.test_loader(data_dir), device)  # as evaluate_checkpoint does
     probs = predict_probabilities(loaded, images.to(device), labels.to(device))
     return _Evaluated(loaded=loaded, folder=folder, config=config, history=folder.history(), images=images,
