@@ -245,3 +245,11 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
     assert calls[0].schedule == "linear" and calls[0].val_split == 0.1 and not calls[0].augment  # 8 px: no crops
     assert any("restarting from the initial weights" in line and "0.1" in line for line in said)
     assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
+
+
+def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
+    folder = _tiny_folder(tmp_path / "f")
+    assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
+    out = capsys.readouterr().out
+    assert "fastnet-auto, momentum, batch 16" in out and "suggested lr" in out
+    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
