@@ -563,3 +563,22 @@ def test_a_bug_in_the_conversion_is_a_bug_not_a_bad_file(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "_to_grey", broken)
     with pytest.raises(ZeroDivisionError):
         open_image(path, channels=1)
+
+
+def test_a_png_chunk_longer_than_the_file_is_refused_before_pillow_reads_it(tmp_path):
+    # Found by tests/test_image_fuzz.py: Pillow reads a chunk by its declared length, and Python allocates all
+    # of it first; a 200-byte PNG declaring a 64 MiB IDAT cost 64 MiB.
+    import tracemalloc
+
+    data = bytearray(write_png(tmp_path / "ok.png", np.full((9, 13), 7, np.uint8)).read_bytes())
+    i = data.index(b"IDAT") - 4
+    data[i:i + 4] = struct.pack(">I", 0x03FEFFFF)
+    (tmp_path / "x.png").write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match=r"damaged or truncated \(its 'IDAT' chunk declares 67,043,327 bytes"):
+            open_image(tmp_path / "x.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
