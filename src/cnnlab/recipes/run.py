@@ -150,20 +150,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     :func:`build_data`.
     """
     start = time.perf_counter()
-    state = None
-    if resume == AUTO or (resume is None and config is not None):
-        resume = folder_to_resume(config, resume)  # an elastic restart (torchrun) or --resume auto
-    if resume is not None:
-        config = read_run_config(resume)
-        # The same checks as a new run (a hand-edited config.json is no exception), including that the batch
-        # splits over this run's processes: a run may be resumed with another number of them.
-        validate_config(config)
-        folder = RunFolder(resume)
-        if folder.last.is_file():
-            state = load_checkpoint(folder.last)
-    else:
-        validate_config(config)
-        folder = RunFolder(config.out) if config.out else None  # None: rank 0 creates a default-named one
+    config, resume, folder, state = _start(config, resume)
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
     holder = [folder]  # the folder once rank 0 has created (and locked) it, for the release below
@@ -217,6 +204,24 @@ def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
         return trace is not None and len(trace) > 0 and float(trace[-1]) >= 1.0
     total = config.steps or max(config.epochs * steps_per_epoch, config.min_steps or 0)
     return state.get("global_step", state.get("epoch", 0) * steps_per_epoch) >= total
+
+
+def _start(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path | None, RunFolder | None, dict | None]:
+    """What this start continues: ``(config, resume folder or None, run folder or None, checkpoint state)``.
+
+    A folder is None for a new run without ``--out`` (rank 0 then creates a default-named one).
+    """
+    if resume == AUTO or (resume is None and config is not None):
+        resume = folder_to_resume(config, resume)  # an elastic restart (torchrun) or --resume auto
+    if resume is None:
+        validate_config(config)
+        return config, None, RunFolder(config.out) if config.out else None, None
+    config = read_run_config(resume)
+    # The same checks as a new run (a hand-edited config.json is no exception), including that the batch
+    # splits over this run's processes: a run may be resumed with another number of them.
+    validate_config(config)
+    folder = RunFolder(resume)
+    return config, Path(resume), folder, load_checkpoint(folder.last) if folder.last.is_file() else None
 
 
 def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
-__all__ = ["Callback"]
+from collections.abc import Callable
+
+__all__ = ["Callback", "EpochEndFunction"]
 
 
 class Callback:
@@ -35,3 +37,13 @@ class Callback:
 
     def on_exception(self, trainer, model, exc: BaseException) -> None:
         """Called when ``fit`` raises ``exc`` (a diverged loss, a data error, Ctrl-C); ``fit`` then re-raises it."""
+
+
+class EpochEndFunction(Callback):
+    """A plain ``(trainer, row)`` function as a callback: the ``on_epoch_end=`` shorthand."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def on_train_epoch_end(self, trainer, model, row: dict) -> None:
+        self.fn(trainer, row)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["GROWTH", "LossWatch", "val_loss_far_above_chance"]
+from cnnlab.errors import TrainingDiverged
+
+__all__ = ["GROWTH", "LossWatch", "chance_loss", "divergence_error", "val_loss_far_above_chance"]
 
 # A loss window this many times its epoch's lowest is divergence, not noise: batch-to-batch noise of a learning
 # network stays within 2-3x.
@@ -39,6 +41,11 @@ class LossWatch:
         return None
 
 
+def chance_loss(num_classes: int) -> float:
+    """The cross-entropy of guessing uniformly among ``num_classes`` classes, ln K (0 for fewer than two)."""
+    return math.log(num_classes) if num_classes > 1 else 0.0
+
+
 def val_loss_far_above_chance(val_loss: float, num_classes: int) -> str | None:
     """The reason a validation loss means divergence, or None: above ``max(3 ln K, ln K + 3)``.
 
@@ -52,3 +59,12 @@ def val_loss_far_above_chance(val_loss: float, num_classes: int) -> str | None:
         return (f"the validation loss is {val_loss:.3g}, far above chance level (ln {num_classes} = "
                 f"{chance:.2f})")
     return None
+
+
+def divergence_error(reason: str, epoch: int, lr: float, last_checkpoint=None) -> TrainingDiverged:
+    """The error that stops a diverged run: what went wrong in which epoch, the rate, and the checkpoint kept
+    (named only if it exists: in epoch 1 there is none yet)."""
+    where = (f"; {last_checkpoint} keeps the last good epoch"
+             if last_checkpoint is not None and last_checkpoint.is_file() else "")
+    return TrainingDiverged(f"{reason} in epoch {epoch + 1}: training diverged; try a lower --lr (the rate was "
+                            f"{lr:.3g} at that point){where}")

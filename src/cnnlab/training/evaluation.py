@@ -16,7 +16,7 @@ from torch import nn
 
 from cnnlab.nn.classifier import device_of, eval_mode
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "validate"]
 
 
 @dataclass
@@ -62,3 +62,22 @@ def evaluate(model: nn.Module, loader, device: torch.device | str | None = None,
     correct = int(confusion.diagonal().sum())
     return EvalResult(loss=float(loss_sum) / max(count, 1), accuracy=correct / max(count, 1), count=count,
                       confusion=confusion)
+
+
+def validate(model: nn.Module, loader, device: torch.device, autocast_dtype: torch.dtype | None = None,
+             channels_last: bool = False, ctx=None) -> tuple[float, float]:
+    """Mean loss and accuracy over ``loader`` from the model's ``validation_step`` (the Trainer's per-epoch
+    validation, d2l §3.4), summed over the ranks of ``ctx`` under torchrun."""
+    from cnnlab.training import distributed as dist_utils
+    from cnnlab.training.runtime import autocast
+
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    with eval_mode(model), torch.inference_mode(), autocast(device, autocast_dtype):
+        for X, y in loader:
+            X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                X = X.contiguous(memory_format=torch.channels_last)
+            loss_sum, correct, count = model.validation_step((X, y))
+            sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
+    sums = dist_utils.all_reduce_sum(sums, ctx if ctx is not None else dist_utils.current())
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])

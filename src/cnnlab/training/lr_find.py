@@ -108,16 +108,7 @@ def lr_find(model, loader, optimizer: Callable, start_lr: float = 1e-5, end_lr: 
             lr = start_lr * factor**step
             for group in opt.param_groups:
                 group["lr"] = lr
-            X, y = next(batches)
-            X = X.to(device)
-            if channels_last:
-                X = X.contiguous(memory_format=torch.channels_last)
-            with autocast(device, autocast_dtype):
-                loss = model.training_step((X, y.to(device)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
+            value = _train_step(model, opt, next(batches), device, autocast_dtype, channels_last)
             result.step_seconds.append(time.perf_counter() - tick)
             avg = beta * avg + (1 - beta) * value if math.isfinite(value) else math.inf
             smooth = avg / (1 - beta ** (step + 1))
@@ -133,6 +124,20 @@ def lr_find(model, loader, optimizer: Callable, start_lr: float = 1e-5, end_lr: 
         torch.set_rng_state(saved_rng)
     result.steepest, result.minimum, result.suggestion = suggest_lr(result.lrs, _finite(result.smoothed))
     return result
+
+
+def _train_step(model, opt, batch, device, autocast_dtype, channels_last: bool) -> float:
+    """One optimizer step of the range test on ``batch``; its loss."""
+    X, y = batch
+    X = X.to(device)
+    if channels_last:
+        X = X.contiguous(memory_format=torch.channels_last)
+    with autocast(device, autocast_dtype):
+        loss = model.training_step((X, y.to(device)))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _cycle(loader):

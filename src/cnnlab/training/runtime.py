@@ -15,7 +15,8 @@ import torch
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["pick_device", "bf16_is_fast", "bf16_default", "seed_everything", "torch_flags", "autocast"]
+__all__ = ["pick_device", "bf16_is_fast", "bf16_default", "epoch_seed", "seed_everything", "torch_flags",
+           "autocast"]
 
 
 def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -> torch.device:
@@ -116,3 +117,10 @@ def torch_flags(deterministic: bool = False, cudnn_benchmark: bool = False) -> I
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.utils.deterministic.fill_uninitialized_memory = saved[2]
         torch.backends.cudnn.benchmark = saved[3]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run seeded with ``seed``."""
+    # Each epoch re-seeds from (seed, epoch), so a run resumed at an epoch boundary draws exactly the
+    # random numbers (dropout masks) that the uninterrupted run drew.
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)

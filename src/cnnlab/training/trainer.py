@@ -21,24 +21,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import ConfigError, TrainingDiverged
-from cnnlab.nn.classifier import eval_mode
+from cnnlab.errors import ConfigError
 from cnnlab.training import distributed as dist_utils
-from cnnlab.training.callbacks import Callback
+from cnnlab.training.callbacks import Callback, EpochEndFunction
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
-from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
+from cnnlab.training.divergence import LossWatch, chance_loss, divergence_error, val_loss_far_above_chance
+from cnnlab.training.evaluation import validate
 from cnnlab.training.runfolder import RunFolder
-from cnnlab.training.runtime import autocast, pick_device, seed_everything, torch_flags
+from cnnlab.training.runtime import autocast, epoch_seed, pick_device, seed_everything, torch_flags
 from cnnlab.training.schedules import ClockProgress, ProgressLR, StepProgress, epochs_for_steps
-from cnnlab.visual.board import in_notebook, live_board
+from cnnlab.visual.board import epoch_bar, live_board
 
 __all__ = ["Trainer"]
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # Each epoch re-seeds from (seed, epoch), so a run resumed at an epoch boundary draws exactly the
-    # random numbers (dropout masks) that the uninterrupted run drew.
-    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
 
 
 class _TrainingStep(nn.Module):
@@ -51,16 +45,6 @@ class _TrainingStep(nn.Module):
 
     def forward(self, batch):
         return self.model.training_step(batch)
-
-
-class _EpochEnd(Callback):
-    """A plain ``(trainer, row)`` function as a callback: the ``on_epoch_end=`` shorthand."""
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-
-    def on_train_epoch_end(self, trainer, model, row: dict) -> None:
-        self.fn(trainer, row)
 
 
 class Trainer:
@@ -131,7 +115,7 @@ class Trainer:
             else deterministic
         self.progress, self.log, self.board = progress, log, board
         self.callbacks = [*([self.run_folder] if self.run_folder else []), *callbacks,
-                          *([_EpochEnd(on_epoch_end)] if on_epoch_end is not None else [])]
+                          *([EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else [])]
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.history: list[dict] = []
         self.best_val_acc = -1.0
@@ -303,29 +287,21 @@ class Trainer:
         epoch, device = self.epoch, self.device
         if self.seed is not None:
             # Plus the rank, so that ranks draw different dropout masks (rank 0 draws the single-process ones).
-            torch.manual_seed(_epoch_seed(self.seed, epoch) + self.ctx.rank)
+            torch.manual_seed(epoch_seed(self.seed, epoch) + self.ctx.rank)
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
         start = time.perf_counter()
-        bar = self._progress_bar(epoch)
-        watch, window = LossWatch(floor=self._chance_loss()), torch.zeros((), dtype=torch.float64, device=device)
+        bar = (epoch_bar(len(self.train_loader), f"epoch {epoch + 1}{self._of_epochs()}")
+               if self.progress and self.is_main else None)
+        watch = LossWatch(floor=chance_loss(self._num_classes()))
+        window = torch.zeros((), dtype=torch.float64, device=device)
         if isinstance(self.pace, ClockProgress):
             self.pace.resume()
         for step, (X, y) in enumerate(self.train_loader):
-            X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if self.channels_last:
-                X = X.contiguous(memory_format=torch.channels_last)
-            with autocast(device, self.autocast_dtype):
-                loss = self.step((X, y))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_grad_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
-            self.optimizer.step()
-            self._advance()
+            loss = self._step(X, y)
             loss_sum += loss.detach().double() * y.shape[0]
             window += loss.detach().double()
             if self._live is not None:
@@ -350,7 +326,7 @@ class Trainer:
         totals = dist_utils.all_reduce_sum(
             torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]), self.ctx)
         train_loss = float(totals[0] / totals[1])
-        self._check_finite(train_loss, epoch)
+        self._diverged(None if math.isfinite(train_loss) else f"the training loss became {train_loss}", epoch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - start
@@ -359,25 +335,28 @@ class Trainer:
             self._unreported += train_seconds
             return None
         dist_utils.sync_buffers(self.model, self.ctx)  # rank 0's BatchNorm statistics, as its checkpoint holds
-        val_loss, val_acc = self._validate()
+        val_loss, val_acc = validate(self.model, self.val_loader, self.device, self.autocast_dtype,
+                                     self.channels_last, self.ctx)
         seconds, self._unreported = time.perf_counter() - start + self._unreported, 0.0
         elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": float(totals[1]) / train_seconds,
                 "seconds": seconds, "elapsed": elapsed}
 
-    def _validate(self) -> tuple[float, float]:
-        """Mean loss and accuracy over the validation loader, from the model's ``validation_step``."""
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        with eval_mode(self.model), torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            for X, y in self.val_loader:
-                X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    X = X.contiguous(memory_format=torch.channels_last)
-                loss_sum, correct, count = self.model.validation_step((X, y))
-                sums += torch.stack([loss_sum.double(), correct.double(), count.double()])
-        sums = dist_utils.all_reduce_sum(sums, self.ctx)
-        return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+    def _step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch: forward through ``training_step``, backward, update; the batch's loss."""
+        X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            X = X.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.autocast_dtype):
+            loss = self.step((X, y))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.optimizer.step()
+        self._advance()
+        return loss
 
     @property
     def finished(self) -> bool:
@@ -407,36 +386,14 @@ class Trainer:
     def _of_epochs(self) -> str:
         return "" if isinstance(self.pace, ClockProgress) else f"/{self.max_epochs}"
 
-    def _check_finite(self, loss: float, epoch: int) -> None:
-        if not math.isfinite(loss):
-            self._diverged(f"the training loss became {loss}", epoch)
-
     def _num_classes(self) -> int:
         return len(getattr(self.data, "classes", None) or ())
-
-    def _chance_loss(self) -> float:
-        return math.log(self._num_classes()) if self._num_classes() > 1 else 0.0
 
     def _check_val_loss(self, val_loss: float, epoch: int) -> None:
         self._diverged(val_loss_far_above_chance(val_loss, self._num_classes()), epoch)
 
     def _diverged(self, reason: str | None, epoch: int) -> None:
         """Raise :class:`TrainingDiverged` for ``reason`` (None: all is well)."""
-        if reason is None:
-            return
-        last = self.run_folder.last if self.run_folder is not None else None
-        # Only a checkpoint that exists is named: in epoch 1 there is none yet.
-        where = f"; {last} keeps the last good epoch" if last is not None and last.is_file() else ""
-        raise TrainingDiverged(
-            f"{reason} in epoch {epoch + 1}: training diverged; try a lower --lr (the rate was "
-            f"{self.optimizer.param_groups[0]['lr']:.3g} at that point){where}")
-
-    def _progress_bar(self, epoch: int):
-        if not self.progress or not self.is_main:
-            return None
-        from tqdm.auto import tqdm
-
-        # disable=None: no bar when stderr is not a terminal (CI logs, files), where \r updates are noise; in a
-        # notebook (never a terminal) tqdm.auto's widget bar is shown.
-        return tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}{self._of_epochs()}", leave=False,
-                    disable=False if in_notebook() else None, unit="batch", dynamic_ncols=True)
+        if reason is not None:
+            raise divergence_error(reason, epoch, self.optimizer.param_groups[0]["lr"],
+                                   self.run_folder.last if self.run_folder is not None else None)

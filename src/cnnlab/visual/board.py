@@ -19,7 +19,7 @@ import io
 import sys
 import time
 
-__all__ = ["ProgressBoard", "TrainingBoard", "in_notebook", "inline_figures", "live_board", "show_figure"]
+__all__ = ["ProgressBoard", "TrainingBoard", "epoch_bar", "in_notebook", "inline_figures", "live_board", "show_figure"]
 
 
 def in_notebook() -> bool:
@@ -207,3 +207,15 @@ def live_board(board, max_epochs: int, num_batches: int, start_epoch: int = 0):
             raise ValueError(f"board must be 'auto', None or a board object, got {board!r}")
         return TrainingBoard(max_epochs, num_batches, start_epoch=start_epoch) if in_notebook() else None
     return board
+
+
+def epoch_bar(total: int, desc: str):
+    """A tqdm bar for one epoch of ``total`` batches.
+
+    ``disable=None``: no bar when stderr is not a terminal (CI logs, files), where ``\r`` updates are noise; in a
+    notebook (never a terminal) tqdm.auto's widget bar is shown.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=False if in_notebook() else None, unit="batch",
+                dynamic_ncols=True)
