@@ -62,10 +62,11 @@ def test_no_run_opt_outs_are_few_and_each_says_why():
 
 def cnnlab_commands(code):
     """The argument lists of the ``cnnlab`` commands in a bash block: `cnnlab ...`, `python -m cnnlab ...` and
-    `torchrun ... -m cnnlab ...`, with comments, line continuations and `&&` chains handled."""
+    `torchrun ... -m cnnlab ...`, with comments, line continuations, `&&` chains and `&` (in the background)
+    handled."""
     commands = []
     for line in code.replace("\\\n", " ").splitlines():
-        for part in re.split(r"&&|;|\|", line.split(" #")[0] if not line.lstrip().startswith("#") else ""):
+        for part in re.split(r"&&|;|\||&", line.split(" #")[0] if not line.lstrip().startswith("#") else ""):
             words = shlex.split(part)
             if words[:1] == ["cnnlab"]:
                 commands.append(words[1:])

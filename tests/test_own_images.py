@@ -171,7 +171,7 @@ def test_chance_warning_within_005_of_the_majority_class():
 
 def _fake_summary(config):
     return {"test_accuracy": 0.5, "test_count": 10, "finished_already": False, "config": config,
-            "checkpoint": "x/best.pt", "seconds": 1.0, "run_dir": "x", "chance_warning": None}
+            "checkpoint": "x/best.pt", "seconds": 1.0, "run_dir": "x", "chance_warning": None, "steps": 1}
 
 
 def test_train_without_images_keeps_the_seed_recipe_and_images_alone_pick_the_automatic_one(monkeypatch, tmp_path):
@@ -179,8 +179,8 @@ def test_train_without_images_keeps_the_seed_recipe_and_images_alone_pick_the_au
     import cnnlab.recipes.auto
 
     seen = {}
-    monkeypatch.setattr(cnnlab.recipes, "run_training", lambda c: seen.setdefault("seed", c) and _fake_summary(c))
-    monkeypatch.setattr(cnnlab.recipes.auto, "run_auto", lambda c: seen.setdefault("auto", c) and _fake_summary(c))
+    monkeypatch.setattr(cnnlab.recipes, "run_training", lambda c, **_: seen.setdefault("seed", c) and _fake_summary(c))
+    monkeypatch.setattr(cnnlab.recipes.auto, "run_auto", lambda c, **_: seen.setdefault("auto", c) and _fake_summary(c))
     assert main(["train", "--no-progress"]) == 0
     seed = seen.pop("seed")
     assert (seed.model, seed.optimizer, seed.lr, seed.epochs, seed.augment) == ("lenet", "sgd", 0.1, 10, False)
@@ -205,11 +205,15 @@ def test_the_automatic_recipe_on_160_noisy_shapes(tmp_path, capsys):
 
 
 def test_the_report_shows_the_baseline_beside_the_network(tmp_path):
-    from cnnlab.analysis.report import _baseline_box
+    from importlib.resources import files
 
-    assert _baseline_box(tmp_path) == []  # no baseline.json: nothing
+    from cnnlab.analysis.report import _baseline_accuracy
+
+    assert _baseline_accuracy(tmp_path) is None  # no baseline.json: nothing shown
     (tmp_path / "baseline.json").write_text('{"accuracy": 0.6367, "count": 300}')
-    assert "0.6367" in "".join(_baseline_box(tmp_path))
+    assert _baseline_accuracy(tmp_path) == 0.6367
+    template = files("cnnlab.analysis").joinpath("templates/report.html.j2").read_text()
+    assert 'id="baseline-accuracy"' in template and "format(baseline)" in template
 
 
 def _tiny_folder(root):
@@ -231,7 +235,7 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
 
     calls, said = [], []
 
-    def fake_run(config, log, data, callbacks):
+    def fake_run(config, log, data, callbacks, **_):
         calls.append(config)
         assert len(data.val_labels) == 2 and data.has_test  # validation carved from train/, test kept apart
         if len(calls) == 1:

@@ -188,6 +188,9 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """
     folder = RunFolder(run_dir)
     values = folder.read_config()
+    if isinstance(values, dict):
+        # A run folder written before a setting existed resumes with that setting's base value (min_steps: 0).
+        values = {**{k: v for k, v in BASE.items() if k not in values and v is not None}, **values}
     try:
         config = TrainConfig(**values)
     except TypeError as exc:
