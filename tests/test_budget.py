@@ -88,7 +88,7 @@ def test_a_bad_duration_is_a_one_line_user_error(text):
 def test_a_plan_adds_up_and_a_budget_too_small_names_the_costs():
     plan = plan_budget(60.0, spent=8.0, validation=1.5, final=3.0)
     assert plan.spent + plan.training + plan.validation + plan.final + plan.margin == pytest.approx(60.0)
-    assert plan.margin < 0.02 * 60 + 1.0
+    assert plan.margin <= 0.025 * 60 + 1.0  # a run ends at most ~4% early at 60 s, ~2.6% at 15 min
     with pytest.raises(ConfigError, match="start-up and data.*give at least"):
         plan_budget(10.0, spent=8.0, validation=1.5, final=3.0)
 
