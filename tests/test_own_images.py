@@ -233,21 +233,33 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
     from cnnlab.recipes import TrainConfig
     from cnnlab.recipes.auto import run_auto
 
-    calls, said = [], []
+    calls, said, starts, kept = [], [], [], []
+    good = torch.nn.Linear(1, 1)
 
-    def fake_run(config, log, data, callbacks, **_):
+    def fake_run(config, log, data, callbacks, initial_state, **_):
         calls.append(config)
+        starts.append(initial_state)
         assert len(data.val_labels) == 2 and data.has_test  # validation carved from train/, test kept apart
-        if len(calls) == 1:
-            raise TrainingDiverged("epoch 1: the run diverged")
+        guard = callbacks[0]
+        if len(calls) == 1:  # epoch 1 passes the guard, epoch 2 diverges: the restart starts from epoch 1
+            guard.on_train_epoch_end(None, good, {"epoch": 1, "train_loss": 1.0, "val_loss": 1.0})
+            kept.append(float(good.weight))
+            with torch.no_grad():
+                good.weight.fill_(7.0)  # the weights go on changing after the copy
+            guard.on_train_epoch_end(None, good, {"epoch": 2, "train_loss": 99.0, "val_loss": 1.0})
+        if len(calls) == 2:  # diverges before any good epoch of its own: the same good state again
+            raise TrainingDiverged("epoch 1: the run diverged again")
         return {"run_dir": None, "test_accuracy": 1.0}
 
     monkeypatch.setattr(cnnlab.recipes.run, "run_training", fake_run)
     summary = run_auto(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.4, progress=False),
                        log=said.append)
-    assert [c.lr for c in calls] == [0.4, 0.1] and calls[0].model == "fastnet-auto"
+    assert [c.lr for c in calls] == [0.4, 0.1, 0.025] and calls[0].model == "fastnet-auto"
     assert calls[0].schedule == "linear" and calls[0].val_split == 0.1 and not calls[0].augment  # 8 px: no crops
-    assert any("restarting from the initial weights" in line and "0.1" in line for line in said)
+    # Epoch 1's weights, as they were then (not the 7.0 written after), for both restarts.
+    assert starts[0] is None and float(starts[1]["weight"]) == kept[0] != 7.0 and starts[2] is starts[1]
+    restarts = [line for line in said if "restarting from epoch 1's weights (the last good state)" in line]
+    assert len(restarts) == 2 and "0.1" in restarts[0] and "0.025" in restarts[1]
     assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
 
 

@@ -16,7 +16,8 @@ decisions are tested without training. The plan:
   split is scored once, beside a linear classifier on the raw pixels (:mod:`cnnlab.training.baseline`).
 
 A run that diverges anyway (loss not finite, train loss above 2 ln K or validation loss above 3 ln K after an
-epoch) is restarted from the initial weights with a quarter of the learning rate, and says so.
+epoch) is restarted from its last good state (the weights of the last epoch that passed the checks, the initial
+weights if none did) with a quarter of the learning rate and a fresh warm-up, and says so.
 """
 
 from __future__ import annotations
@@ -172,16 +173,26 @@ class _Passes:
 
 
 class DivergenceGuard(Callback):
-    """Stop a run whose losses say it diverged: train loss above 2 ln K or validation loss above 3 ln K."""
+    """Stop a run whose losses say it diverged: train loss above 2 ln K or validation loss above 3 ln K.
+
+    It keeps the last good state: a copy of the weights after the last epoch that passed (``good_state``, with
+    ``good_epoch``), which a restart begins from; None before the first.
+    """
 
     def __init__(self, num_classes: int):
         self.chance_loss = math.log(num_classes)
+        self.good_state: dict[str, torch.Tensor] | None = None
+        self.good_epoch = 0
 
     def on_train_epoch_end(self, trainer, model, row: dict) -> None:
         if row["train_loss"] > 2 * self.chance_loss or not row["val_loss"] <= 3 * self.chance_loss:
             raise TrainingDiverged(
                 f"epoch {row['epoch']}: train loss {row['train_loss']:.3g}, validation loss {row['val_loss']:.3g} "
                 f"against {self.chance_loss:.3g} (ln {round(math.exp(self.chance_loss))}) at chance: the run diverged")
+        if model is not None:
+            # On the CPU, detached: the copy must not follow the weights as they go on training (or diverging).
+            self.good_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.good_epoch = row["epoch"]
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -259,16 +270,21 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
 
     config, data, plan = auto_config(config, log)
     passes = plan.passes_per_epoch if config.epochs == plan.epochs else 1
+    guard, start_from, start_epoch = DivergenceGuard(len(data.classes)), None, 0
     for attempt in range(3):
         try:
             summary = run_training(config, log=log, data=RepeatedPasses(data, passes), spent=spent,
-                                   callbacks=[DivergenceGuard(len(data.classes)), *callbacks])
+                                   callbacks=[guard, *callbacks], initial_state=start_from)
             break
         except TrainingDiverged as exc:
             if attempt == 2:
                 raise
             config = dataclasses.replace(config, lr=config.lr / 4)
-            log(f"{exc}; restarting from the initial weights with a quarter of the learning rate, {config.lr:.3g}")
+            if guard.good_state is not None:  # this attempt had good epochs: the last of them is the new start
+                start_from, start_epoch, guard.good_state = guard.good_state, guard.good_epoch, None
+            where = "the initial weights" if start_from is None else \
+                f"epoch {start_epoch}'s weights (the last good state)"
+            log(f"{exc}; restarting from {where} with a quarter of the learning rate, {config.lr:.3g}")
     test = (data.test_images, data.test_labels) if data.has_test else (data.val_images, data.val_labels)
     baseline = linear_baseline((data.train_images, data.train_labels), (data.val_images, data.val_labels), test,
                                len(data.classes))

@@ -137,7 +137,8 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
 
 
 def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = None, log=print,
-                 on_epoch_end=None, callbacks=(), spent: float = 0.0, data=None) -> dict:
+                 on_epoch_end=None, callbacks=(), spent: float = 0.0, data=None,
+                 initial_state: dict | None = None) -> dict:
     """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
 
     The summary's test accuracy is :func:`cnnlab.inference.loaded.evaluate_checkpoint` of the run folder: the
@@ -148,6 +149,8 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     ``--budget`` counts too.
     ``data``: a data module already built for ``config`` (the automatic recipe's), instead of
     :func:`build_data`.
+    ``initial_state``: the model's weights to start from instead of its initialization (a state dict: the
+    automatic recipe's restart from a last good state).
     """
     start = time.perf_counter()
     config, resume, folder, state = _start(config, resume)
@@ -162,7 +165,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             config, trainer, steps_per_epoch = _fit(config, holder, state, resume is None, ctx, device, data=data,
                                                     clock=lambda: spent + time.perf_counter() - start,
                                                     spent=spent, log=log, callbacks=callbacks,
-                                                    on_epoch_end=on_epoch_end)
+                                                    on_epoch_end=on_epoch_end, initial_state=initial_state)
         except RuntimeError as exc:
             # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
             # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
@@ -226,7 +229,7 @@ def _start(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path | None
 
 def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,
          device: torch.device, *, data=None, clock, spent: float, log, callbacks,
-         on_epoch_end) -> tuple[TrainConfig, Trainer, int]:
+         on_epoch_end, initial_state: dict | None = None) -> tuple[TrainConfig, Trainer, int]:
     """Build data, model and trainer, set up the run folder (into ``holder[0]``) and fit.
 
     Returns:
@@ -243,6 +246,8 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     if config.resize is None:  # an image folder chose its size: the run's config records it
         config = dataclasses.replace(config, resize=data.resize[0])
     model = build_model(config, data)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
