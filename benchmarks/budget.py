@@ -1,9 +1,14 @@
-"""Test accuracy against budget: ``cnnlab train --recipe fast --budget B`` for B in 30 s, 1 m, 2 m, 5 m, 15 m.
+"""Test accuracy against budget: ``cnnlab train --recipe R --budget B`` for B in 30 s, 1 m, 2 m, 5 m, 15 m.
 
     python benchmarks/budget.py                                 # every budget, 3 seeds (about 70 minutes)
     python benchmarks/budget.py --budgets 60s --seeds 3         # the 60 s goal only
     python benchmarks/budget.py --budgets 30s --busy            # with a second process busy on one core
     python benchmarks/budget.py --quick                         # a smoke test on a subset, numbers meaningless
+    python benchmarks/budget.py --budgets 5m --seeds 2 --first-seed 1   # seeds 1 and 2 only
+
+The recipe R is ``fast`` (FastNet 24-48-96) below 10 minutes and ``fast-long`` (FastNet 32-64-128) from 10 minutes
+on: the wider network needs more steps than a short budget gives, and pays when it has them (``--recipe`` forces
+one for every budget).
 
 Each run is a fresh ``python -m cnnlab train`` process, timed from start to exit (the budget covers the whole
 command). A row records the budget, the seed, the wall seconds and their excess over the budget, the steps the run
@@ -41,10 +46,16 @@ GOALS = {60.0: 0.90, 300.0: 0.930, 900.0: 0.940}  # issue 23: mean of 3 seeds, o
 QUICK = ["--num-train", "3000", "--num-val", "1000"]
 
 
-def run_one(budget: str, seed: int, extra: list[str]) -> dict:
-    """One ``cnnlab train --recipe fast --budget`` command in a fresh process: its wall time, steps, accuracy."""
+def recipe_for(budget_s: float) -> str:
+    """The recipe a budget uses: the wider ``fast-long`` network from 10 minutes on."""
+    return "fast-long" if budget_s >= 600 else "fast"
+
+
+def run_one(budget: str, seed: int, extra: list[str], recipe: str | None = None) -> dict:
+    """One ``cnnlab train --recipe R --budget`` command in a fresh process: its wall time, steps, accuracy."""
+    recipe = recipe or recipe_for(parse_duration(budget))
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "cnnlab", "train", "--recipe", "fast", "--budget", budget, "--seed",
+        command = [sys.executable, "-m", "cnnlab", "train", "--recipe", recipe, "--budget", budget, "--seed",
                    str(seed), "--out", str(Path(tmp) / "run"), "--no-progress", *extra]
         load_before = load_average()
         start = time.perf_counter()
@@ -61,7 +72,7 @@ def run_one(budget: str, seed: int, extra: list[str]) -> dict:
     accuracy = float(last.split("test accuracy ")[1].split()[0])
     steps = int(last.split(" after ")[1].split(" steps")[0].replace(",", ""))
     plan = next((line for line in done.stdout.splitlines() if line.startswith("budget ")), "")
-    return {"budget": budget, "budget_s": seconds, "seed": seed, "wall_s": round(wall, 2),
+    return {"budget": budget, "budget_s": seconds, "seed": seed, "recipe": recipe, "wall_s": round(wall, 2),
             "over_budget": round(wall / seconds - 1, 4), "steps": steps, "test_acc": accuracy, "plan": plan,
             "load_before": load_before, "load_after": load_average()}
 
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", default=list(BUDGETS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=("fast", "fast-long"), help="one recipe for every budget")
     parser.add_argument("--busy", action="store_true", help="keep one core busy in a second process")
     parser.add_argument("--quick", action="store_true", help="a subset of the data: a smoke test")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the results file")
@@ -129,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.results.parent.mkdir(parents=True, exist_ok=True)
             for budget in args.budgets:
-                for seed in range(args.seeds):
-                    row = {"series": series, **run_one(budget, seed, QUICK if args.quick else []), **machine}
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
+                    extra = QUICK if args.quick else []
+                    row = {"series": series, **run_one(budget, seed, extra, args.recipe), **machine}
                     print(json.dumps(row), flush=True)
                     with open(args.results, "a") as f:
                         f.write(json.dumps(row) + "\n")
