@@ -100,8 +100,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def _evaluate(run_dir, data_dir, test_index: int, device: str) -> _Evaluated:
     """Load the run, check ``test_index`` (before the slow part), evaluate the test set as ``cnnlab evaluate``."""
     from cnnlab.analysis.figures import predict_probabilities
-    from cnnlab.inference.loaded import check_test_index, load_trained
-    from cnnlab.training.evaluation import evaluate
+    from cnnlab.inference.loaded import check_test_index, evaluate_loaded, load_trained
     from cnnlab.training.runfolder import RunFolder
     from cnnlab.training.runtime import pick_device
 
@@ -112,7 +111,7 @@ def _evaluate(run_dir, data_dir, test_index: int, device: str) -> _Evaluated:
     data_dir = data_dir if data_dir is not None else config.get("data_dir")
     images, labels = loaded.test_split(data_dir)
     check_test_index(test_index, len(images))
-    result = evaluate(loaded.model, loaded.test_loader(data_dir), device)  # as evaluate_checkpoint does
+    result = evaluate_loaded(loaded, data_dir, device)  # the number evaluate_checkpoint gives
     probs = predict_probabilities(loaded, images.to(device), labels.to(device))
     return _Evaluated(loaded=loaded, folder=folder, config=config, history=folder.history(), images=images,
                       labels=labels, result=result, probs=probs, data_dir=data_dir)
