@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from cnnlab import Callback, FashionMNIST, Trainer, create_model
+from cnnlab import Callback, Classifier, FashionMNIST, Trainer, create_model
 from cnnlab.cli.main import main
 from cnnlab.errors import ConfigError
 from cnnlab.recipes import TrainConfig, resolve_config
-from cnnlab.recipes.budget import BudgetKeeper, parse_duration, plan_budget
+from cnnlab.recipes.budget import BudgetKeeper, fastest_threads, parse_duration, plan_budget
 from cnnlab.recipes.optim import make_scheduler
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
@@ -177,6 +177,61 @@ def test_the_plan_line_says_what_was_decided(tmp_path, data_dir, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("plan:"))
     for part in ("lenet-bn", "1x28x28", "640 training images", "3 steps (--steps)", "lr 0.2", "random crop"):
         assert part in line
+
+
+# ---- threads on a shared CPU ------------------------------------------------------------------------------
+
+class _DropoutBN(Classifier):
+    """Dropout draws random numbers at every training step; BatchNorm keeps running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                       torch.nn.Dropout(0.5), torch.nn.Linear(4 * 26 * 26, 10))
+
+
+def test_fastest_threads_times_a_copy_and_leaves_the_model_and_the_random_streams_alone():
+    torch.manual_seed(0)
+    model = _DropoutBN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = (torch.randn(64, 1, 28, 28), torch.randint(10, (64,)))
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state()
+    try:
+        best, seconds = fastest_threads(model, batch)
+        assert torch.equal(torch.get_rng_state(), rng)  # the run's data order and dropout do not move
+        assert set(seconds) == {threads, max(1, threads // 2)} and all(s > 0 for s in seconds.values())
+        assert best in seconds and torch.get_num_threads() == best
+        # Fewer threads win only when 10% faster.
+        assert best == min(seconds, key=lambda n: seconds[n] if n == max(seconds) else seconds[n] / 0.9)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm's statistics too
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_budgeted_run_records_its_threads_and_gives_the_process_its_count_back(tmp_path, data_dir):
+    from cnnlab.recipes.run import run_training
+    from cnnlab.training.runfolder import RunFolder
+
+    seen = []
+
+    class Threads(Callback):
+        def on_fit_start(self, trainer, model):
+            seen.append(torch.get_num_threads())
+
+    threads = torch.get_num_threads()
+    config = resolve_config(TrainConfig(model="lenet-bn", budget=8.0, num_train=640, num_val=256, batch_size=64,
+                                        data_dir=str(data_dir), out=str(tmp_path / "b"), progress=False))
+    summary = run_training(config, log=None, callbacks=[Threads()])
+    chosen = summary["config"].threads
+    assert chosen in {threads, max(1, threads // 2)} and seen == [chosen]
+    assert RunFolder(tmp_path / "b").read_config()["threads"] == chosen  # --replay and --resume use it too
+    assert torch.get_num_threads() == threads
+    given = resolve_config(TrainConfig(model="lenet-bn", steps=2, num_train=256, num_val=128, batch_size=64,
+                                       threads=1, data_dir=str(data_dir), out=str(tmp_path / "s"), progress=False))
+    run_training(given, log=None, callbacks=[Threads()])
+    assert seen[-1] == 1 and torch.get_num_threads() == threads
 
 
 # ---- the floor of steps -----------------------------------------------------------------------------------

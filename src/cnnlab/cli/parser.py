@@ -112,6 +112,8 @@ def _add_train(sub) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step (tens of seconds to compile; pays on long runs)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--threads", type=_positive_int, help="intra-op CPU threads (default: torch's, one per core; "
+                   "under --budget on a CPU the faster of that and half of it, timed at the start)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--data-dir", help="folder holding the four Fashion-MNIST IDX files")
     p.add_argument("--num-train", type=_positive_int, help="train on the first N training images only")

@@ -44,6 +44,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     device: str = "auto"
+    threads: int | None = None  # intra-op CPU threads; None: torch's, or under --budget timed (fastest_threads)
     seed: int = 0
     data_dir: str | None = None
     num_train: int | None = None
@@ -164,6 +165,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.num_val is None or config.num_val >= 1, "--num-val must be at least 1"),
         (config.budget is None or config.budget > 0, f"--budget must be a positive duration, got {config.budget}"),
         (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
+        (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
         (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
          "a number of steps without the clock"),
     ]

@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.errors import CheckpointError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
-from cnnlab.recipes.budget import BudgetKeeper
+from cnnlab.recipes.budget import BudgetKeeper, fastest_threads
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.recipes.resume import AUTO, folder_to_resume
@@ -157,7 +157,10 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
     holder = [folder]  # the folder once rank 0 has created (and locked) it, for the release below
+    threads_before = torch.get_num_threads()  # --threads, or a budget's timed choice, lasts for this call only
     try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         try:
             ctx = dist_utils.init_from_env(device.type)  # waits (up to the timeout) for all ranks to join
             if ctx.world_size > 1 and device.type == "cuda":
@@ -177,6 +180,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
             warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
     finally:
+        torch.set_num_threads(threads_before)
         if holder[0] is not None:
             holder[0].release()  # the run folder's lock (RunFolder.create); a library caller's process lives on
     return {
@@ -248,6 +252,9 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     model = build_model(config, data)
     if initial_state is not None:
         model.load_state_dict(initial_state)
+    if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
+        # Recorded in the run's config, so that --replay and --resume run with the same threads.
+        config = dataclasses.replace(config, threads=_timed_threads(config, model, data, log))
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
@@ -264,6 +271,18 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
                             callbacks=callbacks, on_epoch_end=on_epoch_end)
     trainer.fit(model, data, resume_from=state)
     return config, trainer, steps_per_epoch
+
+
+def _timed_threads(config: TrainConfig, model, data, log) -> int:
+    """A budgeted CPU run's thread count: :func:`~cnnlab.recipes.budget.fastest_threads` on one training batch,
+    said when it is not torch's default."""
+    default = torch.get_num_threads()
+    batch = next(iter(data.train_dataloader()))
+    threads, seconds = fastest_threads(model, batch, torch.bfloat16 if config.bf16 else None, config.channels_last)
+    if threads != default and log is not None:
+        steps = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
+        log(f"threads: {threads} of {default}, as another process is using the cores (a training step: {steps})")
+    return threads
 
 
 def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None, state: dict | None,
