@@ -77,6 +77,15 @@ def run_one(budget: str, seed: int, extra: list[str], recipe: str | None = None)
             "load_before": load_before, "load_after": load_average()}
 
 
+def _commit() -> str:
+    """The code measured: the repository's commit, with '+' when the working tree differs from it."""
+    root = Path(__file__).parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True)
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def _busy(stop) -> None:  # a second process keeping one core busy
     x = torch.randn(256, 256)
     torch.set_num_threads(1)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.plot_only:
         machine = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "matmul_gflops": round(matmul_flops() / 1e9, 1)}
+                   "matmul_gflops": round(matmul_flops() / 1e9, 1), "commit": _commit()}
         series = "fashion-mnist" + (" busy" if args.busy else "") + (" quick" if args.quick else "")
         stop = multiprocessing.Event()
         busy = multiprocessing.Process(target=_busy, args=(stop,), daemon=True) if args.busy else None
