@@ -269,3 +269,14 @@ def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fastnet-auto, momentum, batch 16" in out and "suggested lr" in out
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_automatic_recipe_times_its_threads_and_leaves_the_process_count_alone(tmp_path):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+
+    threads = torch.get_num_threads()
+    config, _, _ = auto_config(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), progress=False), log=None)
+    assert config.threads in {threads, max(1, threads // 2)} and torch.get_num_threads() == threads
+    given, _, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), threads=1, progress=False), log=None)
+    assert given.threads == 1 and torch.get_num_threads() == threads

@@ -214,22 +214,33 @@ def peak_lr(found) -> float:
     return max(found.suggestion, found.minimum / 3)
 
 
-def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS):
+def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
     """The learning-rate range test of ``config``'s model and optimizer on ``data``'s training batches, with
-    the seconds one step took (the run's own speed, measured on this machine under its present load)."""
+    the seconds one step took (the run's own speed, measured on this machine under its present load) and the
+    thread count it ran with: ``config.threads``, else on a CPU the faster of all cores' and half
+    (:func:`~cnnlab.recipes.budget.choose_threads`: the plan's seconds are then the run's)."""
+    from cnnlab.recipes.budget import choose_threads
     from cnnlab.recipes.optim import make_optimizer
     from cnnlab.recipes.run import build_model
+    from cnnlab.training.distributed import env_world_size
     from cnnlab.training.lr_find import lr_find
     from cnnlab.training.runtime import pick_device
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)
+    threads_before, threads = torch.get_num_threads(), config.threads
+    if threads is None and device.type == "cpu" and env_world_size() == 1:
+        threads = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)
     loader = data.train_dataloader()
     loader.set_epoch(10_000)  # its own batches, not the first epoch's (which are no different in kind)
-    result = lr_find(model, loader, make_optimizer(config), num_steps=steps, device=device,
-                     autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last)
-    return result, result.seconds_per_step
+    try:
+        torch.set_num_threads(threads or threads_before)
+        result = lr_find(model, loader, make_optimizer(config), num_steps=steps, device=device,
+                         autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last)
+    finally:
+        torch.set_num_threads(threads_before)
+    return result, result.seconds_per_step, threads
 
 
 def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, AutoPlan]:
@@ -248,14 +259,15 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     plan = plan_recipe(data_facts(data), flip=bool(config.flip))
     data.batch_size = config.batch_size or plan.batch_size
     draft = dataclasses.replace(draft, batch_size=data.batch_size)
-    lr, source = config.lr, "given"
+    lr, source, threads = config.lr, "given", config.threads
     if lr is None:
-        found, seconds_per_step = range_test(draft, data)
+        found, seconds_per_step, threads = range_test(draft, data, log=log)
         lr, source = peak_lr(found), "range test"
         plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
     data.augment = augment
-    final = dataclasses.replace(draft, lr=float(lr), epochs=config.epochs or plan.epochs, augment=augment)
+    final = dataclasses.replace(draft, lr=float(lr), epochs=config.epochs or plan.epochs, augment=augment,
+                                threads=threads)
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan
@@ -311,7 +323,7 @@ def find_lr(config: TrainConfig, log=print) -> float:
     """``--lr auto`` outside the automatic recipe: the range test's suggestion for ``config``, said in one line."""
     from cnnlab.recipes.run import build_data
 
-    result, _ = range_test(config, build_data(config), 100)
+    result = range_test(config, build_data(config), 100)[0]
     if log is not None:
         log(f"--lr auto: the range test suggests {result.suggestion:.3g} (steepest descent {result.steepest:.3g}, "
             f"lowest loss at {result.minimum:.3g})")

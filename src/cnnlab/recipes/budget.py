@@ -25,8 +25,8 @@ from cnnlab.training.distributed import all_reduce_sum
 from cnnlab.training.runtime import autocast
 from cnnlab.training.schedules import ClockProgress
 
-__all__ = ["BudgetKeeper", "BudgetPlan", "fastest_threads", "parse_duration", "plan_budget", "process_seconds",
-           "seconds_per_eval_image"]
+__all__ = ["BudgetKeeper", "BudgetPlan", "choose_threads", "fastest_threads", "parse_duration", "plan_budget",
+           "process_seconds", "seconds_per_eval_image"]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 
@@ -140,8 +140,8 @@ def fastest_threads(model: torch.nn.Module, batch, autocast_dtype=None,
     344 ms on 2 threads and 150 ms on 1 (quiet: 106 and 168 ms); a 60 s budget took 86 steps instead of ~380.
     Timing both on one of this run's batches (forward and backward of a copy of the model: its weights, its
     BatchNorm statistics and the random number generators are left as they were) decides from the machine as it
-    is, not from a load average that lags a minute. Fewer threads must be 10% faster to win. Sets the winner
-    (``torch.set_num_threads``); the caller restores the process's count when it is done.
+    is, not from a load average that lags a minute. Fewer threads must be 10% faster to win. The process's
+    thread count is left as it was: the caller applies the winner (``TrainConfig.threads``).
     """
     import copy
 
@@ -150,7 +150,7 @@ def fastest_threads(model: torch.nn.Module, batch, autocast_dtype=None,
     X, y = batch
     if channels_last:
         trial, X = trial.to(memory_format=torch.channels_last), X.contiguous(memory_format=torch.channels_last)
-    seconds = {}
+    seconds, threads = {}, torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         for count in counts:
             torch.set_num_threads(count)
@@ -164,12 +164,24 @@ def fastest_threads(model: torch.nn.Module, batch, autocast_dtype=None,
                 times.append(time.perf_counter() - start)
             # The median: on a shared core the threads' waits come and go, and one lucky step must not decide.
             seconds[count] = sorted(times[1:])[2]
+    torch.set_num_threads(threads)
     best = counts[0]
     for count in counts[1:]:
         if seconds[count] < 0.9 * seconds[best]:
             best = count
-    torch.set_num_threads(best)
     return best, seconds
+
+
+def choose_threads(model: torch.nn.Module, data, bf16: bool = False, channels_last: bool = False, log=print) -> int:
+    """A clock-planned CPU run's thread count (``--budget``, the automatic recipe): :func:`fastest_threads` on
+    the first training batch of ``data``, said in one line when it is not torch's default."""
+    default = torch.get_num_threads()
+    batch = next(iter(data.train_dataloader()))
+    threads, seconds = fastest_threads(model, batch, torch.bfloat16 if bf16 else None, channels_last)
+    if threads != default and log is not None:
+        steps = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
+        log(f"threads: {threads} of {default}, as another process is using the cores (a training step: {steps})")
+    return threads
 
 
 class BudgetKeeper(Callback):

@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.errors import CheckpointError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
-from cnnlab.recipes.budget import BudgetKeeper, fastest_threads
+from cnnlab.recipes.budget import BudgetKeeper, choose_threads
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.recipes.resume import AUTO, folder_to_resume
@@ -254,7 +254,9 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
         model.load_state_dict(initial_state)
     if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
         # Recorded in the run's config, so that --replay and --resume run with the same threads.
-        config = dataclasses.replace(config, threads=_timed_threads(config, model, data, log))
+        config = dataclasses.replace(config, threads=choose_threads(model, data, config.bf16, config.channels_last,
+                                                                    log))
+        torch.set_num_threads(config.threads)  # run_training gives the process its own count back
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
@@ -271,18 +273,6 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
                             callbacks=callbacks, on_epoch_end=on_epoch_end)
     trainer.fit(model, data, resume_from=state)
     return config, trainer, steps_per_epoch
-
-
-def _timed_threads(config: TrainConfig, model, data, log) -> int:
-    """A budgeted CPU run's thread count: :func:`~cnnlab.recipes.budget.fastest_threads` on one training batch,
-    said when it is not torch's default."""
-    default = torch.get_num_threads()
-    batch = next(iter(data.train_dataloader()))
-    threads, seconds = fastest_threads(model, batch, torch.bfloat16 if config.bf16 else None, config.channels_last)
-    if threads != default and log is not None:
-        steps = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
-        log(f"threads: {threads} of {default}, as another process is using the cores (a training step: {steps})")
-    return threads
 
 
 def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None, state: dict | None,
