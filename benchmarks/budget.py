@@ -101,10 +101,11 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    # A row measured again on later code is kept in the file (marked "superseded") but not drawn.
     for series in sorted({row["series"] for row in rows}):
         by_budget: dict[float, list[float]] = {}
         for row in rows:
-            if row["series"] == series and row.get("test_acc") is not None:
+            if row["series"] == series and row.get("test_acc") is not None and not row.get("superseded"):
                 by_budget.setdefault(row["budget_s"], []).append(row["test_acc"])
         xs = sorted(by_budget)
         if not xs:
