@@ -5,6 +5,8 @@ where only a small mark decides the class, and Integrated Gradients' completenes
 Run with ``pytest -s tests/test_explain.py`` to see the figures docs/explain.md records.
 """
 
+import time
+
 import pytest
 import torch
 
@@ -268,8 +270,6 @@ def localization_rates(model, images, labels, corners):
 def test_maps_peak_on_the_mark(seed):
     """FastNet trained on the marks: the peaks of Grad-CAM (on its 7x7 grid), Saliency and Occlusion lie on the
     mark. The control: the same net with its initial weights must miss the bar, or the check would prove nothing."""
-    import time
-
     x, y, _ = marks_dataset(3000, seed=0)
     test_x, test_y, corners = marks_dataset(450, seed=1)
     mark = test_y < 2  # the no-mark class has nothing to localize
