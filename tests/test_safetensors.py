@@ -47,6 +47,21 @@ def test_every_model_round_trips_to_bit_identical_logits(name, tmp_path):
     assert loaded.image_size == (size, size) and loaded.class_names[3] == "c3"
 
 
+def test_bad_metadata_is_refused_as_the_onnx_export_refuses_it(tmp_path):
+    """The metadata checks are shared with the ONNX export (cnnlab.inference.metadata): the same one-line errors,
+    before anything is written; names outside ASCII are kept as they are."""
+    model = create_model("lenet-bn")
+    kw = dict(class_names=[f"c{i}" for i in range(10)], image_shape=(1, 28, 28), mean=0.5, std=0.25)
+    for change, message in [(dict(class_names="abc"), "list of strings"), (dict(image_shape=(28, 28)), r"\(C, H, W\)"),
+                            (dict(mean=[0.1, 0.2]), "one per channel"), (dict(std=float("nan")), "finite")]:
+        with pytest.raises(ValueError, match=message):
+            save_safetensors(model, tmp_path / "m.safetensors", **{**kw, **change})
+    assert list(tmp_path.iterdir()) == []
+    names = ["é😀", "a/b"] + [f"c{i}" for i in range(8)]
+    loaded = cnnlab.load_model(save_safetensors(model, tmp_path / "m.safetensors", **{**kw, "class_names": names}))
+    assert list(loaded.class_names) == names
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("st") / "run"

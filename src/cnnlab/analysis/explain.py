@@ -82,6 +82,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "gradcam", tar
 
                 layer = cam_layer(model, image_size=(h, w))[1]
             maps = attr.LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
+            # Bilinear upsampling assumes the layer's cells tile the image evenly, as a same-padded net's do
+            # (FastNet: 7x7 cells of 4 px); LeNet's valid convolutions centre its 5x5 cells at 4j + 5.5 px, up
+            # to 3 px from where the upsampled map puts them (docs/explain.md, localization).
             maps = attr.LayerAttribution.interpolate(maps.float(), (h, w), interpolate_mode="bilinear")[:, 0]
         elif method == "ig":
             maps = attr.IntegratedGradients(model).attribute(x, torch.zeros_like(x), target=target,

@@ -15,9 +15,10 @@ runtime can use without torch or cnnlab. What a user needs to feed it is stored 
 ``cnnlab_version``  the cnnlab that wrote the file
 ==================  ==========================================================================================
 
-Class names come from data (possibly folder names): they are untrusted text, stored only as JSON data and never
-used to build a path. ``examples/onnx_predict.py`` shows the whole contract: it classifies an image with
-onnxruntime, numpy and Pillow alone.
+All but ``model_name`` and ``preprocessing`` are shared with the safetensors format, checked and encoded in one
+place (:mod:`cnnlab.inference.metadata`). Class names come from data (possibly folder names): they are untrusted
+text, stored only as JSON data and never used to build a path. ``examples/onnx_predict.py`` shows the whole
+contract: it classifies an image with onnxruntime, numpy and Pillow alone.
 
 The exporter is torch's own ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), the default
 and maintained path since torch 2.9; the TorchScript exporter (``dynamo=False``) still runs in torch 2.13 but
@@ -43,7 +44,7 @@ from torch import nn
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import UserError
 from cnnlab.extras import require
-from cnnlab.version import __version__
+from cnnlab.inference.metadata import check_class_names, check_image_shape, input_metadata, per_channel
 
 __all__ = ["ExportCheckFailed", "ExportResult", "export_onnx", "read_metadata", "MAX_ABS_DIFF", "MIN_AGREEMENT",
            "INPUT_NAME", "OUTPUT_NAME"]
@@ -124,11 +125,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_shape: Seque
     require("onnxscript", "export", feature)  # torch's dynamo exporter translates through it
     ort = require("onnxruntime", "export", feature)
 
-    shape = _image_shape(image_shape)
-    means, stds = _per_channel(mean, "mean", shape[0]), _per_channel(std, "std", shape[0])
+    shape = check_image_shape(image_shape)
+    means, stds = per_channel(mean, "mean", shape[0]), per_channel(std, "std", shape[0])
     if any(s <= 0 for s in stds):
         raise ValueError(f"std must be positive, got {stds}")
-    names = _class_names(class_names)
+    names = check_class_names(class_names)
     model_name = str(model_name or getattr(model, "model_name", None) or type(model).__name__)
     net = _private_copy(model, shape, len(names), model_name)
     if check_images is None:
@@ -182,14 +183,9 @@ def _metadata(model_name: str, names: list[str], shape: tuple[int, int, int], me
     channels, height, width = shape
     return {
         "model_name": model_name,
-        "class_names": json.dumps(names, ensure_ascii=False),
-        "input_size": json.dumps([height, width]),
-        "channels": str(channels),
-        "mean": json.dumps(means),
-        "std": json.dumps(stds),
+        **input_metadata(names, shape, means, stds),
         "preprocessing": (f"{INPUT_NAME}: float32 (N, {channels}, {height}, {width}); pixels scaled to [0, 1], "
                           f"resized to {height}x{width}, then (x - mean) / std per channel"),
-        "cnnlab_version": __version__,
     }
 
 
@@ -263,31 +259,6 @@ def _quiet_exporter():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(image_shape)
-    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ValueError(f"image_shape must be (C, H, W), three positive ints, got {image_shape!r}")
-    return shape
-
-
-def _per_channel(value: float | Sequence[float], what: str, channels: int) -> list[float]:
-    values = [value] * channels if isinstance(value, (int, float)) else list(value)
-    if len(values) == 1:
-        values = values * channels
-    if len(values) != channels or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise ValueError(f"{what} must be one finite number or one per channel ({channels}), got {value!r}")
-    return [float(v) for v in values]
-
-
-def _class_names(class_names: Sequence[str]) -> list[str]:
-    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
-        raise ValueError(f"class_names must be a list of strings, got {class_names!r:.200}")
-    names = list(class_names)
-    if not names:
-        raise ValueError("class_names is empty; give one name per class")
-    return names
 
 
 def _check_tensor(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

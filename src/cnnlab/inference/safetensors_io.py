@@ -1,10 +1,10 @@
 """Model weights as safetensors: the ecosystem's format for sharing weights, which cannot run code by design.
 
-:func:`save_safetensors` writes a model's ``state_dict`` with string metadata (the same contract as the ONNX
-export's ``metadata_props``, see :mod:`cnnlab.inference.export`): ``model_name``, ``model_kwargs`` (JSON),
-``class_names`` (JSON), ``input_size`` (JSON ``[H, W]``), ``channels``, ``mean`` and ``std`` (JSON, one per
-channel), ``cnnlab_version``, and ``data_settings`` (JSON, what the run's data module needs to rebuild the test
-split). :func:`read_safetensors` reads one back as a checkpoint-like dict that
+:func:`save_safetensors` writes a model's ``state_dict`` with string metadata: ``model_name``, ``model_kwargs``
+(JSON), ``data_settings`` (JSON, what the run's data module needs to rebuild the test split), and the keys it shares
+with the ONNX export's ``metadata_props``, checked and encoded by :mod:`cnnlab.inference.metadata`: ``class_names``
+(JSON), ``input_size`` (JSON ``[H, W]``), ``channels``, ``mean`` and ``std`` (JSON, one per channel),
+``cnnlab_version``. :func:`read_safetensors` reads one back as a checkpoint-like dict that
 :func:`~cnnlab.inference.loaded.load_trained` turns into a :class:`~cnnlab.inference.loaded.LoadedModel`.
 
 The file is hostile until checked, and checked before the safetensors library sees it: the 8-byte header length
@@ -27,7 +27,7 @@ from torch import nn
 
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import CheckpointError
-from cnnlab.version import __version__
+from cnnlab.inference.metadata import input_metadata
 
 __all__ = ["MAX_HEADER_BYTES", "is_safetensors", "read_safetensors", "save_safetensors"]
 
@@ -57,16 +57,11 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, *, class_names, 
     """
     from safetensors.torch import save
 
-    from cnnlab.inference.export import _class_names, _image_shape, _per_channel
-
-    channels, h, w = _image_shape(image_shape)
+    shared = input_metadata(class_names, image_shape, mean, std)  # checked before anything is written
     name, kwargs = getattr(model, "model_name", None), getattr(model, "model_kwargs", None)
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise ValueError("model was not built by cnnlab.models.create_model, so it cannot be rebuilt from a file")
-    metadata = {"model_name": name, "model_kwargs": json.dumps(kwargs), "class_names":
-                json.dumps(_class_names(class_names)), "input_size": json.dumps([h, w]), "channels": str(channels),
-                "mean": json.dumps(_per_channel(mean, "mean", channels)),
-                "std": json.dumps(_per_channel(std, "std", channels)), "cnnlab_version": __version__,
+    metadata = {"model_name": name, "model_kwargs": json.dumps(kwargs), **shared,
                 "data_settings": json.dumps(data_settings or {})}
     # clone: a state dict may share storage between entries, which safetensors refuses to write
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
