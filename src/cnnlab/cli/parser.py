@@ -74,6 +74,17 @@ def _duration(text: str) -> float:
 
 # ---- parser --------------------------------------------------------------------------------------
 
+def _add_speed(p) -> None:
+    """How ``cnnlab train`` runs, not what it learns: device, threads, precision, memory layout, compiling."""
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (tens of seconds to compile; pays on long runs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--threads", type=_positive_int, help="intra-op CPU threads (default: torch's, one per core; "
+                   "under --budget on a CPU the faster of that and half of it, timed at the start)")
+
+
 def _add_train(sub) -> None:
     from cnnlab.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -107,13 +118,7 @@ def _add_train(sub) -> None:
                    "change; 'flip' lets the automatic recipe mirror images (it crops only by default)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training step (tens of seconds to compile; pays on long runs)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--threads", type=_positive_int, help="intra-op CPU threads (default: torch's, one per core; "
-                   "under --budget on a CPU the faster of that and half of it, timed at the start)")
+    _add_speed(p)
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--data-dir", help="folder holding the four Fashion-MNIST IDX files")
     p.add_argument("--num-train", type=_positive_int, help="train on the first N training images only")
