@@ -36,7 +36,7 @@ MAX_INPUT_SIDE = 1024
 MAX_IN_CHANNELS = 16
 MAX_CLASSES = 100_000
 # What torch.load(weights_only=True) raises on a damaged or crafted file, beyond UnpicklingError: the types
-# seen when fuzzing a checkpoint's data.pkl (tests/test_checkpoint.py keeps a seeded sample of that fuzzing).
+# seen when fuzzing a checkpoint's data.pkl (tests/training/test_checkpoint.py keeps a seeded sample of that fuzzing).
 # The try around it holds torch.load alone, so none of these can come from a bug in cnnlab.
 _UNREADABLE = (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError,
                AttributeError, AssertionError, OverflowError, struct.error)

@@ -566,7 +566,7 @@ def test_a_bug_in_the_conversion_is_a_bug_not_a_bad_file(tmp_path, monkeypatch):
 
 
 def test_a_png_chunk_longer_than_the_file_is_refused_before_pillow_reads_it(tmp_path):
-    # Found by tests/test_image_fuzz.py: Pillow reads a chunk by its declared length, and Python allocates all
+    # Found by tests/data/test_image_fuzz.py: Pillow reads a chunk by its declared length, and Python allocates all
     # of it first; a 200-byte PNG declaring a 64 MiB IDAT cost 64 MiB.
     import tracemalloc
 

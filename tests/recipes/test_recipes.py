@@ -18,7 +18,7 @@ from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_c
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.runtime import bf16_default, bf16_is_fast
 
-WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
+WORKER = str(Path(__file__).parents[1] / "_ddp_worker.py")  # the helpers live at tests/
 TINY = ["--num-train", "512", "--num-val", "256", "--no-progress", "--no-bf16"]
 
 

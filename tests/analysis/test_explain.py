@@ -2,7 +2,7 @@
 Adebayo et al. 2018 ("Sanity Checks for Saliency Maps"): model randomization, localization on a synthetic set
 where only a small mark decides the class, and Integrated Gradients' completeness.
 
-Run with ``pytest -s tests/test_explain.py`` to see the figures docs/explain.md records.
+Run with ``pytest -s tests/analysis/test_explain.py`` to see the figures docs/explain.md records.
 """
 
 import pytest

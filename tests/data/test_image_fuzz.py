@@ -5,7 +5,7 @@ chunks (PNG) or byte ranges, or makes its header declare a huge size (wherever t
 written). The folder reader (:func:`cnnlab.data.imagedecode.decode_folder`) must then decode the file or list
 it as bad with an :class:`~cnnlab.errors.ImageError` reason; nothing else may come out, no case may take a
 second, and memory stays bounded. 200 cases by default; ``CNNLAB_FUZZ_EXAMPLES=10000 pytest -m fuzz
-tests/test_image_fuzz.py`` for the full run.
+tests/data/test_image_fuzz.py`` for the full run.
 """
 
 import functools

@@ -22,7 +22,7 @@ from cnnlab.inference.export import ExportCheckFailed, export_onnx, read_metadat
 from cnnlab.models import create_model, list_models
 from cnnlab.recipes import model_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"
 
 # The recipe's input size, except where the smallest size the model builds with exports the same graph with far
