@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         from cnnlab.models import create_model
 
         widths = tuple(int(w) for w in args.widths.split(","))
-        model = create_model(config.model, num_classes=10, in_channels=1, image_size=config.resize, lr=config.lr,
+        model = create_model(config.model, num_classes=10, in_channels=1, image_size=config.image_size, lr=config.lr,
                              widths=widths)
         model.label_smoothing = config.label_smoothing
     else:

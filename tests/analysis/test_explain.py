@@ -26,7 +26,7 @@ def _models():
 @pytest.mark.parametrize("name", _models())
 def test_every_model_has_a_cam_layer_that_gradcam_explains(name):
     torch.manual_seed(0)
-    size = SIZE.get(name, model_defaults(name)["resize"])
+    size = SIZE.get(name, model_defaults(name)["image_size"])
     model = create_model(name, image_size=size).eval()
     layer_name, layer = cam_layer(model)
     names = [n for n, _ in model.named_modules()]

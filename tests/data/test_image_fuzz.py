@@ -127,7 +127,7 @@ def test_the_folder_reader_decodes_or_lists_each_fuzzed_file(folder, case):
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            decoded = decode_folder(folder, resize=8, channels=1, cache=False, log=None, progress=False)
+            decoded = decode_folder(folder, image_size=8, channels=1, cache=False, log=None, progress=False)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -69,7 +69,7 @@ def _logits(model, x):
 @pytest.mark.parametrize("name", _models())
 def test_every_model_exports_with_a_dynamic_batch(name, tmp_path):
     torch.manual_seed(0)
-    size = SMALLEST.get(name, model_defaults(name)["resize"])
+    size = SMALLEST.get(name, model_defaults(name)["image_size"])
     model = create_model(name, image_size=size)
     images = torch.randn(7, 1, size, size)
     path = tmp_path / "model.onnx"

@@ -242,9 +242,9 @@ def test_train_evaluate_and_report_print_the_same_accuracy(tmp_path, data_dir, c
 
 def test_predict_on_test_images_saved_as_png_equals_evaluate(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
-    # resize 32 and normalize: the path that once differed (F.interpolate in predict, matmuls in batches).
+    # 32x32 and normalize: the path that once differed (F.interpolate in predict, matmuls in batches).
     assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--num-train", "500", "--num-val", "100",
-                 "--resize", "32", "--no-progress", "--data-dir", str(data_dir), "--out", str(run)]) == 0
+                 "--image-size", "32", "--no-progress", "--data-dir", str(data_dir), "--out", str(run)]) == 0
     loaded, _ = evaluate_checkpoint(run, data_dir)
     images, labels = loaded.test_split(data_dir)
     n = 24

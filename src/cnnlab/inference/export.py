@@ -183,6 +183,7 @@ def _metadata(model_name: str, names: list[str], shape: tuple[int, int, int], me
     return {
         "model_name": model_name,
         "class_names": json.dumps(names, ensure_ascii=False),
+        # Not image_size: timm's name in its pretrained configs, and files already written carry it.
         "input_size": json.dumps([height, width]),
         "channels": str(channels),
         "mean": json.dumps(means),

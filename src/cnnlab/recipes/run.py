@@ -46,14 +46,14 @@ def build_data(config: TrainConfig):
     if config.images is not None:
         from cnnlab.data.imagefolder import ImageFolderData
 
-        return ImageFolderData(config.images, batch_size=config.batch_size, resize=config.resize,
+        return ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
                                skip_bad=config.skip_bad, progress=config.progress,
                                flip=config.flip is not False)
     from cnnlab.data.fashion_mnist import FashionMNIST
 
-    return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
+    return FashionMNIST(batch_size=config.batch_size, resize=config.image_size, root=config.data_dir,
                         normalize=config.normalize, augment=config.augment, seed=config.seed,
                         num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
                         val_batch_size=1024)
@@ -240,8 +240,8 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     data_start = time.perf_counter()
     data = build_data(config) if data is None else data
     data_seconds = time.perf_counter() - data_start
-    if config.resize is None:  # an image folder chose its size: the run's config records it
-        config = dataclasses.replace(config, resize=data.resize[0])
+    if config.image_size is None:  # an image folder chose its size: the run's config records it
+        config = dataclasses.replace(config, image_size=data.image_size[0])
     model = build_model(config, data)
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
