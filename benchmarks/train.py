@@ -63,7 +63,7 @@ class _Variant:
     def __init__(self, name: str, change: dict, config, steps: int, num_val: int, rounds: int):
         from cnnlab.data.fashion_mnist import FashionMNIST
         from cnnlab.recipes import build_model, make_optimizer, make_scheduler
-        from cnnlab.training.trainer import Trainer
+        from cnnlab.training import Display, Optimization, Speed, Trainer
 
         self.name, self.change = name, change
         config = replace(config, **{k: change[k] for k in ("channels_last", "bf16") if k in change})
@@ -76,11 +76,11 @@ class _Variant:
         optimizer = _optimizer(config, change["optimizer"]) if "optimizer" in change else make_optimizer(config)
         # Deterministic kernels as `cnnlab train` runs (seeded, on the CPU) unless the variant turns them off;
         # the Trainer sets them only inside its fit.
-        self.trainer = Trainer(max_epochs=rounds + 1, device="cpu", seed=config.seed, optimizer=optimizer,
-                               scheduler=make_scheduler(config), channels_last=config.channels_last,
-                               autocast_dtype=torch.bfloat16 if config.bf16 else None,
-                               compile=change.get("compile", False), deterministic=change.get("deterministic"),
-                               progress=False, log=None)
+        speed = Speed(autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
+                      compile=change.get("compile", False), deterministic=change.get("deterministic"))
+        self.trainer = Trainer(max_epochs=rounds + 1, device="cpu", seed=config.seed,
+                               optimization=Optimization(optimizer, make_scheduler(config)), speed=speed,
+                               display=Display(progress=False, log=None))
         self.rows: list[dict] = []
         self.first_seconds = None
 

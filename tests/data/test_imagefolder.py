@@ -24,8 +24,8 @@ from cnnlab.data.images import decode_image, open_image
 from cnnlab.errors import ImageError
 from cnnlab.models import create_model
 from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
+from cnnlab.training import Display, Optimization, Trainer
 from cnnlab.training.evaluation import evaluate
-from cnnlab.training.trainer import Trainer
 
 QUIET = dict(log=None, progress=False)
 
@@ -69,8 +69,8 @@ def train_and_evaluate(data, *, in_channels: int = 1, num_classes: int = 10, ima
     config = resolve_config(TrainConfig(model="lenet-relu", epochs=epochs, batch_size=batch_size))
     torch.manual_seed(0)  # the initial weights: the Trainer's seed applies only from fit() on
     model = create_model("lenet-relu", num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    Trainer(max_epochs=epochs, progress=False, log=None, seed=0, optimizer=make_optimizer(config),
-            scheduler=make_scheduler(config)).fit(model, data)
+    Trainer(max_epochs=epochs, seed=0, optimization=Optimization(make_optimizer(config), make_scheduler(config)),
+            display=Display(progress=False, log=None)).fit(model, data)
     return evaluate(model, data.val_dataloader()).accuracy
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 import cnnlab
-from cnnlab import FashionMNIST, Trainer
+from cnnlab import Display, FashionMNIST, Optimization, Trainer
 from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD
 from cnnlab.errors import MissingExtra
 from cnnlab.extras import require
@@ -97,8 +97,8 @@ def trained(tmp_path_factory, data_dir):
     torch.manual_seed(0)
     data = FashionMNIST(batch_size=32, root=data_dir, num_train=2000, num_val=500, normalize=True, seed=0)
     model = create_model("lenet-relu")
-    Trainer(max_epochs=1, seed=0, optimizer=lambda params: torch.optim.Adam(params, lr=3e-3), progress=False,
-            log=None).fit(model, data)
+    adam = Optimization(lambda params: torch.optim.Adam(params, lr=3e-3))
+    Trainer(max_epochs=1, seed=0, optimization=adam, display=Display(progress=False, log=None)).fit(model, data)
     images = torch.cat([X for X, _ in data.val_dataloader()])  # preprocessed as in training: normalized
     path = tmp_path_factory.mktemp("export") / "lenet.onnx"
     result = export_onnx(model, path, image_shape=data.image_shape, class_names=data.classes, mean=MEAN, std=STD,

@@ -126,15 +126,15 @@ def test_schedules_have_their_shapes():
 
 
 def test_clip_grad_norm_bounds_the_update(data_dir):
-    from cnnlab import FashionMNIST, Trainer, create_model
+    from cnnlab import Display, FashionMNIST, Optimization, Trainer, create_model
 
     def step_size(clip):
         torch.manual_seed(0)
         model = create_model("lenet-relu")
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         data = FashionMNIST(batch_size=64, root=data_dir, num_train=64, num_val=64)
-        Trainer(max_epochs=1, seed=0, clip_grad_norm=clip, progress=False, log=None,
-                optimizer=lambda p: torch.optim.SGD(p, lr=1.0)).fit(model, data)
+        sgd = Optimization(lambda p: torch.optim.SGD(p, lr=1.0), clip_grad_norm=clip)
+        Trainer(max_epochs=1, seed=0, optimization=sgd, display=Display(progress=False, log=None)).fit(model, data)
         return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
 
     # One SGD step at lr 1 moves the weights by exactly the gradient's norm: at most the clip value.

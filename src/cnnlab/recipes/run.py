@@ -22,6 +22,7 @@ from cnnlab.recipes.resume import AUTO, folder_to_resume
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.options import Display, Optimization, Speed
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import pick_device
 from cnnlab.training.schedules import ClockProgress, ReplayProgress, StepProgress
@@ -115,9 +116,10 @@ def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
 
 
 def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
-                  run_dir: str | os.PathLike | None = None, pace=None, steps_per_epoch: int = 0,
+                  run_dir: str | os.PathLike | None = None, pace=None, steps_per_epoch: int = 0, log=print,
                   **kwargs) -> Trainer:
-    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...).
+    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``log``: its per-epoch line; ``kwargs``:
+    ``callbacks``, ``on_epoch_end``, ...).
 
     ``pace`` (:func:`build_pace`): a step count or a clock decides the run's length; None: ``config.epochs``.
     """
@@ -128,11 +130,12 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
         kwargs.setdefault("validate_every", -(-VALIDATE_STEPS // steps_per_epoch))
     return Trainer(
         max_epochs=epochs, device=device if device is not None else config.device, run_dir=run_dir,
-        seed=config.seed, optimizer=make_optimizer(config),
-        scheduler=make_scheduler(config, by_progress=pace is not None), pace=pace,
-        autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
-        compile=config.compile, progress=config.progress, checkpoint_extra={"config": config.to_dict()},
-        **kwargs,
+        seed=config.seed,
+        optimization=Optimization(make_optimizer(config), make_scheduler(config, by_progress=pace is not None)),
+        speed=Speed(autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
+                    compile=config.compile),
+        display=Display(progress=config.progress, log=log),
+        pace=pace, checkpoint_extra={"config": config.to_dict()}, **kwargs,
     )
 
 
