@@ -127,8 +127,8 @@ zoo_stream() {  # the chapter-8 models named, one after another
 }
 
 # Most wanted first, so a run cut short by a time limit still has them.
-train resnet18 --model resnet18 --resize 96 --epochs "$RESNET_EPOCHS"
-train vgg-small --model vgg-small --resize 224 --epochs "$VGG_EPOCHS"
+train resnet18 --model resnet18 --image-size 96 --epochs "$RESNET_EPOCHS"
+train vgg-small --model vgg-small --image-size 224 --epochs "$VGG_EPOCHS"
 if [ "${RECIPES:-1}" = 1 ]; then
   train fast --recipe fast
   train fast-long --recipe fast-long

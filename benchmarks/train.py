@@ -1,6 +1,6 @@
 """Training speed: the book's pipeline, a plain PyTorch loop and cnnlab's Trainer, side by side.
 
-    python benchmarks/train.py [--model lenet] [--epochs 3] [--resize N] [--max-steps N] [--json PATH]
+    python benchmarks/train.py [--model lenet] [--epochs 3] [--image-size N] [--max-steps N] [--json PATH]
     python benchmarks/train.py --techniques [--model lenet] [--steps 150] [--only NAME ...]
     python benchmarks/train.py --profile [--model lenet] [--steps 50]
 
@@ -63,11 +63,11 @@ class _Variant:
     def __init__(self, name: str, change: dict, config, steps: int, num_val: int, rounds: int):
         from cnnlab.data.fashion_mnist import FashionMNIST
         from cnnlab.recipes import build_model, make_optimizer, make_scheduler
-        from cnnlab.training.trainer import Trainer
+        from cnnlab.training import Display, Optimization, Speed, Trainer
 
         self.name, self.change = name, change
         config = replace(config, **{k: change[k] for k in ("channels_last", "bf16") if k in change})
-        self.data = FashionMNIST(batch_size=config.batch_size, resize=config.resize, normalize=config.normalize,
+        self.data = FashionMNIST(batch_size=config.batch_size, resize=config.image_size, normalize=config.normalize,
                                  augment=config.augment, seed=config.seed,
                                  num_train=min(60_000, steps * config.batch_size), num_val=num_val,
                                  val_batch_size=change.get("val_batch_size", 1024))
@@ -76,11 +76,11 @@ class _Variant:
         optimizer = _optimizer(config, change["optimizer"]) if "optimizer" in change else make_optimizer(config)
         # Deterministic kernels as `cnnlab train` runs (seeded, on the CPU) unless the variant turns them off;
         # the Trainer sets them only inside its fit.
-        self.trainer = Trainer(max_epochs=rounds + 1, device="cpu", seed=config.seed, optimizer=optimizer,
-                               scheduler=make_scheduler(config), channels_last=config.channels_last,
-                               autocast_dtype=torch.bfloat16 if config.bf16 else None,
-                               compile=change.get("compile", False), deterministic=change.get("deterministic"),
-                               progress=False, log=None)
+        speed = Speed(autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
+                      compile=change.get("compile", False), deterministic=change.get("deterministic"))
+        self.trainer = Trainer(max_epochs=rounds + 1, device="cpu", seed=config.seed,
+                               optimization=Optimization(optimizer, make_scheduler(config)), speed=speed,
+                               display=Display(progress=False, log=None))
         self.rows: list[dict] = []
         self.first_seconds = None
 
@@ -110,7 +110,7 @@ class _Variant:
 def techniques(args) -> int:
     from cnnlab.recipes import TrainConfig, resolve_config
 
-    config = resolve_config(TrainConfig(model=args.model, resize=args.resize, device="cpu", progress=False))
+    config = resolve_config(TrainConfig(model=args.model, image_size=args.image_size, device="cpu", progress=False))
     names = args.only or list(TECHNIQUES)
     unknown = sorted(set(names) - set(TECHNIQUES))
     if unknown:
@@ -118,7 +118,7 @@ def techniques(args) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"load average {load_average()} at start")
     print(f"{args.model} recipe: channels_last={config.channels_last}, bf16={config.bf16}, "
-          f"{config.optimizer} (foreach), batch {config.batch_size}, {config.resize}x{config.resize}; "
+          f"{config.optimizer} (foreach), batch {config.batch_size}, {config.image_size}x{config.image_size}; "
           f"{args.steps} steps per epoch, validation on {args.num_val:,} images in batches of 1024")
     variants = [_Variant(name, TECHNIQUES[name], config, args.steps, args.num_val, args.rounds) for name in names]
     for _ in range(args.rounds + 1):  # the first round is the warm-up (and compile) epoch
@@ -142,7 +142,7 @@ def profile(args) -> int:
 
     from cnnlab.recipes import TrainConfig, resolve_config
 
-    config = resolve_config(TrainConfig(model=args.model, resize=args.resize, device="cpu", progress=False))
+    config = resolve_config(TrainConfig(model=args.model, image_size=args.image_size, device="cpu", progress=False))
     print(f"load average {load_average()}; {args.model}, {torch.get_num_threads()} threads")
     variant = _Variant("recipe", {}, config, args.steps, 1024, rounds=1)
     variant.epoch()  # warm-up

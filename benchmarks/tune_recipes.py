@@ -30,8 +30,8 @@ from cnnlab import __version__ as cnnlab_version
 from cnnlab.bench import cpu_name, load_average
 from cnnlab.data.batching import stratified_split
 from cnnlab.recipes import TrainConfig, build_data, build_model, make_optimizer, make_scheduler, resolve_config
+from cnnlab.training import Display, Optimization, Speed, Trainer
 from cnnlab.training.runtime import pick_device
-from cnnlab.training.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results" / "tuning.jsonl"
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         from cnnlab.models import create_model
 
         widths = tuple(int(w) for w in args.widths.split(","))
-        model = create_model(config.model, num_classes=10, in_channels=1, image_size=config.resize, lr=config.lr,
+        model = create_model(config.model, num_classes=10, in_channels=1, image_size=config.image_size, lr=config.lr,
                              widths=widths)
         model.label_smoothing = config.label_smoothing
     else:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tta_flip:
             start = time.perf_counter()
             row["val_acc_flip"] = flip_tta_accuracy(trainer.model, trainer.val_loader, device,
-                                                    trainer.autocast_dtype)
+                                                    trainer.speed.autocast_dtype)
             row["flip_seconds"] = time.perf_counter() - start
         rows.append(row)
         flip = f"  flip-avg {row['val_acc_flip']:.4f}" if args.tta_flip else ""
@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
               f"load {row['load_average']}", flush=True)
 
     trainer = Trainer(max_epochs=config.epochs, device=device, run_dir=None, seed=config.seed,
-                      optimizer=make_optimizer(config), scheduler=make_scheduler(config),
-                      autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
-                      compile=config.compile, progress=False, log=None, on_epoch_end=on_epoch_end, board=None)
+                      optimization=Optimization(make_optimizer(config), make_scheduler(config)),
+                      speed=Speed(autocast_dtype=torch.bfloat16 if config.bf16 else None,
+                                  channels_last=config.channels_last, compile=config.compile),
+                      display=Display(progress=False, log=None, board=None), on_epoch_end=on_epoch_end)
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start

@@ -69,7 +69,7 @@ def measure(name: str, steps: int, rounds: int, batch_size: int | None, seed: in
     config = replace(config, num_val=min(config.batch_size, 256))
     torch.manual_seed(seed)
     reference = build_model(config, build_data(replace(config, num_train=config.batch_size)))
-    size = config.resize
+    size = config.image_size
     forward = sum(s.flops for s in layer_stats(reference, (1, 1, size, size)))
     train_flops = training_flops_per_image(reference, (1, size, size), batch=2)
     steps = max(steps, min(MAX_STEPS, math.ceil(min_gflop * 1e9 / (train_flops * config.batch_size))))

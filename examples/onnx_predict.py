@@ -24,7 +24,7 @@ def load_model(path):
     meta = session.get_modelmeta().custom_metadata_map
     info = {
         "class_names": json.loads(meta["class_names"]),
-        "size": json.loads(meta["input_size"]),  # [H, W]
+        "image_size": json.loads(meta["input_size"]),  # [H, W]
         "channels": int(meta["channels"]),
         "mean": np.array(json.loads(meta["mean"]), dtype=np.float32),
         "std": np.array(json.loads(meta["std"]), dtype=np.float32),
@@ -34,7 +34,7 @@ def load_model(path):
 
 def preprocess(path, info, invert=False):
     """Image file -> float32 (1, C, H, W): resized, scaled to [0, 1], normalized per channel."""
-    height, width = info["size"]
+    height, width = info["image_size"]
     with Image.open(path) as img:
         img = img.convert("L" if info["channels"] == 1 else "RGB")
         if img.size != (width, height):

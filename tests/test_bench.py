@@ -58,14 +58,14 @@ def test_matmul_flops_on_the_real_clock_is_a_rate_in_flop_per_second():
     assert math.isfinite(flops) and 1e7 < flops < 1e14
 
 
-@pytest.mark.parametrize("size", [28, 40])
-def test_book_dataset_matches_the_batched_loader(size):
-    data = FashionMNIST(batch_size=4, resize=size, normalize=True, num_train=8, num_val=8)
+@pytest.mark.parametrize("image_size", [28, 40])
+def test_book_dataset_matches_the_batched_loader(image_size):
+    data = FashionMNIST(batch_size=4, resize=image_size, normalize=True, num_train=8, num_val=8)
     X, y = next(iter(data.val_dataloader()))
-    book = BookDataset(data.val_images, data.val_labels, size, normalize=True)
+    book = BookDataset(data.val_images, data.val_labels, image_size, normalize=True)
     for i in range(4):
         x, label = book[i]
-        assert x.shape == (1, size, size) and int(label) == int(y[i])
+        assert x.shape == (1, image_size, image_size) and int(label) == int(y[i])
         torch.testing.assert_close(x, X[i], atol=1e-5, rtol=1e-5)
 
 

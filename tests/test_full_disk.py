@@ -1,6 +1,7 @@
 """A real full disk: the run folder on a small tmpfs that fills up during the run (root on Linux only).
 
-Elsewhere the simulated ENOSPC tests stand (tests/test_hostile.py, tests/test_checkpoint.py, tests/test_atomic.py).
+Elsewhere the simulated ENOSPC tests stand (tests/test_hostile.py, tests/training/test_checkpoint.py,
+tests/test_atomic.py).
 """
 
 import errno

@@ -328,11 +328,11 @@ def test_checkpoint_asking_for_a_huge_model_is_refused_before_building(trained_r
     assert builds == []  # refused from the stored kwargs, before anything was built
 
 
-def test_checkpoint_asking_for_a_huge_input_resize_is_refused(trained_run, tmp_path, capsys):
+def test_checkpoint_asking_for_a_huge_input_image_size_is_refused(trained_run, tmp_path, capsys):
     state = torch.load(trained_run / "best.pt", weights_only=True)
-    state["data_settings"]["resize"] = 10**6
-    torch.save(state, tmp_path / "resize.pt")
-    code, err = _cli(capsys, "predict", tmp_path / "resize.pt", "--test-index", "0")
+    state["data_settings"]["image_size"] = 10**6
+    torch.save(state, tmp_path / "huge.pt")
+    code, err = _cli(capsys, "predict", tmp_path / "huge.pt", "--test-index", "0")
     assert code == 2 and "input images of size" in err
 
 

@@ -135,3 +135,18 @@ def test_no_new_long_module_and_the_allow_list_is_exact():
     found = {module: n for module, path in modules() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert set(found) - set(LONG_MODULES) == set(), f"modules over {MAX_MODULE_LINES} lines: {found}"
     assert set(LONG_MODULES) - set(found) == set(), "no longer long: remove them from LONG_MODULES"
+
+
+TESTS = Path(__file__).resolve().parent
+# Folders of tests/ that are not a subpackage's tests: the seed's snippets and the book's cells, run as scripts.
+SCRIPT_FOLDERS = {"book", "seed"}
+
+
+def test_the_test_folders_mirror_the_subpackages_and_basenames_are_unique():
+    # pytest imports a test module of a folder without __init__.py by its basename: two test_x.py in two folders
+    # would collide (or one would shadow the other), so each basename is used once.
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__"} - SCRIPT_FOLDERS
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders - subpackages == set(), "a folder of tests/ must be named after the cnnlab subpackage it tests"
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == [], "test module basenames must be unique"

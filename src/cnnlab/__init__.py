@@ -116,6 +116,7 @@ from cnnlab.nn.summary import model_summary
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.evaluation import evaluate
+from cnnlab.training.options import Display, Optimization, Speed
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.trainer import Trainer
 from cnnlab.version import __version__
@@ -126,9 +127,10 @@ __all__ = [
     "__version__",
     "AlexNet", "AnyNet", "BNLeNet", "BNLeNetScratch", "BatchLoader", "BatchNorm", "CLASS_NAMES", "Callback",
     "CheckpointError",
-    "Classifier", "Conv2D", "DataError", "DataModule", "DenseBlock", "DenseNet", "FashionMNIST", "GoogleNet",
-    "HyperParameters", "Inception", "LeNet", "LeNetReLU", "Module", "NiN", "ProgressBoard", "RegNetX32",
-    "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "RunFolder", "Timer", "Trainer", "TrainingDiverged",
+    "Classifier", "Conv2D", "DataError", "DataModule", "DenseBlock", "DenseNet", "Display", "FashionMNIST",
+    "GoogleNet", "HyperParameters", "Inception", "LeNet", "LeNetReLU", "Module", "NiN", "Optimization",
+    "ProgressBoard", "RegNetX32", "ResNeXtBlock", "ResNet", "ResNet18", "Residual", "RunFolder", "Speed", "Timer",
+    "Trainer", "TrainingDiverged",
     "UserError", "VGG", "add_to_class",
     "avg_pool2d", "batch_norm", "conv2d", "conv_block", "conv_output_shape", "corr2d", "corr2d_multi_in",
     "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "cpu", "create_model", "evaluate", "explain", "find_data_dir",

@@ -1,6 +1,6 @@
 """Training speed side by side: the book's pipeline, a plain PyTorch loop and cnnlab's Trainer (``cnnlab bench``).
 
-    cnnlab bench [--model lenet] [--epochs 3] [--resize N] [--max-steps N] [--json results.json]
+    cnnlab bench [--model lenet] [--epochs 3] [--image-size N] [--max-steps N] [--json results.json]
 
 All three train the same model from the same initial weights with the same optimizer, schedule and batch
 size, one epoch each in turn (book, plain, cnnlab, book, plain, ...), so a change in the machine's load hits
@@ -96,17 +96,17 @@ def training_flops_per_image(model: torch.nn.Module, image_shape: tuple[int, int
 class BookDataset(Dataset):
     """d2l's data path: one uint8 image per ``__getitem__`` turned into a float tensor, as ``ToTensor`` does.
 
-    Resized alone with ``F.interpolate(antialias=True)`` (as ``transforms.Resize``) when ``size`` differs from
+    Resized alone with ``F.interpolate(antialias=True)`` (as ``transforms.Resize``) when ``image_size`` differs from
     28, standardized when ``normalize``, and randomly cropped and flipped when ``augment``.
 
     Shape:
-        Item ``i``: ``(1, size, size)`` float32 and a 0-dim int64 label.
+        Item ``i``: ``(1, image_size, image_size)`` float32 and a 0-dim int64 label.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int = 28, normalize: bool = False,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, image_size: int = 28, normalize: bool = False,
                  augment: bool = False):
         self.images, self.labels = images, labels
-        self.size, self.normalize, self.augment = size, normalize, augment
+        self.image_size, self.normalize, self.augment = image_size, normalize, augment
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -119,8 +119,8 @@ class BookDataset(Dataset):
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
         x = x.to(torch.float32).div(255).unsqueeze(0)  # (1, 28, 28) in [0, 1], as ToTensor()
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", antialias=True,
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                               align_corners=False)[0]
         if self.normalize:
             x = (x - MEAN) / STD
@@ -160,8 +160,8 @@ class PlainLoop:
 
     def __init__(self, data, batch_size: int, seed: int):
         normalize = (MEAN, STD) if data.normalize else None
-        self.X, self.y = _to_float(data.train_images, data.resize, normalize), data.train_labels
-        self.X_val, self.y_val = _to_float(data.val_images, data.resize, normalize), data.val_labels
+        self.X, self.y = _to_float(data.train_images, data.image_size, normalize), data.train_labels
+        self.X_val, self.y_val = _to_float(data.val_images, data.image_size, normalize), data.val_labels
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -202,7 +202,7 @@ def _to_float(images: torch.Tensor, size: tuple[int, int], normalize) -> torch.T
     return torch.cat(out)
 
 
-def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, max_steps: int | None = None,
+def compare(model: str = "lenet", epochs: int = 3, image_size: int | None = None, max_steps: int | None = None,
             num_val: int | None = None, seed: int = 0, book_workers: int = 4, plain: bool = True,
             data_dir: str | None = None, log=print) -> dict:
     """Train ``model`` by the book's pipeline, a plain loop and cnnlab's Trainer, one epoch of each in turn.
@@ -210,7 +210,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     Args:
         model: a registered model name; its recipe (``cnnlab.recipes``) sets optimizer, schedule and sizes.
         epochs: epochs of each pipeline.
-        resize: input side in pixels (default: the recipe's).
+        image_size: input side in pixels (default: the recipe's).
         max_steps: train on the first ``max_steps * batch_size`` images only (for big models).
         num_val: validate on the first ``num_val`` test images (default all, or 2,048 with ``max_steps``).
         seed: seed of the initial weights (the same for all three) and of cnnlab's run.
@@ -225,7 +225,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     from cnnlab import recipes
 
     say = log or (lambda _: None)
-    config = recipes.resolve_config(recipes.TrainConfig(model=model, epochs=epochs, resize=resize, seed=seed,
+    config = recipes.resolve_config(recipes.TrainConfig(model=model, epochs=epochs, image_size=image_size, seed=seed,
                                                         device="cpu", data_dir=data_dir, progress=False))
     if max_steps is not None:
         config = replace(config, num_train=max_steps * config.batch_size)
@@ -237,7 +237,7 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
     data = recipes.build_data(config)
     torch.manual_seed(config.seed)
     reference = recipes.build_model(config, data)
-    flops = training_flops_per_image(reference, (1, *data.resize))
+    flops = training_flops_per_image(reference, (1, *data.image_size))
     rows: dict[str, list[dict]] = {"book": [], "plain": [], "cnnlab": []}
     steps_per_epoch = -(-len(data.train_labels) // config.batch_size)
 
@@ -249,9 +249,9 @@ def compare(model: str = "lenet", epochs: int = 3, resize: int | None = None, ma
         return model_, optimizer, scheduler
 
     book = competitor()
-    book_data = BookDataset(data.train_images, data.train_labels, data.resize[0], config.normalize,
+    book_data = BookDataset(data.train_images, data.train_labels, data.image_size[0], config.normalize,
                             config.augment)
-    book_val = BookDataset(data.val_images, data.val_labels, data.resize[0], config.normalize)
+    book_val = BookDataset(data.val_images, data.val_labels, data.image_size[0], config.normalize)
     book_train_loader = DataLoader(book_data, config.batch_size, shuffle=True, num_workers=book_workers)
     book_val_loader = DataLoader(book_val, config.batch_size, shuffle=False, num_workers=book_workers)
     plain_run = competitor() if plain else None
@@ -297,7 +297,7 @@ def format_result(result: dict) -> str:
     config = result["config"]
     p = result["pipelines"]
     lines = [
-        f"{result['model']} at {config['resize']}x{config['resize']}, batch {config['batch_size']}, "
+        f"{result['model']} at {config['image_size']}x{config['image_size']}, batch {config['batch_size']}, "
         f"{config['optimizer']} lr {config['lr']}, {config['schedule']} schedule, {result['epochs']} epochs of "
         f"{result['images_per_epoch']:,} images (validation on {result['val_images']:,}), seed {config['seed']}",
         f"torch {result['torch']}, {result['threads']} threads, {result['cpus']} CPUs ({result['cpu']}); "
@@ -324,7 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``cnnlab bench`` (and ``benchmarks/train.py``)."""
     parser.add_argument("--model", default="lenet", help="registered model name (its recipe sets the rest)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each pipeline (median reported)")
-    parser.add_argument("--resize", type=int, help="input side in pixels (default: the recipe's)")
+    # --resize: the older name, still accepted (as by `cnnlab train`).
+    parser.add_argument("--image-size", "--resize", dest="image_size", type=int,
+                        help="input side in pixels (default: the recipe's)")
     parser.add_argument("--max-steps", type=int, help="steps per epoch: train on max_steps * batch images")
     parser.add_argument("--num-val", type=int, help="validation images (default all; 2,048 with --max-steps)")
     parser.add_argument("--seed", type=int, default=0)
@@ -337,13 +339,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run the comparison the parsed ``args`` describe and print its table."""
-    for name in ("epochs", "max_steps", "num_val", "resize"):
+    for name in ("epochs", "max_steps", "num_val", "image_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     print(f"load average {load_average()}; timing {args.model} (book pipeline, plain loop, cnnlab) ...",
           flush=True)
-    result = compare(args.model, args.epochs, args.resize, args.max_steps, args.num_val, args.seed,
+    result = compare(args.model, args.epochs, args.image_size, args.max_steps, args.num_val, args.seed,
                      args.book_workers, not args.no_plain, args.data_dir,
                      log=lambda line: print(line, flush=True))
     print()

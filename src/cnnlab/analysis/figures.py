@@ -202,7 +202,7 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: tor
     """
     model = loaded.model
     device = device_of(model)
-    loader = BatchLoader(images, labels, batch_size, size=loaded.image_size, normalize=loaded.normalization())
+    loader = BatchLoader(images, labels, batch_size, image_size=loaded.image_size, normalize=loaded.normalization())
     with eval_mode(model):
         probs = [torch.softmax(model(X.to(device)).float(), dim=1).cpu() for X, _ in loader]
     return torch.cat(probs)

@@ -194,7 +194,7 @@ def cmd_summary(args) -> int:
     from cnnlab.nn.summary import model_summary
     from cnnlab.recipes import model_defaults
 
-    shape = args.input or (1, 1, *(2 * (model_defaults(args.model)["resize"],)))
+    shape = args.input or (1, 1, *(2 * (model_defaults(args.model)["image_size"],)))
     model = create_model(args.model, in_channels=shape[1], image_size=(shape[2], shape[3]))
     print(model_summary(model, shape))
     return 0

@@ -43,7 +43,7 @@ class BatchLoader:
             of an image.
         flip: with ``augment``, also the random horizontal flip (False: crops only, for classes that a mirror
             image would change; the draws stay the same, so the crops do not change).
-        size: output ``(H, W)``; when it differs, resized as ``F.interpolate(mode="bilinear",
+        image_size: output ``(H, W)``; when it differs, resized as ``F.interpolate(mode="bilinear",
             antialias=True, align_corners=False)`` would, computed as two matmuls (each channel alike).
         normalize: ``(mean, std)`` to standardize with, each a number or a sequence of one value per channel,
             or None to keep values in [0, 1].
@@ -51,11 +51,11 @@ class BatchLoader:
         drop_last: leave out the last, smaller batch.
 
     Shape:
-        Yields ``X`` float32 ``(B, C, *size)`` (``C = 1`` for ``(N, H, W)`` images) and ``y`` int64 ``(B,)``.
+        Yields ``X`` float32 ``(B, C, *image_size)`` (``C = 1`` for ``(N, H, W)`` images) and ``y`` int64 ``(B,)``.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 augment: bool = False, size: tuple[int, int] | None = None,
+                 augment: bool = False, image_size: tuple[int, int] | None = None,
                  normalize: tuple[float, float] | tuple[Sequence[float], Sequence[float]] | None = None,
                  seed: int = 0, drop_last: bool = False, flip: bool = True):
         if batch_size < 1:
@@ -65,7 +65,7 @@ class BatchLoader:
                              f"{images.dtype} {tuple(images.shape)} and {len(labels)} labels")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.flip = batch_size, shuffle, augment, flip
-        self.size = tuple(size) if size is not None else tuple(images.shape[-2:])
+        self.image_size = tuple(image_size) if image_size is not None else tuple(images.shape[-2:])
         self.normalize, self.seed, self.drop_last = normalize, seed, drop_last
         self._mean_std = _mean_std(normalize, 1 if images.ndim == 3 else images.shape[1])
         self.rank, self.world_size = 0, 1
@@ -134,9 +134,9 @@ class BatchLoader:
         grey = self.images.ndim == 3  # (N, H, W): Fashion-MNIST's path, kept exactly as it always was
         c = 1 if grey else self.images.shape[1]
         resize = None
-        if self.size != (h, w):  # (Wh, Ww.T), made here so they live on the images' current device
-            resize = (_resize_matrix(h, self.size[0]).to(self.images.device),
-                      _resize_matrix(w, self.size[1]).T.to(self.images.device))
+        if self.image_size != (h, w):  # (Wh, Ww.T), made here so they live on the images' current device
+            resize = (_resize_matrix(h, self.image_size[0]).to(self.images.device),
+                      _resize_matrix(w, self.image_size[1]).T.to(self.images.device))
         # Scale (and standardize) the small input before resizing: resizing is linear with weights summing
         # to 1, so the result is the same, and the cost is per input pixel rather than per output pixel.
         # Times 1/255 rather than / 255 (as ToTensor): 2x faster, within a float32 ulp, and 255 -> exactly 1.
@@ -152,7 +152,7 @@ class BatchLoader:
         # Several batches are built by each op and then split into views: fewer, larger ops cost less Python
         # and fewer thread-pool wake-ups (which on a busy machine each wait for a scheduler slice), while
         # a chunk small enough to stay in cache keeps the conversion fast.
-        step = b * max(1, _CHUNK_ELEMENTS // (b * c * self.size[0] * self.size[1]))
+        step = b * max(1, _CHUNK_ELEMENTS // (b * c * self.image_size[0] * self.image_size[1]))
         stop = len(self) * b
         for lo in range(0, stop, step):
             hi = min(lo + step, stop)
@@ -170,7 +170,7 @@ class BatchLoader:
             if not isinstance(shift, float) or shift:
                 x = x.sub_(shift)
             if resize is not None:
-                x = resize[0] @ (x @ resize[1])  # (M, C, H, W) -> (M, C, *size)
+                x = resize[0] @ (x @ resize[1])  # (M, C, H, W) -> (M, C, *image_size)
             y = self.labels.index_select(0, idx)
             for start in range(0, hi - lo, b):
                 yield x[start:start + b], y[start:start + b]
@@ -281,7 +281,7 @@ class SplitLoaders:
     """The loaders of a data module whose splits are uint8 tensors in memory (FashionMNIST, ImageFolderData).
 
     The class using it sets ``train_``/``val_``/``test_images`` and ``_labels`` (``test_images`` may be None),
-    ``batch_size``, ``val_batch_size``, ``resize``, ``augment`` and ``seed``, and overrides
+    ``batch_size``, ``val_batch_size``, ``image_size``, ``augment`` and ``seed``, and overrides
     :meth:`_normalization`; :meth:`_check_test` may refuse a missing test split.
     """
 
@@ -297,7 +297,7 @@ class SplitLoaders:
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> BatchLoader:
         batch_size = self.batch_size if train else self.val_batch_size or self.batch_size
         return BatchLoader(images, labels, batch_size, shuffle=train, augment=train and self.augment,
-                           size=self.resize, normalize=self._normalization(), seed=self.seed, flip=self.flip)
+                           image_size=self.image_size, normalize=self._normalization(), seed=self.seed, flip=self.flip)
 
     def get_dataloader(self, train: bool) -> BatchLoader:
         """The shuffled, optionally augmented training loader, or the in-order validation loader (d2l §4.2)."""

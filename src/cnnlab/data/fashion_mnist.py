@@ -166,7 +166,8 @@ class FashionMNIST(SplitLoaders):
 
     Args:
         batch_size: images per training batch.
-        resize: output size, an int or ``(h, w)``; 28 keeps the original images.
+        resize: the image size the model sees, an int or ``(h, w)``; 28 keeps the original images. d2l's name
+            for it, kept for the book's code; stored as :attr:`image_size`, cnnlab's name everywhere else.
         root: the folder that holds the files, obeyed if given (see :func:`find_data_dir`); None searches
             ``$CNNLAB_DATA``, the cache and Debian's package.
         normalize: standardize with the training set's ``MEAN`` and ``STD`` instead of keeping [0, 1].
@@ -192,7 +193,7 @@ class FashionMNIST(SplitLoaders):
                  verify: bool = True, val_split: float | None = None):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         try:
-            self.resize = size_pair(resize, "resize")
+            self.image_size = size_pair(resize, "resize")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if val_split is not None:
@@ -214,15 +215,28 @@ class FashionMNIST(SplitLoaders):
             self.to(device)
 
     @property
+    def resize(self) -> tuple[int, int]:
+        """d2l's attribute for :attr:`image_size` (its ``save_hyperparameters`` stores the argument): book code
+        that reads ``data.resize`` keeps working. Read-only: one name is stored."""
+        return self.image_size
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of one image in a batch: ``(1, H, W)``."""
-        return (1, *self.resize)
+        return (1, *self.image_size)
 
     def settings(self) -> dict:
-        """The constructor arguments that shape the batches, as plain values a checkpoint can store."""
-        return {"batch_size": self.batch_size, "resize": self.resize, "normalize": self.normalize,
+        """What shapes the batches (the constructor's arguments, ``resize`` as ``image_size``), as plain values a
+        checkpoint can store; :meth:`from_settings` rebuilds the data from them."""
+        return {"batch_size": self.batch_size, "image_size": self.image_size, "normalize": self.normalize,
                 "augment": self.augment, "seed": self.seed, "num_train": self.num_train,
                 "num_val": self.num_val, "val_batch_size": self.val_batch_size, "val_split": self.val_split}
+
+    @classmethod
+    def from_settings(cls, settings: dict, **overrides) -> FashionMNIST:
+        """Rebuild from :meth:`settings` (``overrides`` win); ``image_size`` goes to the book's ``resize``."""
+        args = {**settings, **overrides}
+        return cls(resize=args.pop("image_size", (28, 28)), **args)
 
     def _normalization(self):
         return (MEAN, STD) if self.normalize else None
@@ -242,7 +256,7 @@ class FashionMNIST(SplitLoaders):
         return show_images(X[: nrows * ncols].squeeze(1).cpu(), nrows, ncols, titles=titles, path=path)
 
     def __repr__(self) -> str:
-        return (f"FashionMNIST(batch_size={self.batch_size}, resize={self.resize}, "
+        return (f"FashionMNIST(batch_size={self.batch_size}, image_size={self.image_size}, "
                 f"train={len(self.train_labels)}, val={len(self.val_labels)}, test={len(self.test_labels)}, "
                 f"device={self.train_images.device})")
 

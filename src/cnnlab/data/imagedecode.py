@@ -132,13 +132,13 @@ class Decoded:
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (uint8 (N, C, H, W), int64 (N,))
     classes: list[str]
     channels: int
-    size: tuple[int, int]
+    image_size: tuple[int, int]
     bad: list[tuple[str, str]]  # (path, reason) of every file left out
     cache_file: Path | None
     from_cache: bool
 
 
-def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None = None, channels: int | None = None,
+def decode_folder(root: str | os.PathLike, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
                   *, max_bytes: int | None = -1, cache: bool = True, progress: bool | None = None,
                   log=print, only: str | None = None) -> Decoded:
     """Find and decode every image under ``root`` (the layouts of :class:`ImageFolderData`), or load the cache.
@@ -147,7 +147,7 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
 
     Args:
         root: the image folder.
-        resize: ``(h, w)`` or an int for both; None: 28 for grey images, 32 for colour ones.
+        image_size: ``(h, w)`` or an int for both; None: 28 for grey images, 32 for colour ones.
         channels: 1 or 3; None: 1 if every image is grey (:func:`cnnlab.data.images.is_grey`), else 3.
         max_bytes: refuse to decode more than this many bytes of images; -1: :func:`default_max_bytes`;
             None: no cap.
@@ -166,7 +166,7 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ImageFolderError(f"the image folder {root} does not exist or is not a folder")
-    size = _size(resize)
+    size = _size(image_size)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey), 3 (colour) or None (decided by the images), got {channels!r}")
     layout = _layout(root)
@@ -198,15 +198,16 @@ def decode_folder(root: str | os.PathLike, resize: int | tuple[int, int] | None 
     return _decode(root, scans, size, channels, max_bytes, cache_file, progress, log)
 
 
-def _size(resize) -> tuple[int, int] | None:
-    if resize is None:
+def _size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
         return None
     try:
-        size = size_pair(resize, "resize")
+        size = size_pair(image_size)
     except ValueError:
         size = (0, 0)
     if not all(1 <= s <= 4096 for s in size):
-        raise ValueError(f"resize must be a side length or (height, width), each 1 to 4096 pixels, got {resize!r}")
+        raise ValueError(f"image_size must be a side length or (height, width), each 1 to 4096 pixels, got "
+                         f"{image_size!r}")
     return size
 
 
@@ -242,7 +243,7 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
     if limit is not None and needed > limit:
         raise ImageFolderError(
             f"{n:,} images of {channels}x{size[0]}x{size[1]} need {needed:,} bytes ({needed / 2**30:.2f} GiB) in "
-            f"memory, over the limit of {limit:,} bytes ({limit / 2**30:.2f} GiB); choose a smaller resize, "
+            f"memory, over the limit of {limit:,} bytes ({limit / 2**30:.2f} GiB); choose a smaller image size, "
             f"channels=1, fewer images, or a larger max_bytes")
     splits = {}
     with tqdm(total=len(files), desc=f"decoding {root.name}", unit="img", disable=disable) as bar:
@@ -324,7 +325,7 @@ def _cache_file(root: Path, size, channels, scans: dict[str, _Scan]) -> Path:
 
 def _write_cache(path: Path, decoded: Decoded) -> None:
     state = {"version": _CACHE_VERSION, "classes": decoded.classes, "channels": decoded.channels,
-             "size": list(decoded.size), "bad": [list(b) for b in decoded.bad],
+             "size": list(decoded.image_size), "bad": [list(b) for b in decoded.bad],
              "splits": {name: {"images": images, "labels": labels}
                         for name, (images, labels) in decoded.splits.items()}}
     # Only a cache: an unwritable or full disk means decoding again next time, not an error.

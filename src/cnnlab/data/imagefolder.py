@@ -50,7 +50,7 @@ class ImageFolderData(SplitLoaders):
     Args:
         root: the image folder.
         batch_size: images per training batch.
-        resize: ``(h, w)`` or one side: every image is resized to it by Pillow when decoded (aspect ratio not
+        image_size: ``(h, w)`` or one side: every image is resized to it by Pillow when decoded (aspect ratio not
             kept, as torchvision's ``Resize((h, w))``); None: 28 for grey images, 32 for colour.
         channels: 1 or 3; None: 1 if every image is grey (judged by its mode, see :func:`cnnlab.data.images.is_grey`),
             else 3.
@@ -77,7 +77,7 @@ class ImageFolderData(SplitLoaders):
             ``skip_bad``, every one listed), or it has too few images to hold out a validation split.
     """
 
-    def __init__(self, root: str | os.PathLike, batch_size: int = 64, resize: int | tuple[int, int] | None = None,
+    def __init__(self, root: str | os.PathLike, batch_size: int = 64, image_size: int | tuple[int, int] | None = None,
                  channels: int | None = None, normalize: bool = False, augment: bool = False, seed: int = 0,
                  val_split: float | None = None, val_batch_size: int | None = None, skip_bad: bool = False,
                  max_bytes: int | None = -1, cache: bool = True, device=None, progress: bool | None = None,
@@ -91,10 +91,10 @@ class ImageFolderData(SplitLoaders):
         if val_split is not None and (self.root / "train").is_dir() and (self.root / "val").is_dir():
             raise ImageFolderError(f"{self.root} has a val folder, so val_split={val_split} has nothing to do; "
                                    "drop val_split, or remove the val folder to split the training images")
-        decoded = decode_folder(self.root, resize, channels, max_bytes=max_bytes, cache=cache, progress=progress,
+        decoded = decode_folder(self.root, image_size, channels, max_bytes=max_bytes, cache=cache, progress=progress,
                                 log=log)
         self.classes = tuple(decoded.classes)
-        self.channels, self.resize = decoded.channels, decoded.size
+        self.channels, self.image_size = decoded.channels, decoded.image_size
         self.cache_file = decoded.cache_file
         self.skipped = decoded.bad
         if decoded.bad and not skip_bad:
@@ -151,18 +151,18 @@ class ImageFolderData(SplitLoaders):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of one image in a batch: ``(C, H, W)``."""
-        return (self.channels, *self.resize)
+        return (self.channels, *self.image_size)
 
     @property
     def has_test(self) -> bool:
         return self.test_images is not None
 
     def settings(self) -> dict:
-        """Plain values for a checkpoint: the constructor arguments that shape the batches (``resize`` and
+        """Plain values for a checkpoint: the constructor arguments that shape the batches (``image_size`` and
         ``channels`` as resolved), and what a model trained on them needs at prediction time (``classes``,
         ``mean``, ``std``); :meth:`from_settings` rebuilds the data from them."""
         return {"dataset": "imagefolder", "root": str(self.root), "batch_size": self.batch_size,
-                "resize": self.resize, "channels": self.channels, "normalize": self.normalize,
+                "image_size": self.image_size, "channels": self.channels, "normalize": self.normalize,
                 "augment": self.augment, "flip": self.flip, "seed": self.seed, "val_split": self.val_split,
                 "val_batch_size": self.val_batch_size, "skip_bad": self.skip_bad, "classes": list(self.classes),
                 "mean": list(self.mean), "std": list(self.std)}

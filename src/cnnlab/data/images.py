@@ -173,7 +173,7 @@ def _checked(path: str | os.PathLike, formats: tuple[str, ...] | None):
         raise ImageError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
-def decode_image(path: str | os.PathLike, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+def decode_image(path: str | os.PathLike, channels: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read an image file (:func:`open_image`) into a ``uint8`` tensor, resized by Pillow if asked.
 
     The resize ignores the aspect ratio, as torchvision's ``Resize((h, w))``, with Pillow's antialiased
@@ -182,7 +182,7 @@ def decode_image(path: str | os.PathLike, channels: int, size: tuple[int, int] |
     Args:
         path: the image file.
         channels: 1 (grey) or 3 (RGB).
-        size: ``(h, w)`` of the result; None keeps the file's size.
+        image_size: ``(h, w)`` of the result; None keeps the file's size.
 
     Returns:
         ``uint8`` tensor.
@@ -193,18 +193,18 @@ def decode_image(path: str | os.PathLike, channels: int, size: tuple[int, int] |
     Shape:
         ``(channels, h, w)``.
     """
-    return torch.from_numpy(np.array(decode_array(path, channels, size)))  # a writable, contiguous copy
+    return torch.from_numpy(np.array(decode_array(path, channels, image_size)))  # a writable, contiguous copy
 
 
-def decode_array(path: str | os.PathLike, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_array(path: str | os.PathLike, channels: int, image_size: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`decode_image` as a NumPy array ``(channels, h, w)`` (a strided view for RGB: no extra copy)."""
     from PIL import Image
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    img = open_image(path, channels, size_hint=size)
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    img = open_image(path, channels, size_hint=image_size)
+    if image_size is not None and img.size != (image_size[1], image_size[0]):
+        img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(img)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 

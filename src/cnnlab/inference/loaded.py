@@ -104,7 +104,7 @@ class LoadedModel:
         if folder_test is not None:
             from cnnlab.data.batching import BatchLoader
 
-            return BatchLoader(*folder_test, batch_size, size=self.image_size, normalize=self.normalization())
+            return BatchLoader(*folder_test, batch_size, image_size=self.image_size, normalize=self.normalization())
         data = self.test_data(data_dir, batch_size)
         return data.test_dataloader() if getattr(data, "has_test", True) else data.val_dataloader()
 
@@ -144,7 +144,7 @@ class LoadedModel:
         from cnnlab.data.batching import BatchLoader
 
         labels = torch.zeros(len(images_uint8), dtype=torch.int64, device=images_uint8.device)
-        loader = BatchLoader(images_uint8, labels, batch_size=max(1, len(images_uint8)), size=self.image_size,
+        loader = BatchLoader(images_uint8, labels, batch_size=max(1, len(images_uint8)), image_size=self.image_size,
                              normalize=self.normalization())
         return next(iter(loader))[0]
 
@@ -180,14 +180,14 @@ def load_trained(run_or_ckpt: str | os.PathLike, device: str | torch.device = "c
     state = read_safetensors(path) if is_safetensors(path) else load_checkpoint(path)
     model = model_from_checkpoint(state).to(device).eval()
     data = state.get("data_settings") or {}
-    resize = data.get("resize") or (state.get("model_kwargs") or {}).get("image_size") or 28
+    image_size = data.get("image_size") or (state.get("model_kwargs") or {}).get("image_size") or 28
     try:
-        size = size_pair(resize, "resize")
+        size = size_pair(image_size)
     except ValueError:
         size = (0, 0)
     # Every input is interpolated to this size: a crafted checkpoint must not make that a huge allocation.
     if max(size) > MAX_INPUT_SIDE or min(size) < 1:
-        raise CheckpointError(f"checkpoint {path} asks for input images of size {resize!r}; a cnnlab model "
+        raise CheckpointError(f"checkpoint {path} asks for input images of size {image_size!r}; a cnnlab model "
                               f"takes 1 to {MAX_INPUT_SIDE} pixels a side, so the file is corrupt or not cnnlab's")
     return LoadedModel(model=model, image_size=size, normalize=bool(data.get("normalize", False)),
                        checkpoint=path, state=state)

@@ -69,6 +69,7 @@ def input_metadata(class_names: Sequence[str], image_shape: Sequence[int], mean:
     channels, height, width = check_image_shape(image_shape)
     return {
         "class_names": json.dumps(check_class_names(class_names), ensure_ascii=False),
+        # Not image_size: timm's name in its pretrained configs, and files already written carry it.
         "input_size": json.dumps([height, width]),
         "channels": str(channels),
         "mean": json.dumps(per_channel(mean, "mean", channels)),

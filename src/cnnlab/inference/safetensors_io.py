@@ -77,7 +77,7 @@ def read_safetensors(path: str | os.PathLike) -> dict:
 
     Returns:
         A checkpoint-like dict: ``model_name``, ``model_kwargs``, ``model_state`` (the tensors),
-        ``data_settings`` (with ``classes``, ``channels``, ``resize``, ``mean``, ``std`` from the metadata),
+        ``data_settings`` (with ``classes``, ``channels``, ``image_size``, ``mean``, ``std`` from the metadata),
         ``format`` ``"safetensors"``, ``metadata`` (the strings as stored).
 
     Raises:
@@ -166,7 +166,7 @@ def _is_count(value) -> bool:
 def _parse_metadata(path: Path, metadata) -> tuple[str, dict, dict]:
     """The model name and kwargs and the data settings from the string metadata, checked."""
     from cnnlab.models import list_models
-    from cnnlab.training.checkpoint import check_model_kwargs
+    from cnnlab.training.checkpoint import check_model_kwargs, current_names
 
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path} has no string metadata (__metadata__), so it is not a cnnlab model file; "
@@ -191,8 +191,8 @@ def _parse_metadata(path: Path, metadata) -> tuple[str, dict, dict]:
         raise CheckpointError(f"{path}'s metadata is malformed (model_kwargs a JSON object, class_names a list of "
                               "strings, input_size [H, W], channels a number expected); the file is not cnnlab's")
     check_model_kwargs(name, kwargs)
-    settings = {**fields["data_settings"], "classes": names, "channels": int(channels), "resize": size,
-                "mean": fields["mean"], "std": fields["std"]}
+    settings = {**current_names(fields["data_settings"]), "classes": names, "channels": int(channels),
+                "image_size": size, "mean": fields["mean"], "std": fields["std"]}
     return name, kwargs, settings
 
 

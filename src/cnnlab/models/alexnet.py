@@ -50,7 +50,7 @@ class AlexNet(Classifier):
         self.net.apply(init_cnn)
 
 
-@register_model("alexnet", resize=224)
+@register_model("alexnet", image_size=224)
 def alexnet(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.01
 ) -> AlexNet:
@@ -59,7 +59,7 @@ def alexnet(
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("alexnet-small", resize=28)
+@register_model("alexnet-small", image_size=28)
 def alexnet_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.01
 ) -> AlexNet:

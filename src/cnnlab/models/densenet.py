@@ -151,7 +151,7 @@ def _densenet(small_stem: bool, *, num_classes, in_channels, image_size, lr, num
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("densenet", resize=96)
+@register_model("densenet", image_size=96)
 def densenet(
     *,
     num_classes: int = 10,
@@ -167,7 +167,7 @@ def densenet(
                      lr=lr, num_channels=num_channels, growth_rate=growth_rate, arch=arch)
 
 
-@register_model("densenet-small", resize=28)
+@register_model("densenet-small", image_size=28)
 def densenet_small(
     *,
     num_classes: int = 10,

@@ -131,7 +131,7 @@ class GoogleNet(Classifier):
         return nn.Sequential(*_inceptions(GOOGLENET_B5, 832), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
 
 
-@register_model("googlenet", resize=96)
+@register_model("googlenet", image_size=96)
 def googlenet(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.01
 ) -> GoogleNet:

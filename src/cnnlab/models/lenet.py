@@ -143,7 +143,7 @@ def lenet_relu(
 # more in casts and layout changes around BatchNorm than they save (AMD EPYC, 2 cores, 30-batch epochs against
 # the plain loop: lenet-bn 0.95x in fp32 NCHW, 0.79x with both; lenet-bn-scratch 1.02x and 0.84x).
 # `--bf16` and `--channels-last` still turn them on.
-_SMALL_BN = dict(resize=28, bf16=False, channels_last=False)
+_SMALL_BN = dict(image_size=28, bf16=False, channels_last=False)
 
 
 @register_model("lenet-bn", **_SMALL_BN)

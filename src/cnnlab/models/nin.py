@@ -70,7 +70,7 @@ class NiN(Classifier):
         self.net.apply(init_cnn)
 
 
-@register_model("nin", resize=224)
+@register_model("nin", image_size=224)
 def nin(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.05
 ) -> NiN:
@@ -79,7 +79,7 @@ def nin(
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("nin-small", resize=28)
+@register_model("nin-small", image_size=28)
 def nin_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.05
 ) -> NiN:

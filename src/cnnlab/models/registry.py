@@ -1,6 +1,6 @@
 """A small model registry in the style of torchvision's `_api.py` and timm's `create_model`.
 
-Builders are plain functions registered under a name (`@register_model("resnet18", resize=96, ...)`);
+Builders are plain functions registered under a name (`@register_model("resnet18", image_size=96, ...)`);
 `create_model(name, **kwargs)` calls one. The registration records, for every model it returns, how it was
 built: `model.model_name` and `model.model_kwargs` (every builder argument, defaults included, read off the
 builder's signature), so a checkpoint can rebuild it with `create_model(model.model_name, **model.model_kwargs)`
@@ -48,7 +48,7 @@ def register_model(name: str, *, cam_layer: str | None = None, **recipe: Any) ->
         name: the registry name (`create_model(name)`, `cnnlab train --model name`).
         cam_layer: the name (as in `model.named_modules()`) of the last convolutional block, for a model whose
             forward pass does not show it (see :func:`cam_layer`); None lets the forward pass decide.
-        **recipe: the model's training defaults (`resize=96`, `optimizer="momentum"`, ...); see
+        **recipe: the model's training defaults (`image_size=96`, `optimizer="momentum"`, ...); see
             `cnnlab.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
     """
     if name in _MODELS:
@@ -165,7 +165,7 @@ def cam_layer(model: nn.Module, image_size: int | tuple[int, int] | None = None)
     Args:
         model: a model from :func:`create_model` (it carries `model_name` and `model_kwargs`).
         image_size: the input side(s) for the dry forward; default the model's `image_size` argument, else its
-            recipe's `resize`, else 28.
+            recipe's `image_size`, else 28.
 
     Returns:
         `(name, module)` with `name` as in `model.named_modules()`.
@@ -175,7 +175,7 @@ def cam_layer(model: nn.Module, image_size: int | tuple[int, int] | None = None)
     if name in _CAM_LAYERS:
         return _CAM_LAYERS[name], modules[_CAM_LAYERS[name]]
     kwargs = getattr(model, "model_kwargs", {}) or {}
-    size = image_size or kwargs.get("image_size") or _RECIPES.get(name, {}).get("resize") or 28
+    size = image_size or kwargs.get("image_size") or _RECIPES.get(name, {}).get("image_size") or 28
     shapes = _output_shapes(model, int(kwargs.get("in_channels", 1)), size_pair(size))
     root = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
     prefix = "net." if root is not model else ""

@@ -89,7 +89,7 @@ class RegNetX32(AnyNet):
         super().__init__(REGNETX32_ARCH, 32, lr, num_classes, in_channels)
 
 
-@register_model("regnetx32", resize=96)
+@register_model("regnetx32", image_size=96)
 def regnetx32(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> RegNetX32:

@@ -120,7 +120,7 @@ def _resnet(arch: Sequence[tuple[int, int]], small_stem: bool, *, image_size, **
     return prepare_model(model, in_channels=kwargs["in_channels"], image_size=image_size)
 
 
-@register_model("resnet18", resize=96, **MODERN_RECIPE)
+@register_model("resnet18", image_size=96, **MODERN_RECIPE)
 def resnet18(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> ResNet:
@@ -129,7 +129,7 @@ def resnet18(
     return _resnet(RESNET18_ARCH, False, **kwargs)
 
 
-@register_model("resnet18-small", resize=28, augment=True, label_smoothing=0.1, **MODERN_RECIPE)
+@register_model("resnet18-small", image_size=28, augment=True, label_smoothing=0.1, **MODERN_RECIPE)
 def resnet18_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, lr: float = 0.05
 ) -> ResNet:
@@ -138,7 +138,7 @@ def resnet18_small(
     return _resnet(RESNET18_ARCH, True, **kwargs)
 
 
-@register_model("resnet34", resize=96, **MODERN_RECIPE)
+@register_model("resnet34", image_size=96, **MODERN_RECIPE)
 def resnet34(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 96, lr: float = 0.05
 ) -> ResNet:

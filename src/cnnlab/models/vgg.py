@@ -57,7 +57,7 @@ class VGG(Classifier):
         self.net.apply(init_cnn)
 
 
-@register_model("vgg11", resize=32, **MODERN_RECIPE)
+@register_model("vgg11", image_size=32, **MODERN_RECIPE)
 def vgg11(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.05
 ) -> VGG:
@@ -69,7 +69,7 @@ def vgg11(
     return prepare_model(model, in_channels=in_channels, image_size=image_size)
 
 
-@register_model("vgg-small", resize=32, **MODERN_RECIPE)
+@register_model("vgg-small", image_size=32, **MODERN_RECIPE)
 def vgg_small(
     *, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 224, lr: float = 0.05
 ) -> VGG:

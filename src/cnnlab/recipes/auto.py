@@ -60,7 +60,7 @@ class DataFacts:
 class AutoPlan:
     """The automatic recipe's decisions (printed in one line by :meth:`describe`)."""
 
-    resize: int
+    image_size: int
     batch_size: int
     steps: int
     passes_per_epoch: int
@@ -70,7 +70,8 @@ class AutoPlan:
 
     def describe(self, model: str, lr: float, source: str = "range test") -> str:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
-        return (f"automatic recipe: {model} at {self.resize}x{self.resize}, batch {self.batch_size}, {self.steps:,} "
+        side = self.image_size
+        return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {self.steps:,} "
                 f"steps ({self.epochs} epochs of {self.passes_per_epoch} passes), lr {lr:.3g} ({source}), "
                 f"warm-up + linear decay, augment {augment}")
 
@@ -100,7 +101,7 @@ def native_size(root: str | os.PathLike, sample: int = 32) -> tuple[int, int]:
     return sizes[len(sizes) // 2]
 
 
-def choose_resize(height: int, width: int) -> int:
+def choose_image_size(height: int, width: int) -> int:
     """The square side images are trained at: their own (the smaller side), at most :data:`MAX_SIDE`."""
     return max(8, min(MAX_SIDE, min(height, width)))
 
@@ -129,7 +130,7 @@ def plan_recipe(facts: DataFacts, flip: bool = False, seconds_per_step: float | 
     passes_per_epoch = max(1, round(steps / (VALIDATIONS * per_pass)))
     epochs = max(1, math.ceil(steps / (passes_per_epoch * per_pass)))
     side = min(facts.height, facts.width)
-    return AutoPlan(resize=side, batch_size=batch, steps=epochs * passes_per_epoch * per_pass,
+    return AutoPlan(image_size=side, batch_size=batch, steps=epochs * passes_per_epoch * per_pass,
                     passes_per_epoch=passes_per_epoch, epochs=epochs, augment=side >= 16, flip=flip)
 
 
@@ -197,10 +198,10 @@ class DivergenceGuard(Callback):
 
 # ---- the run ------------------------------------------------------------------------------------------------
 
-def _folder_data(config: TrainConfig, resize: int, val_split: float | None, flip: bool):
+def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, flip: bool):
     from cnnlab.data.imagefolder import ImageFolderData
 
-    return ImageFolderData(config.images, batch_size=config.batch_size or 16, resize=resize,
+    return ImageFolderData(config.images, batch_size=config.batch_size or 16, image_size=image_size,
                            channels=config.channels, normalize=True, augment=False, seed=config.seed,
                            val_split=val_split, val_batch_size=1024, skip_bad=config.skip_bad,
                            progress=config.progress, flip=flip)
@@ -247,13 +248,14 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     """``config`` (the user's options, the rest None) completed by the automatic recipe for its image folder:
     the config, the data module to train on and the plan."""
     root = Path(config.images)
-    resize = config.resize or choose_resize(*native_size(root))
+    image_size = config.image_size or choose_image_size(*native_size(root))
     has_val = (root / "train").is_dir() and (root / "val").is_dir()
     # The best epoch is chosen on images carved from train/, never on the test split, which is scored once.
     val_split = config.val_split if config.val_split is not None or has_val else 0.1
-    data = _folder_data(config, resize, val_split, flip=bool(config.flip))
-    recipe = dict(model="fastnet-auto", resize=resize, val_split=val_split, normalize=True, optimizer="momentum",
-                  momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0, flip=bool(config.flip))
+    data = _folder_data(config, image_size, val_split, flip=bool(config.flip))
+    recipe = dict(model="fastnet-auto", image_size=image_size, val_split=val_split, normalize=True,
+                  optimizer="momentum", momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0,
+                  flip=bool(config.flip))
     given = {k: v for k, v in config.to_dict().items() if v is not None}
     draft = resolve_config(TrainConfig(**{**given, **recipe, "lr": config.lr or 0.1}))
     plan = plan_recipe(data_facts(data), flip=bool(config.flip))

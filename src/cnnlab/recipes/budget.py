@@ -211,8 +211,8 @@ class BudgetKeeper(Callback):
         self.plan: BudgetPlan | None = None
 
     def on_fit_start(self, trainer, model) -> None:
-        per_image = seconds_per_eval_image(model, trainer.val_loader, trainer.device, trainer.autocast_dtype,
-                                           trainer.channels_last)
+        per_image = seconds_per_eval_image(model, trainer.val_loader, trainer.device, trainer.speed.autocast_dtype,
+                                           trainer.speed.channels_last)
         # The final pass scores the best checkpoint in fp32 (cnnlab.inference.loaded.evaluate_checkpoint): timed
         # so, since on a CPU with AMX an fp32 pass takes about twice the bf16 validation's time.
         per_final_image = seconds_per_eval_image(model, trainer.val_loader, trainer.device)

@@ -36,7 +36,7 @@ class TrainConfig:
     weight_decay: float | None = None
     schedule: str | None = None
     label_smoothing: float | None = None
-    resize: int | None = None
+    image_size: int | None = None  # the side the model sees (--image-size; `resize` in files before issue 24)
     augment: bool | None = None
     flip: bool | None = None  # with augment: mirror images too; None: yes (the seed's and Fashion's crop + flip)
     normalize: bool | None = None
@@ -72,7 +72,7 @@ class TrainConfig:
 # Each model's own defaults (input size, optimizer, schedule; its learning rate is its builder's `lr`
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
-            schedule="constant", label_smoothing=0.0, resize=28, augment=False, normalize=False, bf16=None,
+            schedule="constant", label_smoothing=0.0, image_size=28, augment=False, normalize=False, bf16=None,
             channels_last=True, compile=False, min_steps=0)
 
 
@@ -128,8 +128,8 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
     model = check_model_name(given.get("model", config.model))
     filled = {**model_defaults(model), **recipe_values, **given}
     filled["model"] = model
-    if config.images is not None and config.resize is None:
-        filled["resize"] = None  # an image folder's own default: 28 for grey images, 32 for colour
+    if config.images is not None and config.image_size is None:
+        filled["image_size"] = None  # an image folder's own default: 28 for grey images, 32 for colour
     if filled["bf16"] is None:
         filled["bf16"] = bf16_default(pick_device(filled["device"]))
     if "epochs" in given and "min_steps" not in given:
@@ -154,8 +154,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
         (0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}"),
         (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
-        (config.resize is None and config.images is not None or config.resize is not None and
-         8 <= config.resize <= 512, f"--resize must be between 8 and 512 pixels, got {config.resize}"),
+        (config.image_size is None and config.images is not None or config.image_size is not None and
+         8 <= config.image_size <= 512, f"--image-size must be between 8 and 512 pixels, got {config.image_size}"),
         (config.val_split is None or 0 < config.val_split < 1,
          f"--val-split must be a fraction between 0 and 1, such as 0.1, got {config.val_split}"),
         (config.channels in (None, 1, 3), f"--channels must be 1 or 3, got {config.channels}"),
@@ -199,7 +199,8 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     folder = RunFolder(run_dir)
     values = folder.read_config()
     if isinstance(values, dict):
-        # A run folder written before a setting existed resumes with that setting's base value (min_steps: 0).
+        # A run folder written before a setting existed resumes with that setting's base value (min_steps: 0); one
+        # written before a setting was renamed was read under today's names (resize: image_size) by read_config.
         values = {**{k: v for k, v in BASE.items() if k not in values and v is not None}, **values}
     try:
         config = TrainConfig(**values)

@@ -22,6 +22,7 @@ from cnnlab.recipes.resume import AUTO, folder_to_resume
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.options import Display, Optimization, Speed
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import pick_device
 from cnnlab.training.schedules import ClockProgress, ReplayProgress, StepProgress
@@ -46,14 +47,14 @@ def build_data(config: TrainConfig):
     if config.images is not None:
         from cnnlab.data.imagefolder import ImageFolderData
 
-        return ImageFolderData(config.images, batch_size=config.batch_size, resize=config.resize,
+        return ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
                                skip_bad=config.skip_bad, progress=config.progress,
                                flip=config.flip is not False)
     from cnnlab.data.fashion_mnist import FashionMNIST
 
-    return FashionMNIST(batch_size=config.batch_size, resize=config.resize, root=config.data_dir,
+    return FashionMNIST(batch_size=config.batch_size, resize=config.image_size, root=config.data_dir,
                         normalize=config.normalize, augment=config.augment, seed=config.seed,
                         num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
                         val_batch_size=1024)
@@ -115,9 +116,10 @@ def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
 
 
 def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
-                  run_dir: str | os.PathLike | None = None, pace=None, steps_per_epoch: int = 0,
+                  run_dir: str | os.PathLike | None = None, pace=None, steps_per_epoch: int = 0, log=print,
                   **kwargs) -> Trainer:
-    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``kwargs``: ``log``, ``callbacks``, ...).
+    """The :class:`~cnnlab.training.trainer.Trainer` the config describes (``log``: its per-epoch line; ``kwargs``:
+    ``callbacks``, ``on_epoch_end``, ...).
 
     ``pace`` (:func:`build_pace`): a step count or a clock decides the run's length; None: ``config.epochs``.
     """
@@ -128,11 +130,12 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
         kwargs.setdefault("validate_every", -(-VALIDATE_STEPS // steps_per_epoch))
     return Trainer(
         max_epochs=epochs, device=device if device is not None else config.device, run_dir=run_dir,
-        seed=config.seed, optimizer=make_optimizer(config),
-        scheduler=make_scheduler(config, by_progress=pace is not None), pace=pace,
-        autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
-        compile=config.compile, progress=config.progress, checkpoint_extra={"config": config.to_dict()},
-        **kwargs,
+        seed=config.seed,
+        optimization=Optimization(make_optimizer(config), make_scheduler(config, by_progress=pace is not None)),
+        speed=Speed(autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last,
+                    compile=config.compile),
+        display=Display(progress=config.progress, log=log),
+        pace=pace, checkpoint_extra={"config": config.to_dict()}, **kwargs,
     )
 
 
@@ -247,8 +250,8 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     data_start = time.perf_counter()
     data = build_data(config) if data is None else data
     data_seconds = time.perf_counter() - data_start
-    if config.resize is None:  # an image folder chose its size: the run's config records it
-        config = dataclasses.replace(config, resize=data.resize[0])
+    if config.image_size is None:  # an image folder chose its size: the run's config records it
+        config = dataclasses.replace(config, image_size=data.image_size[0])
     model = build_model(config, data)
     if initial_state is not None:
         model.load_state_dict(initial_state)

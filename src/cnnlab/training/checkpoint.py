@@ -25,21 +25,31 @@ import torch
 from cnnlab.atomic import atomic_write
 from cnnlab.errors import CheckpointError, RunFolderError
 
-__all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "save_checkpoint", "load_checkpoint",
-           "resolve_checkpoint", "model_from_checkpoint", "check_model_kwargs"]
+__all__ = ["CHECKPOINT_VERSION", "MAX_INPUT_SIDE", "RENAMED_SETTINGS", "save_checkpoint", "load_checkpoint",
+           "resolve_checkpoint", "model_from_checkpoint", "check_model_kwargs", "current_names"]
 
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("version", "model_state")
 # Bounds on what a checkpoint may ask the model builder for, far beyond any real cnnlab model (training
-# allows --resize up to 512) yet small enough that a crafted file cannot exhaust memory.
+# allows --image-size up to 512) yet small enough that a crafted file cannot exhaust memory.
 MAX_INPUT_SIDE = 1024
 MAX_IN_CHANNELS = 16
 MAX_CLASSES = 100_000
 # What torch.load(weights_only=True) raises on a damaged or crafted file, beyond UnpicklingError: the types
-# seen when fuzzing a checkpoint's data.pkl (tests/test_checkpoint.py keeps a seeded sample of that fuzzing).
+# seen when fuzzing a checkpoint's data.pkl (tests/training/test_checkpoint.py keeps a seeded sample of that fuzzing).
 # The try around it holds torch.load alone, so none of these can come from a bug in cnnlab.
 _UNREADABLE = (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError,
                AttributeError, AssertionError, OverflowError, struct.error)
+# Settings renamed since run folders and checkpoints were first written, old name -> today's. Every reader of
+# stored settings (RunFolder.read_config, load_checkpoint, read_safetensors) passes them through current_names,
+# so an old file loads as if written today. `resize` became `image_size` (issue 24: one name for the side(s)
+# the model sees).
+RENAMED_SETTINGS = {"resize": "image_size"}
+
+
+def current_names(settings: dict) -> dict:
+    """``settings`` (a run's config, or its data module's settings) with each renamed key under today's name."""
+    return {RENAMED_SETTINGS.get(key, key): value for key, value in settings.items()}
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -124,6 +134,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"checkpoint {path} has format version {state['version']}, this cnnlab reads {CHECKPOINT_VERSION}"
         )
     _check_tensor_bytes(path, state)
+    for key in ("config", "data_settings"):
+        if isinstance(state.get(key), dict):
+            state[key] = current_names(state[key])
     return state
 
 

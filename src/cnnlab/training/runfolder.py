@@ -21,7 +21,7 @@ from cnnlab.atomic import atomic_write
 from cnnlab.errors import RunFolderError
 from cnnlab.training import runlock
 from cnnlab.training.callbacks import Callback
-from cnnlab.training.checkpoint import resolve_checkpoint, save_checkpoint
+from cnnlab.training.checkpoint import current_names, resolve_checkpoint, save_checkpoint
 
 __all__ = ["RunFolder", "METRIC_FIELDS"]
 
@@ -132,7 +132,7 @@ class RunFolder(Callback):
             raise RunFolderError(f"{self.config_file} is not a valid run config: {exc}") from None
         if not isinstance(values, dict):
             raise RunFolderError(f"{self.config_file} is not a valid run config: not a JSON object")
-        return values
+        return current_names(values)  # an older run's names (resize) as today's (image_size)
 
     def checkpoint(self, prefer: str = "best") -> Path:
         """The checkpoint to use: ``best.pt``, else ``last.pt`` (``prefer="last"``: the other way round)."""

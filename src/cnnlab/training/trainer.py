@@ -27,6 +27,7 @@ from cnnlab.training.callbacks import Callback, EpochEndFunction
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.training.divergence import LossWatch, chance_loss, divergence_error, val_loss_far_above_chance
 from cnnlab.training.evaluation import validate
+from cnnlab.training.options import Display, Optimization, Speed, or_defaults
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import autocast, epoch_seed, pick_device, seed_everything, torch_flags
 from cnnlab.training.schedules import ClockProgress, ProgressLR, StepProgress, epochs_for_steps
@@ -54,6 +55,14 @@ class Trainer:
     count)`` and ``configure_optimizers()`` (:class:`cnnlab.Classifier` does); the data module provides
     ``train_dataloader()`` and ``val_dataloader()``.
 
+    The book's arguments come first (``Trainer(max_epochs=10, num_gpus=1)`` is the book's call), then the device,
+    the run folder and the seed; the rest are keywords, three of them groups of options
+    (:mod:`cnnlab.training.options`), each left out keeping all its defaults:
+
+    - ``optimization``: :class:`~cnnlab.training.options.Optimization` (optimizer, scheduler, clip_grad_norm);
+    - ``speed``: :class:`~cnnlab.training.options.Speed` (autocast_dtype, channels_last, compile, deterministic);
+    - ``display``: :class:`~cnnlab.training.options.Display` (progress, log, board).
+
     Args:
         max_epochs: number of passes over the training data.
         num_gpus: the book's argument; 0 trains on the CPU, >= 1 on a GPU when there is one.
@@ -62,16 +71,11 @@ class Trainer:
             :class:`~cnnlab.training.runfolder.RunFolder` callback. None writes no files.
         seed: seeds the run (and each epoch, so that resume is exact) and makes CPU kernels deterministic;
             None leaves torch's RNG alone.
-        optimizer: ``params -> Optimizer``; None uses ``model.configure_optimizers()``.
-        scheduler: ``(optimizer, steps_per_epoch, max_epochs) -> LR scheduler`` stepped every batch, or None.
-        clip_grad_norm: clip the global gradient norm to this value (0 disables).
-        autocast_dtype: e.g. ``torch.bfloat16`` for mixed precision, None for full precision.
-        channels_last: store images and conv weights NHWC (faster convolutions on many CPUs and GPUs).
-        compile: run the training step through ``torch.compile`` (pays for its compile time, tens of seconds,
-            only on long runs; needs a C++ compiler on the CPU, Triton on a GPU).
-        deterministic: deterministic kernels during ``fit``; None means "when seeded, on the CPU".
-        progress: show a tqdm bar per epoch.
-        log: where the per-epoch line goes (``print`` by default; None for silence).
+        optimization: how the weights are updated; None: ``model.configure_optimizers()``, no schedule.
+        speed: precision, memory layout, compiling and deterministic kernels; None: fp32, NCHW, eager, and
+            deterministic kernels when seeded on the CPU.
+        display: the progress bar, the per-epoch line and the live figure; None: all three (the figure only in
+            a notebook).
         callbacks: :class:`~cnnlab.training.callbacks.Callback` objects, called in order after the run folder's.
         checkpoint_extra: plain values stored in every checkpoint (the CLI stores its settings there).
         on_epoch_end: shorthand for a callback whose ``on_train_epoch_end`` calls ``on_epoch_end(trainer, row)``.
@@ -83,22 +87,18 @@ class Trainer:
             :class:`~cnnlab.training.schedules.ProgressLR` scheduler is stepped with it.
         validate_every: validate, checkpoint and call the epoch-end hooks every this many epochs (and after the
             last): a tiny data set's epochs of one or two steps need not each be validated.
-        board: the live figure of the book's ``fit`` (see :mod:`cnnlab.visual.board`): 'auto' draws it in a Jupyter
-            notebook and nothing elsewhere; None never draws; or an object with ``step(loss)``,
-            ``epoch(row)`` and ``close()``.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, device: str | torch.device | None = None,
-                 run_dir: str | os.PathLike | None = None, seed: int | None = None,
-                 optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 clip_grad_norm: float = 0.0, autocast_dtype: torch.dtype | None = None,
-                 channels_last: bool = False, compile: bool = False, deterministic: bool | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = print,
+                 run_dir: str | os.PathLike | None = None, seed: int | None = None, *,
+                 optimization: Optimization | None = None, speed: Speed | None = None, display: Display | None = None,
                  callbacks: Sequence[Callback] = (), checkpoint_extra: dict | None = None,
-                 on_epoch_end: Callable | None = None, board="auto", max_steps: int | None = None, pace=None,
+                 on_epoch_end: Callable | None = None, max_steps: int | None = None, pace=None,
                  validate_every: int = 1):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigError(f"max_epochs must be a positive integer, got {max_epochs!r}")
+        self.optimization = or_defaults(optimization, Optimization, "optimization")
+        self.speed, self.display = or_defaults(speed, Speed, "speed"), or_defaults(display, Display, "display")
         self.max_epochs = max_epochs
         self.pace = pace if pace is not None or max_steps is None else StepProgress(max_steps)
         self.global_step = 0
@@ -107,13 +107,9 @@ class Trainer:
         self.device = pick_device(device, num_gpus)
         self.run_folder = RunFolder(run_dir) if run_dir is not None else None
         self.seed = seed
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.clip_grad_norm = clip_grad_norm
-        self.autocast_dtype = autocast_dtype
-        self.channels_last, self.compile = channels_last, compile
+        deterministic = self.speed.deterministic
         self.deterministic = (seed is not None and self.device.type == "cpu") if deterministic is None \
             else deterministic
-        self.progress, self.log, self.board = progress, log, board
         self.callbacks = [*([self.run_folder] if self.run_folder else []), *callbacks,
                           *([EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else [])]
         self.checkpoint_extra = dict(checkpoint_extra or {})
@@ -135,8 +131,8 @@ class Trainer:
         return self.ctx.is_main
 
     def _say(self, message: str) -> None:
-        if self.log is not None and self.is_main:
-            self.log(message)
+        if self.display.log is not None and self.is_main:
+            self.display.log(message)
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -153,7 +149,7 @@ class Trainer:
         if self.seed is not None:
             seed_everything(self.seed)
         self.model = model.to(self.device)
-        if self.channels_last:
+        if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if hasattr(data, "to"):
             data.to(self.device)
@@ -168,16 +164,16 @@ class Trainer:
             self.val_loader.batch_size = max(world, self.val_loader.batch_size // world * world)
             self.val_loader.shard(self.ctx.rank, world)
         self.step = dist_utils.wrap_model(_TrainingStep(self.model), self.device, self.ctx)
-        if self.compile:
+        if self.speed.compile:
             # dynamic=False: the last, smaller batch gets its own static graph rather than turning every
             # step's graph into a slower dynamic-shape one. Validation runs the model eagerly.
             self.step = torch.compile(self.step, dynamic=False)
         if getattr(self.pace, "total_steps", None) is not None:
             self.max_epochs = epochs_for_steps(self.pace.total_steps, len(self.train_loader))
-        self.optimizer = (self.optimizer_factory(self.model.parameters()) if self.optimizer_factory
-                          else self.model.configure_optimizers())
-        self.scheduler = (self.scheduler_factory(self.optimizer, len(self.train_loader), self.max_epochs)
-                          if self.scheduler_factory else None)
+        make_optimizer, make_scheduler = self.optimization.optimizer, self.optimization.scheduler
+        self.optimizer = make_optimizer(self.model.parameters()) if make_optimizer else model.configure_optimizers()
+        self.scheduler = make_scheduler(self.optimizer, len(self.train_loader), self.max_epochs) \
+            if make_scheduler else None
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
@@ -256,7 +252,7 @@ class Trainer:
             try:
                 self._call("on_fit_start", self.model)
                 # The book's live figure (cnnlab.visual.board): fed each batch's loss and each epoch's row.
-                self._live = (live_board(self.board, self.max_epochs, len(self.train_loader), self.epoch)
+                self._live = (live_board(self.display.board, self.max_epochs, len(self.train_loader), self.epoch)
                               if self.is_main else None)
                 self._stop = stop
                 while self.epoch < stop and not self.finished:
@@ -295,7 +291,7 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         bar = (epoch_bar(len(self.train_loader), f"epoch {epoch + 1}{self._of_epochs()}")
-               if self.progress and self.is_main else None)
+               if self.display.progress and self.is_main else None)
         watch = LossWatch(floor=chance_loss(self._num_classes()))
         window = torch.zeros((), dtype=torch.float64, device=device)
         if isinstance(self.pace, ClockProgress):
@@ -335,8 +331,8 @@ class Trainer:
             self._unreported += train_seconds
             return None
         dist_utils.sync_buffers(self.model, self.ctx)  # rank 0's BatchNorm statistics, as its checkpoint holds
-        val_loss, val_acc = validate(self.model, self.val_loader, self.device, self.autocast_dtype,
-                                     self.channels_last, self.ctx)
+        val_loss, val_acc = validate(self.model, self.val_loader, self.device, self.speed.autocast_dtype,
+                                     self.speed.channels_last, self.ctx)
         seconds, self._unreported = time.perf_counter() - start + self._unreported, 0.0
         elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
@@ -346,14 +342,14 @@ class Trainer:
     def _step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a batch: forward through ``training_step``, backward, update; the batch's loss."""
         X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.channels_last:
+        if self.speed.channels_last:
             X = X.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.autocast_dtype):
+        with autocast(self.device, self.speed.autocast_dtype):
             loss = self.step((X, y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip_grad_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        if self.optimization.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optimization.clip_grad_norm)
         self.optimizer.step()
         self._advance()
         return loss

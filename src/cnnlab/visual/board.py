@@ -199,9 +199,9 @@ class TrainingBoard:
 
 
 def live_board(board, max_epochs: int, num_batches: int, start_epoch: int = 0):
-    """What ``Trainer(board=...)`` trains with: ``'auto'`` is a :class:`TrainingBoard` in a notebook and None
-    elsewhere; None is none; anything else (a TrainingBoard, or an object with ``step``, ``epoch`` and
-    ``close``) is used as given."""
+    """What ``Trainer(display=Display(board=...))`` trains with: ``'auto'`` is a :class:`TrainingBoard` in a
+    notebook and None elsewhere; None is none; anything else (a TrainingBoard, or an object with ``step``,
+    ``epoch`` and ``close``) is used as given."""
     if isinstance(board, str):
         if board != "auto":
             raise ValueError(f"board must be 'auto', None or a board object, got {board!r}")

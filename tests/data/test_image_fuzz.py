@@ -5,7 +5,7 @@ chunks (PNG) or byte ranges, or makes its header declare a huge size (wherever t
 written). The folder reader (:func:`cnnlab.data.imagedecode.decode_folder`) must then decode the file or list
 it as bad with an :class:`~cnnlab.errors.ImageError` reason; nothing else may come out, no case may take a
 second, and memory stays bounded. 200 cases by default; ``CNNLAB_FUZZ_EXAMPLES=10000 pytest -m fuzz
-tests/test_image_fuzz.py`` for the full run.
+tests/data/test_image_fuzz.py`` for the full run.
 """
 
 import functools
@@ -127,7 +127,7 @@ def test_the_folder_reader_decodes_or_lists_each_fuzzed_file(folder, case):
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            decoded = decode_folder(folder, resize=8, channels=1, cache=False, log=None, progress=False)
+            decoded = decode_folder(folder, image_size=8, channels=1, cache=False, log=None, progress=False)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -2,7 +2,7 @@
 Adebayo et al. 2018 ("Sanity Checks for Saliency Maps"): model randomization, localization on a synthetic set
 where only a small mark decides the class, and Integrated Gradients' completeness.
 
-Run with ``pytest -s tests/test_explain.py`` to see the figures docs/explain.md records.
+Run with ``pytest -s tests/analysis/test_explain.py`` to see the figures docs/explain.md records.
 """
 
 import time
@@ -28,7 +28,7 @@ def _models():
 @pytest.mark.parametrize("name", _models())
 def test_every_model_has_a_cam_layer_that_gradcam_explains(name):
     torch.manual_seed(0)
-    size = SIZE.get(name, model_defaults(name)["resize"])
+    size = SIZE.get(name, model_defaults(name)["image_size"])
     model = create_model(name, image_size=size).eval()
     layer_name, layer = cam_layer(model)
     names = [n for n, _ in model.named_modules()]

@@ -18,10 +18,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnlab import Callback, FashionMNIST, Trainer, create_model
+from cnnlab import Callback, Display, FashionMNIST, Trainer, create_model
 from cnnlab.errors import MissingExtra
 from cnnlab.training.tensorboard import TensorBoardLogger, kernel_grid
 
+QUIET = Display(progress=False, log=None)
 SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/accuracy": "val_acc", "lr": "lr",
            "images_per_s": "images_per_s", "time/epoch_s": "seconds", "time/elapsed_s": "elapsed"}
 
@@ -60,7 +61,7 @@ def test_scalars_graph_and_figures(tmp_path, data_dir):
     run_dir, log_dir = tmp_path / "run", tmp_path / "run" / "tb"
     model = create_model("lenet")
     logger = TensorBoardLogger(log_dir)
-    _fit(Trainer(max_epochs=2, run_dir=run_dir, progress=False, log=None, seed=0), model, _data(data_dir), logger)
+    _fit(Trainer(max_epochs=2, run_dir=run_dir, display=QUIET, seed=0), model, _data(data_dir), logger)
     rows = _csv(run_dir)
     events = _events(log_dir)
     tags = events.Tags()
@@ -89,7 +90,7 @@ def test_a_fit_that_raises_closes_the_writer_with_its_epochs_logged(tmp_path, da
     logger = TensorBoardLogger(tmp_path / "tb", log_graph=False)
     data = FashionMNIST(batch_size=64, root=data_dir, num_train=128, num_val=64)
     with pytest.raises(KeyboardInterrupt):
-        _fit(Trainer(max_epochs=2, progress=False, log=None), create_model("lenet"), data, logger,
+        _fit(Trainer(max_epochs=2, display=QUIET), create_model("lenet"), data, logger,
              after_epoch=fail_after_epoch_1)
     assert logger.writer is None
     events = _events(tmp_path / "tb")
@@ -107,12 +108,12 @@ def test_resume_logs_each_step_once(tmp_path, data_dir):
             shutil.copy(run_dir / "last.pt", tmp_path / "epoch2.pt")
 
     first = TensorBoardLogger(log_dir)
-    trainer = Trainer(max_epochs=3, run_dir=run_dir, progress=False, log=None, seed=0)
+    trainer = Trainer(max_epochs=3, run_dir=run_dir, display=QUIET, seed=0)
     _fit(trainer, create_model("lenet"), data, first, after_epoch=keep_epoch_2)
     assert [e.step for e in _events(log_dir).Scalars("val/loss")] == [1, 2, 3]
 
     resumed = TensorBoardLogger(log_dir)
-    _fit(Trainer(max_epochs=3, run_dir=run_dir, progress=False, log=None, seed=0), create_model("lenet"), data,
+    _fit(Trainer(max_epochs=3, run_dir=run_dir, display=QUIET, seed=0), create_model("lenet"), data,
          resumed, resume_from=tmp_path / "epoch2.pt")
     events = _events(log_dir)
     rows = _csv(run_dir)
@@ -124,7 +125,7 @@ def test_resume_logs_each_step_once(tmp_path, data_dir):
     assert [e.step for e in events.Images("val/confusion_matrix")] == [3]  # the purged run's figures are dropped
     # A finished run resumed again trains nothing and adds nothing.
     again = TensorBoardLogger(log_dir)
-    _fit(Trainer(max_epochs=3, run_dir=run_dir, progress=False, log=None, seed=0), create_model("lenet"), data,
+    _fit(Trainer(max_epochs=3, run_dir=run_dir, display=QUIET, seed=0), create_model("lenet"), data,
          again, resume_from=run_dir / "last.pt")
     events = _events(log_dir)
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
@@ -137,7 +138,7 @@ def test_logging_does_not_change_training(tmp_path, data_dir):
     def run(logger):
         torch.manual_seed(0)
         model = create_model("lenet-bn")
-        trainer = Trainer(max_epochs=1, progress=False, log=None, seed=0)
+        trainer = Trainer(max_epochs=1, display=QUIET, seed=0)
         if logger is None:
             trainer.fit(model, _data(data_dir))
         else:
@@ -155,7 +156,7 @@ def test_logging_does_not_change_training(tmp_path, data_dir):
 _DDP_WORKER = """
 import json, os, sys
 import torch
-from cnnlab import FashionMNIST, Trainer, create_model
+from cnnlab import Display, FashionMNIST, Trainer, create_model
 from cnnlab.training import distributed
 from cnnlab.training.tensorboard import TensorBoardLogger, _evaluate_everywhere
 distributed.init_from_env("cpu")
@@ -164,7 +165,8 @@ torch.manual_seed(0)
 data = FashionMNIST(batch_size=64, root=sys.argv[2], num_train=256, num_val=300, seed=0)
 model = create_model("lenet")
 logger = TensorBoardLogger(os.path.join(out, "tb"))
-trainer = Trainer(max_epochs=1, device="cpu", progress=False, log=None, seed=0, callbacks=[logger])
+QUIET = Display(progress=False, log=None)
+trainer = Trainer(max_epochs=1, device="cpu", display=QUIET, seed=0, callbacks=[logger])
 trainer.fit(model, data)  # the logger's on_fit_end draws its figures from a collective evaluation
 result = _evaluate_everywhere(trainer, model, None)
 shard = sum(len(y) for _, y in trainer.val_loader)

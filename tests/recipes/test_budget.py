@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cnnlab import Callback, Classifier, FashionMNIST, Trainer, create_model
+from cnnlab import Callback, Classifier, Display, FashionMNIST, Optimization, Trainer, create_model
 from cnnlab.cli.main import main
 from cnnlab.errors import ConfigError
 from cnnlab.recipes import TrainConfig, resolve_config
@@ -33,9 +33,10 @@ def _data(data_dir, **kw):
 
 
 def _trainer(**kw):
-    return Trainer(max_epochs=kw.pop("max_epochs", 5), seed=0, progress=False, log=None, board=None,
-                   optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-                   scheduler=lambda opt, spe, epochs: ProgressLR(opt, "linear"), **kw)
+    sgd = Optimization(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                       lambda opt, spe, epochs: ProgressLR(opt, "linear"))
+    return Trainer(max_epochs=kw.pop("max_epochs", 5), seed=0, optimization=sgd,
+                   display=Display(progress=False, log=None, board=None), **kw)
 
 
 # ---- schedule shapes and progress sources --------------------------------------------------------------

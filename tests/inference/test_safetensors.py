@@ -34,7 +34,7 @@ def _save(model, path, size, channels=1):
 @pytest.mark.parametrize("name", _models())
 def test_every_model_round_trips_to_bit_identical_logits(name, tmp_path):
     torch.manual_seed(0)
-    size = SIZE.get(name, model_defaults(name)["resize"])
+    size = SIZE.get(name, model_defaults(name)["image_size"])
     model = create_model(name, image_size=size).eval()
     for module in model.modules():  # non-trivial BatchNorm statistics, so that buffers are compared too
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -407,7 +407,7 @@ def test_normalize(fmnist):
 @pytest.mark.parametrize("resize, size", [(96, (96, 96)), ((32, 40), (32, 40)), (14, (14, 14))])
 def test_resize_matches_interpolate(fmnist, resize, size):
     small = FashionMNIST(batch_size=50, resize=resize, num_train=100, num_val=100)
-    assert small.image_shape == (1, *size)
+    assert small.image_shape == (1, *size) and small.image_size == small.resize == size  # d2l's attribute too
     X, _ = next(iter(small.val_dataloader()))
     expected = F.interpolate(fmnist.val_images[:50, None].float() / 255, size=size, mode="bilinear",
                              antialias=True, align_corners=False)
@@ -515,7 +515,7 @@ def test_batches_do_not_depend_on_how_many_are_built_at_once(fmnist, monkeypatch
 
 def test_settings_rebuild_the_same_batches(fmnist):
     original = FashionMNIST(batch_size=32, resize=(32, 40), augment=True, seed=5, num_train=100, num_val=50)
-    rebuilt = FashionMNIST(**original.settings())
+    rebuilt = FashionMNIST.from_settings(original.settings())
     assert original.settings() == rebuilt.settings()
     for (X, y), (X2, y2) in zip(original.train_dataloader(), rebuilt.train_dataloader(), strict=True):
         assert torch.equal(X, X2) and torch.equal(y, y2)
@@ -537,7 +537,7 @@ def test_channel_images_are_batched_channel_by_channel_like_grey_ones(fmnist):
     images, labels = fmnist.train_images[:300], fmnist.train_labels[:300]
     colour = three_channels(images)
     means, stds = (0.3, 0.6, 0.15), (0.35, 0.3, 0.2)
-    kwargs = dict(shuffle=True, augment=True, size=(30, 36), seed=7)
+    kwargs = dict(shuffle=True, augment=True, image_size=(30, 36), seed=7)
     batches = list(BatchLoader(colour, labels, 64, normalize=(means, stds), **kwargs))
     assert [tuple(X.shape) for X, _ in batches] == [(64, 3, 30, 36)] * 4 + [(44, 3, 30, 36)]
     for c in range(3):
@@ -551,7 +551,7 @@ def test_channel_images_are_batched_channel_by_channel_like_grey_ones(fmnist):
 
 def test_one_channel_images_give_exactly_the_grey_batches(fmnist):
     images, labels = fmnist.train_images[:200], fmnist.train_labels[:200]
-    kwargs = dict(shuffle=True, augment=True, size=(32, 32), seed=2)
+    kwargs = dict(shuffle=True, augment=True, image_size=(32, 32), seed=2)
     grey = list(BatchLoader(images, labels, 50, normalize=(MEAN, STD), **kwargs))
     one = list(BatchLoader(images[:, None], labels, 50, normalize=((MEAN,), (STD,)), **kwargs))
     assert all(torch.equal(X, X1) and torch.equal(y, y1) for (X, y), (X1, y1) in zip(grey, one, strict=True))
@@ -634,7 +634,7 @@ def test_fashion_mnist_val_split_holds_out_training_images(fmnist):
     assert torch.equal(y, fmnist.val_labels[:100])
     torch.testing.assert_close(X[:, 0], fmnist.val_images[:100] / 255, atol=1e-7, rtol=0)
     assert d.settings()["val_split"] == 0.1
-    rebuilt = FashionMNIST(**d.settings())
+    rebuilt = FashionMNIST.from_settings(d.settings())
     assert torch.equal(rebuilt.val_images, d.val_images) and torch.equal(rebuilt.test_images, d.test_images)
     assert d.to("cpu") is d and d.val_images is not d.test_images
     with pytest.raises(ValueError, match="fraction strictly between 0 and 1"):

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 import cnnlab
-from cnnlab import FashionMNIST, Trainer
+from cnnlab import Display, FashionMNIST, Optimization, Trainer
 from cnnlab.data.fashion_mnist import CLASS_NAMES, MEAN, STD
 from cnnlab.errors import MissingExtra
 from cnnlab.extras import require
@@ -22,7 +22,7 @@ from cnnlab.inference.export import ExportCheckFailed, export_onnx, read_metadat
 from cnnlab.models import create_model, list_models
 from cnnlab.recipes import model_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"
 
 # The recipe's input size, except where the smallest size the model builds with exports the same graph with far
@@ -69,7 +69,7 @@ def _logits(model, x):
 @pytest.mark.parametrize("name", _models())
 def test_every_model_exports_with_a_dynamic_batch(name, tmp_path):
     torch.manual_seed(0)
-    size = SMALLEST.get(name, model_defaults(name)["resize"])
+    size = SMALLEST.get(name, model_defaults(name)["image_size"])
     model = create_model(name, image_size=size)
     images = torch.randn(7, 1, size, size)
     path = tmp_path / "model.onnx"
@@ -97,8 +97,8 @@ def trained(tmp_path_factory, data_dir):
     torch.manual_seed(0)
     data = FashionMNIST(batch_size=32, root=data_dir, num_train=2000, num_val=500, normalize=True, seed=0)
     model = create_model("lenet-relu")
-    Trainer(max_epochs=1, seed=0, optimizer=lambda params: torch.optim.Adam(params, lr=3e-3), progress=False,
-            log=None).fit(model, data)
+    adam = Optimization(lambda params: torch.optim.Adam(params, lr=3e-3))
+    Trainer(max_epochs=1, seed=0, optimization=adam, display=Display(progress=False, log=None)).fit(model, data)
     images = torch.cat([X for X, _ in data.val_dataloader()])  # preprocessed as in training: normalized
     path = tmp_path_factory.mktemp("export") / "lenet.onnx"
     result = export_onnx(model, path, image_shape=data.image_shape, class_names=data.classes, mean=MEAN, std=STD,

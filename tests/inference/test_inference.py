@@ -15,12 +15,12 @@ from cnnlab.models import create_model
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
 
-def _checkpoint(path, resize=28, normalize=True, **overrides):
+def _checkpoint(path, image_size=28, normalize=True, **overrides):
     torch.manual_seed(0)
-    model = create_model("lenet-relu", image_size=resize)
+    model = create_model("lenet-relu", image_size=image_size)
     state = {"version": CHECKPOINT_VERSION, "model_name": model.model_name, "model_kwargs": model.model_kwargs,
              "model_state": model.state_dict(), "epoch": 1,
-             "data_settings": {"resize": (resize, resize), "normalize": normalize}, **overrides}
+             "data_settings": {"image_size": (image_size, image_size), "normalize": normalize}, **overrides}
     return save_checkpoint(state, path), model
 
 
@@ -37,7 +37,7 @@ def test_load_trained_rebuilds_the_same_model_from_file_or_folder(tmp_path):
 
 
 def test_preprocess_scales_normalizes_and_resizes(tmp_path):
-    _checkpoint(tmp_path / "best.pt", resize=32, normalize=False)
+    _checkpoint(tmp_path / "best.pt", image_size=32, normalize=False)
     loaded = load_trained(tmp_path)
     assert loaded.image_size == (32, 32)
     X = loaded.preprocess(torch.full((3, 28, 28), 255, dtype=torch.uint8))

@@ -230,7 +230,7 @@ def test_alexnet_flops_match_the_textbook_count(alexnet224):
 def test_every_model_has_recipe_defaults_and_a_cli_summary(capsys):
     # `cnnlab summary NAME` reads the recipe's input size, registered with every model.
     for name in list_models():
-        assert 8 <= model_defaults(name)["resize"] <= 224, name
+        assert 8 <= model_defaults(name)["image_size"] <= 224, name
     for name in ("regnetx32", "lenet-bn-scratch"):
         assert main(["summary", name]) == 0
         out = capsys.readouterr().out
@@ -238,15 +238,15 @@ def test_every_model_has_recipe_defaults_and_a_cli_summary(capsys):
 
 
 @pytest.mark.parametrize(
-    "name, resize, lr",
+    "name, image_size, lr",
     [("alexnet", 224, 0.01), ("nin", 224, 0.05), ("googlenet", 96, 0.01), ("densenet", 96, 0.01),
      ("regnetx32", 96, 0.05), ("lenet-bn", 28, 0.1), ("lenet-bn-scratch", 28, 0.1)],
 )  # fmt: skip
-def test_recipes_follow_the_books_training_cells(name, resize, lr):
+def test_recipes_follow_the_books_training_cells(name, image_size, lr):
     # d2l trains each with plain SGD, batch 128, 10 epochs, at this size and learning rate.
     config = resolve_config(TrainConfig(model=name, bf16=False))
-    assert (config.resize, config.lr, config.optimizer, config.batch_size, config.epochs) == (
-        resize, lr, "sgd", 128, 10,
+    assert (config.image_size, config.lr, config.optimizer, config.batch_size, config.epochs) == (
+        image_size, lr, "sgd", 128, 10,
     )  # fmt: skip
     builder = getattr(cnnlab.models, name.replace("-", "_"))
     assert inspect.signature(builder).parameters["lr"].default == lr  # the builder's default is the book's too

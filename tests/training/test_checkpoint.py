@@ -278,7 +278,7 @@ def test_the_cli_refuses_a_bomb_with_one_line_and_exit_2(bomb, tmp_path, command
     shutil.copy(bomb, run / ("last.pt" if command == "resume" else "best.pt"))
     (run / "config.json").write_text(json.dumps({"model": "lenet", "epochs": 2, "batch_size": 128, "lr": 0.1,
                                                  "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0,
-                                                 "schedule": "constant", "label_smoothing": 0.0, "resize": 28,
+                                                 "schedule": "constant", "label_smoothing": 0.0, "image_size": 28,
                                                  "augment": False, "normalize": False, "bf16": False,
                                                  "channels_last": False, "compile": False}))
     argv = {"evaluate": ["evaluate", str(run)], "predict": ["predict", str(run), "--test-index", "0"],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cnnlab as d2l
-from cnnlab.training.trainer import Trainer
+from cnnlab.training import Display, Trainer
 from cnnlab.visual.board import ProgressBoard, TrainingBoard, in_notebook, live_board
 
 
@@ -76,7 +76,7 @@ class CountingBoard:
 def test_trainer_feeds_a_board(data_dir):
     data = d2l.FashionMNIST(batch_size=64, root=data_dir, num_train=256, num_val=64)
     board = CountingBoard()
-    trainer = Trainer(max_epochs=2, progress=False, log=None, board=board)
+    trainer = Trainer(max_epochs=2, display=Display(progress=False, log=None, board=board))
     model = d2l.LeNet(lr=0.1)
     model.apply_init([next(iter(data.get_dataloader(True)))[0]], d2l.init_cnn)
     trainer.fit(model, data)

@@ -12,7 +12,7 @@ from torch import nn
 from cnnlab.cli.main import main
 from cnnlab.data.batching import BatchLoader
 from cnnlab.errors import TrainingDiverged
-from cnnlab.recipes.auto import STEP_FLOOR, DataFacts, DivergenceGuard, RepeatedPasses, choose_resize, plan_recipe
+from cnnlab.recipes.auto import STEP_FLOOR, DataFacts, DivergenceGuard, RepeatedPasses, choose_image_size, plan_recipe
 from cnnlab.recipes.optim import linear_schedule
 from cnnlab.training.baseline import chance_warning, linear_baseline
 from cnnlab.training.lr_find import lr_find, suggest_lr
@@ -45,7 +45,7 @@ def test_a_200_image_folder_gets_enough_steps_and_the_clock_can_cut_them():
 
 
 def test_images_above_32_px_are_resized_to_32_and_small_ones_kept():
-    assert choose_resize(64, 64) == 32 and choose_resize(8, 8) == 8 and choose_resize(25, 30) == 25
+    assert choose_image_size(64, 64) == 32 and choose_image_size(8, 8) == 8 and choose_image_size(25, 30) == 25
 
 
 def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():

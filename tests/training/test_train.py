@@ -7,10 +7,21 @@ import math
 import pytest
 import torch
 
-from cnnlab import FashionMNIST, Trainer, TrainingDiverged, create_model, load_checkpoint
+from cnnlab import (
+    Display,
+    FashionMNIST,
+    Optimization,
+    Speed,
+    Trainer,
+    TrainingDiverged,
+    create_model,
+    load_checkpoint,
+)
 from cnnlab.nn.classifier import Classifier
 from cnnlab.training.evaluation import evaluate
 from cnnlab.training.runtime import pick_device
+
+QUIET = Display(progress=False, log=None)
 
 
 def _data(data_dir, **kw):
@@ -26,7 +37,7 @@ def test_one_epoch_on_2k_images_is_far_above_chance(data_dir):
     model = create_model("lenet-relu")
     data = _data(data_dir)
     before = evaluate(model, data.val_dataloader()).accuracy
-    history = Trainer(max_epochs=1, seed=0, optimizer=_adam, progress=False, log=None).fit(model, data)
+    history = Trainer(max_epochs=1, seed=0, optimization=Optimization(_adam), display=QUIET).fit(model, data)
     after = evaluate(model, data.val_dataloader()).accuracy
     assert before < 0.25
     assert after >= 0.6
@@ -36,7 +47,7 @@ def test_one_epoch_on_2k_images_is_far_above_chance(data_dir):
 
 def test_run_folder_files(tmp_path, data_dir):
     model = create_model("lenet-relu")
-    Trainer(max_epochs=2, seed=0, optimizer=_adam, run_dir=tmp_path, progress=False, log=None).fit(
+    Trainer(max_epochs=2, seed=0, run_dir=tmp_path, optimization=Optimization(_adam), display=QUIET).fit(
         model, _data(data_dir))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -67,9 +78,9 @@ def _crash_after(epochs):
 def _final_weights(run_dir, data_dir, epochs=3, resume=False, crash_after=None):
     torch.manual_seed(3)  # the initial weights, as `cnnlab train --seed 3` draws them
     model = create_model("lenet-relu")
-    trainer = Trainer(max_epochs=epochs, seed=3, optimizer=_adam, run_dir=run_dir, progress=False, log=None,
-                      scheduler=lambda opt, steps, ep: torch.optim.lr_scheduler.OneCycleLR(
-                          opt, max_lr=3e-3, total_steps=steps * ep),
+    one_cycle = Optimization(_adam, lambda opt, steps, ep: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-3, total_steps=steps * ep))
+    trainer = Trainer(max_epochs=epochs, seed=3, run_dir=run_dir, optimization=one_cycle, display=QUIET,
                       on_epoch_end=_crash_after(crash_after) if crash_after else None)
     try:
         trainer.fit(model, _data(data_dir, augment=True), resume_from=run_dir / "last.pt" if resume else None)
@@ -109,7 +120,7 @@ def _unseeded_run(run_dir, data_dir, epochs, resume=False):
         torch.manual_seed(12345)  # a new process: its RNG is not the one the killed run had
     # seed=None: the trainer does not re-seed each epoch, so only the checkpoint's rng_state can give a
     # resumed run the dropout masks the uninterrupted run drew.
-    trainer = Trainer(max_epochs=epochs, seed=None, run_dir=run_dir, progress=False, log=None)
+    trainer = Trainer(max_epochs=epochs, seed=None, run_dir=run_dir, display=QUIET)
     trainer.fit(model, _data(data_dir), resume_from=run_dir / "last.pt" if resume else None)
     return load_checkpoint(run_dir / "last.pt")
 
@@ -131,8 +142,8 @@ def test_divergence_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_
 
     torch.manual_seed(0)
     model = create_model("lenet-relu")
-    trainer = Trainer(max_epochs=5, seed=0, run_dir=tmp_path, progress=False, log=None,
-                      optimizer=lambda p: torch.optim.SGD(p, lr=1e-2), scheduler=exploding_after_epoch_2)
+    trainer = Trainer(max_epochs=5, seed=0, run_dir=tmp_path, display=QUIET,
+                      optimization=Optimization(lambda p: torch.optim.SGD(p, lr=1e-2), exploding_after_epoch_2))
     with pytest.raises(TrainingDiverged, match="lower --lr") as info:
         trainer.fit(model, _data(data_dir))
     assert "epoch 3" in str(info.value) and "last.pt" in str(info.value)
@@ -152,7 +163,7 @@ def test_seed_style_lenet_learns_with_bare_trainer(data_dir):
     model.apply_init([next(iter(data.get_dataloader(True)))[0]], init_cnn)
     initial = {name: t.clone() for name, t in model.state_dict().items()}
     before = evaluate(model, data.val_dataloader())
-    trainer = Trainer(max_epochs=1, num_gpus=1, progress=False, log=None)
+    trainer = Trainer(max_epochs=1, num_gpus=1, display=QUIET)
     history = trainer.fit(model, data)
     after = evaluate(model, data.val_dataloader())
     # Every parameter moved (an optimizer that never steps leaves them all as initialized) ...
@@ -180,3 +191,16 @@ def test_pick_device_errors():
 def test_trainer_rejects_bad_epochs():
     with pytest.raises(ValueError, match="max_epochs"):
         Trainer(max_epochs=0)
+
+
+def test_trainer_options_come_in_groups_and_anything_else_is_refused():
+    trainer = Trainer(max_epochs=10, num_gpus=1)  # the book's call: every group at its defaults
+    assert (trainer.optimization, trainer.speed, trainer.display) == (Optimization(), Speed(), Display())
+    assert trainer.deterministic is False  # unseeded: torch's kernels as they are
+    assert Trainer(max_epochs=1, seed=0, device="cpu").deterministic  # seeded on the CPU: deterministic kernels
+    with pytest.raises(ValueError, match=r"speed must be a cnnlab\.training\.Speed\(\.\.\.\), got \{'compile'"):
+        Trainer(max_epochs=1, speed={"compile": True})
+    with pytest.raises(TypeError, match="progress"):
+        Trainer(max_epochs=1, progress=False)  # one way to say it: display=Display(progress=False)
+    with pytest.raises(TypeError):
+        Trainer(1, 0, None, None, 0, Optimization())  # the groups are keywords

@@ -13,12 +13,13 @@ import torch
 
 from cnnlab import recipes
 from cnnlab.cli.main import main
+from cnnlab.inference.loaded import load_trained
 from cnnlab.models import create_model, list_models, model_recipe
 from cnnlab.recipes import BASE, RECIPES, TrainConfig, model_defaults, resolve_config
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.runtime import bf16_default, bf16_is_fast
 
-WORKER = str(Path(__file__).with_name("_ddp_worker.py"))
+WORKER = str(Path(__file__).parents[1] / "_ddp_worker.py")  # the helpers live at tests/
 TINY = ["--num-train", "512", "--num-val", "256", "--no-progress", "--no-bf16"]
 
 
@@ -39,8 +40,8 @@ def test_per_model_defaults_override_the_base_and_the_user_overrides_both(model,
     config = resolve_config(TrainConfig(model=model))
     for key, value in {**BASE, "bf16": True, **model_recipe(model)}.items():
         assert getattr(config, key) == value, key
-    mine = resolve_config(TrainConfig(model=model, lr=0.0123, resize=40, bf16=False))
-    assert (mine.lr, mine.resize, mine.bf16) == (0.0123, 40, False)
+    mine = resolve_config(TrainConfig(model=model, lr=0.0123, image_size=40, bf16=False))
+    assert (mine.lr, mine.image_size, mine.bf16) == (0.0123, 40, False)
 
 
 def test_recipe_fast_chooses_its_model_and_settings_unless_given(monkeypatch):
@@ -125,15 +126,15 @@ def test_schedules_have_their_shapes():
 
 
 def test_clip_grad_norm_bounds_the_update(data_dir):
-    from cnnlab import FashionMNIST, Trainer, create_model
+    from cnnlab import Display, FashionMNIST, Optimization, Trainer, create_model
 
     def step_size(clip):
         torch.manual_seed(0)
         model = create_model("lenet-relu")
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         data = FashionMNIST(batch_size=64, root=data_dir, num_train=64, num_val=64)
-        Trainer(max_epochs=1, seed=0, clip_grad_norm=clip, progress=False, log=None,
-                optimizer=lambda p: torch.optim.SGD(p, lr=1.0)).fit(model, data)
+        sgd = Optimization(lambda p: torch.optim.SGD(p, lr=1.0), clip_grad_norm=clip)
+        Trainer(max_epochs=1, seed=0, optimization=sgd, display=Display(progress=False, log=None)).fit(model, data)
         return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
 
     # One SGD step at lr 1 moves the weights by exactly the gradient's norm: at most the clip value.
@@ -149,7 +150,7 @@ def test_resume_checks_the_saved_settings_like_a_new_run(tmp_path, data_dir, cap
                  "--out", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     config["epochs"] = 2
-    for key, bad, words in [("resize", 600, "--resize must be between 8 and 512 pixels, got 600"),
+    for key, bad, words in [("image_size", 600, "--image-size must be between 8 and 512 pixels, got 600"),
                             ("lr", -1.0, "--lr must be a positive finite number"),
                             ("epochs", "two", "epochs is 'two', expected int")]:
         (run / "config.json").write_text(json.dumps({**config, key: bad}))
@@ -158,6 +159,32 @@ def test_resume_checks_the_saved_settings_like_a_new_run(tmp_path, data_dir, cap
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing trained on the bad settings
+
+
+def _old_names(settings):
+    """Settings as cnnlab wrote them before issue 24: the image size as `resize`, and no min_steps yet."""
+    return {("resize" if k == "image_size" else k): v for k, v in settings.items() if k != "min_steps"}
+
+
+def test_a_run_folder_from_before_the_rename_to_image_size_loads_and_resumes(tmp_path, data_dir):
+    run = tmp_path / "run"
+    # A constant schedule, so that one more epoch can be asked of the finished run through its config.json.
+    assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--schedule", "constant", "--data-dir",
+                 str(data_dir), *TINY, "--image-size", "32", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**_old_names(config), "epochs": 2}))
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["config"], state["data_settings"] = _old_names(state["config"]), _old_names(state["data_settings"])
+        torch.save(state, run / name)
+    assert "resize" in torch.load(run / "last.pt", weights_only=True)["data_settings"]  # as an old file has it
+    assert recipes.read_run_config(run).image_size == 32
+    old = load_checkpoint(run / "best.pt")
+    assert old["config"]["image_size"] == 32 and tuple(old["data_settings"]["image_size"]) == (32, 32)
+    assert load_trained(run).image_size == (32, 32)
+    assert main(["train", "--resume", str(run)]) == 0
+    resumed = load_checkpoint(run / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["config"]["image_size"] == 32
 
 
 def _worker(*argv, **env):
@@ -218,7 +245,7 @@ def test_compile_trains_like_eager(tmp_path, data_dir):
 def test_the_learning_rate_has_one_source_the_builder_default(model):
     # The recipe's lr is read off the builder's signature: the model `create_model` builds and the run
     # `cnnlab train --model NAME` starts use the same rate (resnet18's builder once said 0.01, its recipe 0.05).
-    built = create_model(model, image_size=model_defaults(model)["resize"])
+    built = create_model(model, image_size=model_defaults(model)["image_size"])
     assert built.hparams["lr"] == built.model_kwargs["lr"] == resolve_config(TrainConfig(model=model)).lr
 
 

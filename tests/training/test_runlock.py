@@ -146,8 +146,8 @@ def test_under_torchrun_a_folder_with_last_pt_is_continued_or_refused(tmp_path, 
 
 
 def test_config_differences_ignore_display_and_later_decisions():
-    stored = {"seed": 1, "resize": 32, "progress": True, "out": "a", "lr": 0.1}
-    assert config_differences(stored, {"seed": 1, "resize": None, "progress": False, "out": "./a", "lr": 0.1}) == []
+    stored = {"seed": 1, "image_size": 32, "progress": True, "out": "a", "lr": 0.1}
+    assert config_differences(stored, {"seed": 1, "image_size": None, "progress": False, "out": "./a", "lr": 0.1}) == []
     assert config_differences(stored, {**stored, "lr": 0.2}) == ["lr: 0.1 there, 0.2 now"]
 
 

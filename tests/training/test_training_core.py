@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnlab import Callback, FashionMNIST, Trainer, create_model
+from cnnlab import Callback, Display, FashionMNIST, Optimization, Trainer, create_model
 from cnnlab.cli.main import main
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models.lenet import LeNetReLU
 from cnnlab.models.registry import prepare_model
+
+QUIET = Display(progress=False, log=None, board=None)
 
 
 def _data(data_dir, **kw):
@@ -50,7 +52,7 @@ def test_the_trainer_calls_the_models_own_training_step_validation_step_and_loss
     torch.manual_seed(0)
     model = prepare_model(CountingSteps(), in_channels=1, image_size=28)
     data = _data(data_dir)
-    Trainer(max_epochs=2, seed=0, progress=False, log=None, board=None).fit(model, data)
+    Trainer(max_epochs=2, seed=0, display=QUIET).fit(model, data)
     steps = 2 * len(data.train_dataloader())  # 8 batches of 64 per epoch
     val_batches = 2 * len(data.val_dataloader())
     assert model.calls["training_step"] == steps
@@ -69,7 +71,7 @@ def test_an_overridden_training_step_decides_what_is_minimized(data_dir):
     torch.manual_seed(0)
     model = prepare_model(ScaledLoss(lr=0.05), in_channels=1, image_size=28)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    Trainer(max_epochs=1, seed=0, optimizer=_sgd, progress=False, log=None, board=None).fit(model, _data(data_dir))
+    Trainer(max_epochs=1, seed=0, optimization=Optimization(_sgd), display=QUIET).fit(model, _data(data_dir))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # zero gradients: unchanged
 
 
@@ -85,7 +87,7 @@ def test_an_overridden_loss_is_the_one_trained_and_validated(data_dir):
     torch.manual_seed(0)
     model = prepare_model(HingeLoss(lr=0.05), in_channels=1, image_size=28)
     data = _data(data_dir)
-    history = Trainer(max_epochs=1, seed=0, optimizer=_sgd, progress=False, log=None, board=None).fit(model, data)
+    history = Trainer(max_epochs=1, seed=0, optimization=Optimization(_sgd), display=QUIET).fit(model, data)
     with torch.no_grad():
         X, y = next(iter(data.val_dataloader()))
         hinge = F.multi_margin_loss(model.eval()(X), y).item()
@@ -114,8 +116,8 @@ def test_callbacks_see_the_fit_in_order_and_can_add_to_checkpoints(tmp_path, dat
 
     recorder = Recorder()
     torch.manual_seed(0)
-    Trainer(max_epochs=2, seed=0, run_dir=tmp_path, progress=False, log=None, board=None,
-            callbacks=[recorder]).fit(create_model("lenet-relu"), _data(data_dir))
+    Trainer(max_epochs=2, seed=0, run_dir=tmp_path, display=QUIET, callbacks=[recorder]).fit(
+        create_model("lenet-relu"), _data(data_dir))
     fields = sorted(["epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "elapsed"])
     assert recorder.events == [("start", 0), ("epoch", 1, fields), ("epoch", 2, fields), ("end", 2)]
     # The run folder writes its checkpoint first, so it holds the recorder's value from before its epoch row.
@@ -158,7 +160,8 @@ def test_an_error_in_fit_calls_on_exception_not_on_fit_end_and_closes_the_live_f
             self.closed += 1
 
     recorder, board = Recorder(), Board()
-    trainer = Trainer(max_epochs=3, seed=0, progress=False, log=None, board=board, callbacks=[recorder])
+    trainer = Trainer(max_epochs=3, seed=0, display=Display(progress=False, log=None, board=board),
+                      callbacks=[recorder])
     data = FashionMNIST(batch_size=64, root=data_dir, num_train=128, num_val=64)
     with pytest.raises(_Broken):
         trainer.fit(create_model("lenet-relu"), data)
@@ -169,7 +172,7 @@ def test_an_error_in_fit_calls_on_exception_not_on_fit_end_and_closes_the_live_f
 def test_fit_again_continues_with_the_same_optimizer(data_dir):
     torch.manual_seed(0)
     model, data = create_model("lenet-relu"), _data(data_dir)
-    trainer = Trainer(max_epochs=3, seed=0, progress=False, log=None, board=None)
+    trainer = Trainer(max_epochs=3, seed=0, display=QUIET)
     assert [r["epoch"] for r in trainer.fit(model, data, epochs=1)] == [1]
     optimizer = trainer.optimizer
     assert [r["epoch"] for r in trainer.fit(model, data, epochs=5)] == [1, 2, 3]  # never past max_epochs
@@ -197,7 +200,7 @@ def test_fit_leaves_torchs_global_flags_as_it_found_them(data_dir, start):
                 seen.append(_flags())
 
         torch.manual_seed(0)
-        Trainer(max_epochs=1, seed=0, progress=False, log=None, board=None, callbacks=[Spy()]).fit(
+        Trainer(max_epochs=1, seed=0, display=QUIET, callbacks=[Spy()]).fit(
             create_model("lenet-relu"), _data(data_dir))
         assert seen == [(True, True, False, start[3])]  # a seeded CPU run: deterministic, warn-only, no NaN fill
         assert _flags() == start
@@ -215,7 +218,7 @@ def test_fit_restores_the_flags_after_an_exception_too(data_dir):
 
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="boom"):
-        Trainer(max_epochs=2, seed=0, progress=False, log=None, board=None, callbacks=[Boom()]).fit(
+        Trainer(max_epochs=2, seed=0, display=QUIET, callbacks=[Boom()]).fit(
             create_model("lenet-relu"), _data(data_dir))
     assert _flags() == before
 
@@ -242,9 +245,9 @@ def test_train_evaluate_and_report_print_the_same_accuracy(tmp_path, data_dir, c
 
 def test_predict_on_test_images_saved_as_png_equals_evaluate(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
-    # resize 32 and normalize: the path that once differed (F.interpolate in predict, matmuls in batches).
+    # 32x32 and normalize: the path that once differed (F.interpolate in predict, matmuls in batches).
     assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--num-train", "500", "--num-val", "100",
-                 "--resize", "32", "--no-progress", "--data-dir", str(data_dir), "--out", str(run)]) == 0
+                 "--image-size", "32", "--no-progress", "--data-dir", str(data_dir), "--out", str(run)]) == 0
     loaded, _ = evaluate_checkpoint(run, data_dir)
     images, labels = loaded.test_split(data_dir)
     n = 24

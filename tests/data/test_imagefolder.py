@@ -24,8 +24,8 @@ from cnnlab.data.images import decode_image, open_image
 from cnnlab.errors import ImageError
 from cnnlab.models import create_model
 from cnnlab.recipes import TrainConfig, make_optimizer, make_scheduler, resolve_config
+from cnnlab.training import Display, Optimization, Trainer
 from cnnlab.training.evaluation import evaluate
-from cnnlab.training.trainer import Trainer
 
 QUIET = dict(log=None, progress=False)
 
@@ -69,8 +69,8 @@ def train_and_evaluate(data, *, in_channels: int = 1, num_classes: int = 10, ima
     config = resolve_config(TrainConfig(model="lenet-relu", epochs=epochs, batch_size=batch_size))
     torch.manual_seed(0)  # the initial weights: the Trainer's seed applies only from fit() on
     model = create_model("lenet-relu", num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    Trainer(max_epochs=epochs, progress=False, log=None, seed=0, optimizer=make_optimizer(config),
-            scheduler=make_scheduler(config)).fit(model, data)
+    Trainer(max_epochs=epochs, seed=0, optimization=Optimization(make_optimizer(config), make_scheduler(config)),
+            display=Display(progress=False, log=None)).fit(model, data)
     return evaluate(model, data.val_dataloader()).accuracy
 
 
@@ -122,9 +122,9 @@ def test_folder_statistics_normalize_each_channel(fashion_folder):
 
 
 def test_settings_are_plain_values_and_rebuild_the_data(fashion_folder):
-    data = ImageFolderData(fashion_folder, batch_size=32, resize=(30, 36), augment=True, seed=4, **QUIET)
+    data = ImageFolderData(fashion_folder, batch_size=32, image_size=(30, 36), augment=True, seed=4, **QUIET)
     settings = data.settings()
-    assert settings["classes"] == list(FASHION_FOLDERS) and settings["resize"] == (30, 36)
+    assert settings["classes"] == list(FASHION_FOLDERS) and settings["image_size"] == (30, 36)
     assert settings["dataset"] == "imagefolder" and settings["channels"] == 1
     assert all(type(v) in (str, int, float, bool, tuple, list, type(None)) for v in settings.values())
     rebuilt = ImageFolderData.from_settings(settings, **QUIET)
@@ -188,7 +188,7 @@ def test_channels_are_decided_by_the_images(tmp_path):
     assert {40, 80, 128} <= values  # the two classes' greys, and the palette's grey
     write_png(root / "b" / "colour.png", np.zeros((8, 8, 3), np.uint8))
     assert ImageFolderData(root, **QUIET).image_shape == (3, 32, 32)  # one colour image: all RGB, 32x32
-    assert ImageFolderData(root, channels=1, resize=12, **QUIET).image_shape == (1, 12, 12)
+    assert ImageFolderData(root, channels=1, image_size=12, **QUIET).image_shape == (1, 12, 12)
 
 
 # ---- the formats and modes one reads --------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_every_format_decodes(tmp_path):
         assert torch.equal(x, torch.from_numpy(rgb).permute(2, 0, 1)), name
     jpeg = decode_image(tmp_path / "a.jpg", channels=1)
     assert jpeg.shape == (1, 20, 24) and (jpeg[0].int() - torch.from_numpy(smooth.copy()).int()).abs().max() <= 8
-    assert decode_image(tmp_path / "a.jpg", channels=3, size=(10, 12)).shape == (3, 10, 12)
+    assert decode_image(tmp_path / "a.jpg", channels=3, image_size=(10, 12)).shape == (3, 10, 12)
     # A phone's MPO (a JPEG with a second picture) is a JPEG here.
     frames = [Image.fromarray(np.full((20, 24, 3), c, np.uint8)) for c in (60, 200)]
     frames[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=frames[1:])
@@ -219,7 +219,7 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_to_nearly_the_same_pixels(tmp_
     y, x = np.mgrid[0:480, 0:640]
     photo = np.stack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118], axis=-1).astype(np.uint8)
     write_png(tmp_path / "photo.jpg", photo, quality=95)
-    small = decode_image(tmp_path / "photo.jpg", channels=3, size=(30, 40))  # JPEG draft: 1/8 scale decode
+    small = decode_image(tmp_path / "photo.jpg", channels=3, image_size=(30, 40))  # JPEG draft: 1/8 scale decode
     with Image.open(tmp_path / "photo.jpg") as full:
         reference = np.asarray(full.convert("RGB").resize((40, 30), Image.Resampling.BILINEAR))
     assert small.shape == (3, 30, 40)
@@ -361,7 +361,7 @@ def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
                                                r"7,000 bytes"):
         ImageFolderData(root, max_bytes=7000, **QUIET)
     with pytest.raises(ImageFolderError, match="10 images of 3x64x64 need 122,880 bytes"):
-        ImageFolderData(root, channels=3, resize=64, max_bytes=100_000, **QUIET)
+        ImageFolderData(root, channels=3, image_size=64, max_bytes=100_000, **QUIET)
     assert calls == []  # refused before a single image was decoded
     assert imagedecode.default_max_bytes() > 1 << 20
 
@@ -460,7 +460,7 @@ def test_second_load_comes_from_the_cache_and_any_change_invalidates_it(tmp_path
     assert len(list((tmp_path / "cache" / "imagefolders").iterdir())) == 1  # older listings are removed
     load()
     assert calls == []
-    ImageFolderData(root, resize=10, **QUIET)  # other settings, another entry
+    ImageFolderData(root, image_size=10, **QUIET)  # other settings, another entry
     assert len(list((tmp_path / "cache" / "imagefolders").iterdir())) == 2
 
 
@@ -566,7 +566,7 @@ def test_a_bug_in_the_conversion_is_a_bug_not_a_bad_file(tmp_path, monkeypatch):
 
 
 def test_a_png_chunk_longer_than_the_file_is_refused_before_pillow_reads_it(tmp_path):
-    # Found by tests/test_image_fuzz.py: Pillow reads a chunk by its declared length, and Python allocates all
+    # Found by tests/data/test_image_fuzz.py: Pillow reads a chunk by its declared length, and Python allocates all
     # of it first; a 200-byte PNG declaring a 64 MiB IDAT cost 64 MiB.
     import tracemalloc
 

@@ -39,7 +39,7 @@ def test_train_on_an_image_folder_then_evaluate_predict_report_and_export(tmp_pa
     out = capsys.readouterr().out
     assert "test accuracy 1.0000" in out  # colour separates the classes; the val split is 10% of 48 images
     config = json.loads((run / "config.json").read_text())
-    assert config["images"] == str(folder) and config["resize"] == 32  # colour images: 32x32 by default
+    assert config["images"] == str(folder) and config["image_size"] == 32  # colour images: 32x32 by default
     loaded = load_trained(run)
     assert loaded.class_names == tuple(sorted([HOSTILE, QUOTED])) and loaded.channels == 3
     assert loaded.model.model_kwargs["in_channels"] == 3 and loaded.model.model_kwargs["num_classes"] == 2
