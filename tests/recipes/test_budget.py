@@ -13,7 +13,7 @@ from cnnlab.recipes import TrainConfig, resolve_config
 from cnnlab.recipes.budget import BudgetKeeper, fastest_threads, parse_duration, plan_budget
 from cnnlab.recipes.optim import make_scheduler
 from cnnlab.training.checkpoint import load_checkpoint
-from cnnlab.training.divergence import LossWatch, val_loss_far_above_chance
+from cnnlab.training.divergence import SETTLE_STEPS, LossWatch, val_loss_far_above_chance
 from cnnlab.training.schedules import ClockProgress, ProgressLR, ReplayProgress, StepProgress, lr_factor
 
 
@@ -261,9 +261,23 @@ def test_a_loss_that_grows_tenfold_within_an_epoch_is_divergence_and_noise_near_
     assert val_loss_far_above_chance(495.0, 10) and not val_loss_far_above_chance(2.4, 10)
 
 
+def test_a_high_validation_loss_before_batchnorm_settles_is_not_divergence_unless_it_is_not_finite():
+    # 8 steps: BatchNorm's running statistics still near their initial values (measured: 33.4 on a learning run)
+    assert val_loss_far_above_chance(33.4, 10, steps=8) is None
+    assert val_loss_far_above_chance(33.4, 10, steps=SETTLE_STEPS) and val_loss_far_above_chance(33.4, 10)
+    assert val_loss_far_above_chance(float("nan"), 10, steps=1) and val_loss_far_above_chance(float("inf"), 10, 1)
+
+
+def test_a_small_batchnorm_run_is_not_stopped_by_its_first_validation(tmp_path, data_dir, capsys):
+    # The run that was stopped at a validation loss of 33.4 after epoch 1's 8 steps, while it was learning.
+    code = main(["train", "--recipe", "fast", "--num-train", "2048", "--num-val", "256", "--epochs", "2", "--lr",
+                 "0.05", "--no-progress", "--data-dir", str(data_dir), "--out", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr().err
+
+
 def test_a_run_that_diverges_inside_its_first_epoch_stops_with_exit_code_3(tmp_path, data_dir, capsys):
     code = main(["train", "--model", "lenet-bn", "--lr", "50", "--optimizer", "sgd", "--epochs", "3",
-                 "--num-train", "1280", "--num-val", "256", "--batch-size", "64", "--no-progress",
+                 "--num-train", "3200", "--num-val", "256", "--batch-size", "64", "--no-progress",
                  "--data-dir", str(data_dir), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 3 and "in epoch 1: training diverged" in err

@@ -386,7 +386,7 @@ class Trainer:
         return len(getattr(self.data, "classes", None) or ())
 
     def _check_val_loss(self, val_loss: float, epoch: int) -> None:
-        self._diverged(val_loss_far_above_chance(val_loss, self._num_classes()), epoch)
+        self._diverged(val_loss_far_above_chance(val_loss, self._num_classes(), self.global_step), epoch)
 
     def _diverged(self, reason: str | None, epoch: int) -> None:
         """Raise :class:`TrainingDiverged` for ``reason`` (None: all is well)."""
