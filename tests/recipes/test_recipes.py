@@ -161,6 +161,20 @@ def test_resume_checks_the_saved_settings_like_a_new_run(tmp_path, data_dir, cap
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing trained on the bad settings
 
 
+def test_a_one_cycle_run_whose_epochs_were_edited_is_refused_not_crashed(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--schedule", "onecycle", "--batch-size", "64",
+                 "--data-dir", str(data_dir), *TINY, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2  # torch's OneCycleLR, resumed, would step past its end
+    err = capsys.readouterr().err
+    assert "laid out over 1 epochs" in err and "Set epochs back to 1" in err and err.count("\n") == 1
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(run)]) == 0  # as it was: a finished run, nothing to do
+
+
 def _old_names(settings):
     """Settings as cnnlab wrote them before issue 24: the image size as `resize`, and no min_steps yet."""
     return {("resize" if k == "image_size" else k): v for k, v in settings.items() if k != "min_steps"}

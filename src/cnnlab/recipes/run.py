@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.errors import CheckpointError, TrainingDiverged, UserError
+from cnnlab.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.recipes.budget import BudgetKeeper, choose_threads
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
@@ -231,7 +231,21 @@ def _start(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path | None
     # splits over this run's processes: a run may be resumed with another number of them.
     validate_config(config)
     folder = RunFolder(resume)
-    return config, Path(resume), folder, load_checkpoint(folder.last) if folder.last.is_file() else None
+    state = load_checkpoint(folder.last) if folder.last.is_file() else None
+    _check_schedule_unchanged(config, state, resume)
+    return config, Path(resume), folder, state
+
+
+def _check_schedule_unchanged(config: TrainConfig, state: dict | None, resume) -> None:
+    """Refuse to resume an epoch-counted one-cycle or cosine schedule whose length was changed (config.json
+    edited): torch's scheduler resumes laid out over the old number of steps and fails past its end."""
+    saved = state.get("config") if state is not None and isinstance(state.get("config"), dict) else {}
+    before = saved.get("epochs")
+    counted_in_epochs = config.budget is None and config.steps is None and not config.min_steps
+    if counted_in_epochs and config.schedule in ("onecycle", "cosine") and before not in (None, config.epochs):
+        raise ConfigError(f"{resume}: its {config.schedule} schedule was laid out over {before} epochs, and its "
+                          f"config.json now says {config.epochs}; a schedule that has run cannot be stretched. Set "
+                          f"epochs back to {before}, or start a new run (--out NEW_FOLDER)")
 
 
 def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,
