@@ -280,3 +280,16 @@ def test_the_automatic_recipe_times_its_threads_and_leaves_the_process_count_alo
     assert config.threads in {threads, max(1, threads // 2)} and torch.get_num_threads() == threads
     given, _, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), threads=1, progress=False), log=None)
     assert given.threads == 1 and torch.get_num_threads() == threads
+
+
+def test_the_plan_line_of_an_automatic_run_of_several_passes_an_epoch(tmp_path):
+    # A small folder's epoch is several passes (RepeatedPasses): the plan line counted the images of the
+    # loader, which a pass-repeating loader does not have, and the run crashed before training (digits-8).
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+    from cnnlab.recipes.run import describe_run
+
+    config, data, _ = auto_config(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.1, progress=False),
+                                  log=None)
+    line = describe_run(config, RepeatedPasses(data, 3), 3, None)
+    assert f"{len(data.train_labels)} training images" in line
