@@ -237,12 +237,14 @@ def _start(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path | None
 
 
 def _check_schedule_unchanged(config: TrainConfig, state: dict | None, resume) -> None:
-    """Refuse to resume an epoch-counted one-cycle or cosine schedule whose length was changed (config.json
-    edited): torch's scheduler resumes laid out over the old number of steps and fails past its end."""
+    """Refuse to resume a one-cycle or cosine schedule of torch's whose length was changed (config.json
+    edited): the scheduler resumes laid out over the old number of steps and fails past its end. A constant
+    rate (a run too short for a cycle keeps one) and the progress-driven schedules may be extended."""
     saved = state.get("config") if state is not None and isinstance(state.get("config"), dict) else {}
     before = saved.get("epochs")
-    counted_in_epochs = config.budget is None and config.steps is None and not config.min_steps
-    if counted_in_epochs and config.schedule in ("onecycle", "cosine") and before not in (None, config.epochs):
+    scheduler = state.get("scheduler_state") if state is not None else None
+    laid_out = isinstance(scheduler, dict) and ("total_steps" in scheduler or "T_max" in scheduler)
+    if laid_out and before not in (None, config.epochs):
         raise ConfigError(f"{resume}: its {config.schedule} schedule was laid out over {before} epochs, and its "
                           f"config.json now says {config.epochs}; a schedule that has run cannot be stretched. Set "
                           f"epochs back to {before}, or start a new run (--out NEW_FOLDER)")
