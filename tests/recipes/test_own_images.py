@@ -61,6 +61,23 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
     assert opt.param_groups[0]["lr"] == 0.0
 
 
+def test_an_epoch_counted_linear_run_warms_up_and_decays_to_zero():
+    # The automatic recipe counts epochs (of repeated passes) with schedule "linear": with no step count or clock
+    # to read progress from, its rate once stayed at the peak for the whole run.
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.optim import make_scheduler
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = make_scheduler(TrainConfig(schedule="linear", lr=0.5))(opt, 10, 3)
+    rates = []
+    for _ in range(30):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(0.05) and max(rates) == pytest.approx(0.5)
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
 def test_repeated_passes_make_longer_epochs_with_distinct_passes():
     images, labels = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous(), \
         torch.arange(8)
@@ -293,3 +310,17 @@ def test_the_plan_line_of_an_automatic_run_of_several_passes_an_epoch(tmp_path):
                                   log=None)
     line = describe_run(config, RepeatedPasses(data, 3), 3, None)
     assert f"{len(data.train_labels)} training images" in line
+
+
+def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+
+    folder = str(_tiny_folder(tmp_path / "f"))
+    plain, _, _ = auto_config(TrainConfig(images=folder, lr=0.1, progress=False), log=None)
+    assert (plain.model, plain.weight_decay, plain.label_smoothing, plain.schedule) == \
+        ("fastnet-auto", 5e-4, 0.0, "linear")
+    mine, _, _ = auto_config(TrainConfig(images=folder, lr=0.1, weight_decay=1e-3, label_smoothing=0.1,
+                                         schedule="cosine", progress=False), log=None)
+    assert (mine.model, mine.weight_decay, mine.label_smoothing, mine.schedule) == \
+        ("fastnet-auto", 1e-3, 0.1, "cosine")

@@ -256,8 +256,10 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     recipe = dict(model="fastnet-auto", image_size=image_size, val_split=val_split, normalize=True,
                   optimizer="momentum", momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0,
                   flip=bool(config.flip))
-    given = {k: v for k, v in config.to_dict().items() if v is not None}
-    draft = resolve_config(TrainConfig(**{**given, **recipe, "lr": config.lr or 0.1}))
+    # The user's options win over the recipe's (--weight-decay, --schedule, ...); the model is the recipe's, as
+    # a model named on the command line does not come here.
+    given = {k: v for k, v in config.to_dict().items() if v is not None and k != "model"}
+    draft = resolve_config(TrainConfig(**{**recipe, **given, "lr": config.lr or 0.1}))
     plan = plan_recipe(data_facts(data), flip=bool(config.flip))
     data.batch_size = config.batch_size or plan.batch_size
     draft = dataclasses.replace(draft, batch_size=data.batch_size)

@@ -49,7 +49,7 @@ def make_scheduler(config: TrainConfig, by_progress: bool = False):
     :class:`~cnnlab.training.schedules.ProgressLR` of the schedule's shape, which the Trainer steps with the
     run's progress. Otherwise, an epoch-counted run, torch's schedulers over ``epochs * steps_per_epoch`` steps.
     """
-    if by_progress or config.schedule == "linear":
+    if by_progress:
         shape = progress_shape(config)
         return lambda optimizer, steps_per_epoch, epochs: ProgressLR(optimizer, shape)
     if config.schedule == "constant":
