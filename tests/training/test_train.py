@@ -18,7 +18,7 @@ from cnnlab import (
     load_checkpoint,
 )
 from cnnlab.nn.classifier import Classifier
-from cnnlab.training.evaluation import evaluate
+from cnnlab.training.evaluation import evaluate, within_one_standard_error
 from cnnlab.training.runtime import pick_device
 
 QUIET = Display(progress=False, log=None)
@@ -60,7 +60,18 @@ def test_run_folder_files(tmp_path, data_dir):
     last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
     assert last["epoch"] == 2 and last["model_name"] == "lenet-relu"
     assert best["best_val_acc"] == max(r["val_acc"] for r in lines)
+    # best.pt is the latest epoch within one standard error (on 1,000 images) of the best validation accuracy
+    chosen = max(r["epoch"] for r in lines if within_one_standard_error(
+        r["val_acc"], max(q["val_acc"] for q in lines if q["epoch"] <= r["epoch"]), 1000))
+    assert best["epoch"] == chosen
     assert "optimizer_state" in last and last["data_settings"]["num_train"] == 2000
+
+
+def test_best_pt_takes_a_later_epoch_within_one_standard_error_of_the_best():
+    assert within_one_standard_error(0.87, 0.90, 60) and not within_one_standard_error(0.85, 0.90, 60)  # se 0.039
+    assert within_one_standard_error(0.898, 0.90, 10_000) and not within_one_standard_error(0.896, 0.90, 10_000)
+    assert within_one_standard_error(1.0, 1.0, 60) and not within_one_standard_error(0.99, 1.0, 60)  # ties: later
+    assert within_one_standard_error(0.1, -1.0, 60)  # the first validation is the best so far
 
 
 class _Crash(Exception):

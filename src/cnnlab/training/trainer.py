@@ -26,7 +26,7 @@ from cnnlab.training import distributed as dist_utils
 from cnnlab.training.callbacks import Callback, EpochEndFunction
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.training.divergence import LossWatch, chance_loss, divergence_error, val_loss_far_above_chance
-from cnnlab.training.evaluation import validate
+from cnnlab.training.evaluation import validation_totals, within_one_standard_error
 from cnnlab.training.options import Display, Optimization, Speed, or_defaults
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import autocast, epoch_seed, pick_device, seed_everything, torch_flags
@@ -116,6 +116,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best_val_acc = -1.0
         self.is_best_epoch = False
+        self._val_count = 0  # images of the last validation
         self.epoch = 0
         self.ctx = dist_utils.current()
         self.model = self.data = None
@@ -261,7 +262,9 @@ class Trainer:
                         continue
                     self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
                     self.history.append(row)
-                    self.is_best_epoch = row["val_acc"] > self.best_val_acc
+                    # best.pt: the latest epoch within one standard error of the best validation accuracy
+                    self.is_best_epoch = within_one_standard_error(row["val_acc"], self.best_val_acc,
+                                                                   self._val_count)
                     self.best_val_acc = max(self.best_val_acc, row["val_acc"])
                     self._call("on_train_epoch_end", self.model, row)
                     self._say(f"epoch {row['epoch']}{self._of_epochs()}  train loss {row['train_loss']:.4f}  "
@@ -331,8 +334,8 @@ class Trainer:
             self._unreported += train_seconds
             return None
         dist_utils.sync_buffers(self.model, self.ctx)  # rank 0's BatchNorm statistics, as its checkpoint holds
-        val_loss, val_acc = validate(self.model, self.val_loader, self.device, self.speed.autocast_dtype,
-                                     self.speed.channels_last, self.ctx)
+        val_loss, val_acc, self._val_count = validation_totals(
+            self.model, self.val_loader, self.device, self.speed.autocast_dtype, self.speed.channels_last, self.ctx)
         seconds, self._unreported = time.perf_counter() - start + self._unreported, 0.0
         elapsed = (self.history[-1].get("elapsed", 0.0) if self.history else 0.0) + seconds
         return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
