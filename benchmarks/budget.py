@@ -32,6 +32,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -110,7 +111,8 @@ def plot(rows: list[dict], out: Path) -> None:
     own = sorted({row["series"] for row in rows if row["series"].startswith("own: ")})
     fig, axes = plt.subplots(1, 2 if own else 1, figsize=(11 if own else 6, 4), squeeze=False)
     _draw(axes[0][0], rows, sorted({row["series"] for row in rows} - set(own)), GOALS)
-    axes[0][0].set_title(f"Fashion-MNIST, cnnlab train --recipe fast --budget\n{_machine(rows)}", fontsize=9)
+    axes[0][0].set_title(f"Fashion-MNIST, cnnlab train --budget (fast; fast-long from 10 m)\n{_machine(rows)}",
+                         fontsize=9)
     if own:
         _draw(axes[0][1], rows, own, {})
         axes[0][1].set_title(f"own images, cnnlab train --images DIR --budget\n{_machine(rows)}", fontsize=9)
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.plot_only:
         machine = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "matmul_gflops": round(matmul_flops() / 1e9, 1), "commit": _commit()}
-        suffix = (" busy" if args.busy else "") + (" quick" if args.quick else "")
+        suffix = (" busy" if args.busy else "") + (" quick" if args.quick else "") + \
+            (" fp32 (CNNLAB_BF16=0)" if os.environ.get("CNNLAB_BF16", "").strip() == "0" else "")
         runs = [(f"own: {name}", _own_set(name, args.work)) for name in args.sets] or [("fashion-mnist", None)]
         stop = multiprocessing.Event()
         busy = multiprocessing.Process(target=_busy, args=(stop,), daemon=True) if args.busy else None

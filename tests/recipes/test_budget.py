@@ -10,7 +10,9 @@ from cnnlab import Callback, Classifier, Display, FashionMNIST, Optimization, Tr
 from cnnlab.cli.main import main
 from cnnlab.errors import ConfigError
 from cnnlab.recipes import TrainConfig, resolve_config
-from cnnlab.recipes.budget import BudgetKeeper, fastest_threads, parse_duration, plan_budget
+from cnnlab.recipes.budget import (
+    BATCH_FLOOR, MIN_BUDGET_STEPS, BudgetKeeper, budget_batch_size, fastest_threads, parse_duration, plan_budget,
+)
 from cnnlab.recipes.optim import make_scheduler
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.divergence import SETTLE_STEPS, LossWatch, val_loss_far_above_chance
@@ -362,3 +364,14 @@ def test_a_200_image_folder_gets_enough_steps_and_learns(tmp_path, data_dir, cap
     assert state["global_step"] == 500 and len(state["history"]) == 10  # validated every 13 epochs (52 steps)
     accuracy = float(out.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.5  # 10 classes: chance is 0.1
+
+
+def test_a_budget_too_short_for_a_few_hundred_steps_halves_the_batch():
+    # 0.6 of 50 s left is 30 s: 142 steps of 256 at 0.21 s (fp32 on 2 cores), 600 of 64 at a quarter of that.
+    assert budget_batch_size(256, 0.21, 50.0) == 64
+    assert budget_batch_size(256, 0.10, 50.0) == 128  # 300 steps of 256, 600 of 128
+    assert budget_batch_size(256, 0.10, 840.0) == 256  # 15 minutes: thousands of steps, the recipe's batch
+    assert budget_batch_size(256, 5.0, 50.0) == BATCH_FLOOR  # never below the floor
+    assert budget_batch_size(32, 5.0, 50.0) == 32  # a batch already under the floor is left alone
+    batch = budget_batch_size(256, 0.05, 60.0)
+    assert 0.6 * 60 / (0.05 * batch / 256) >= MIN_BUDGET_STEPS

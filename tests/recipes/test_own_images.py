@@ -78,6 +78,23 @@ def test_an_epoch_counted_linear_run_warms_up_and_decays_to_zero():
     assert opt.param_groups[0]["lr"] == 0.0
 
 
+def test_a_linear_schedule_on_the_clock_or_a_step_count_warms_up_too():
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.optim import make_scheduler
+
+    def rate_at(config, progress):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_scheduler(config, by_progress=True)(opt, 10, 3)
+        sched.step(progress)
+        return opt.param_groups[0]["lr"]
+
+    linear = TrainConfig(schedule="linear", lr=1.0, budget=60.0)
+    assert rate_at(linear, 0.05) == pytest.approx(0.5) and rate_at(linear, 0.1) == pytest.approx(1.0)
+    assert rate_at(linear, 0.55) == pytest.approx(0.5) and rate_at(linear, 1.0) == 0.0
+    constant = TrainConfig(schedule="constant", lr=1.0, budget=60.0)  # decayed by the budget, from its rate
+    assert rate_at(constant, 0.0) == 1.0 and rate_at(constant, 0.5) == pytest.approx(0.5)
+
+
 def test_repeated_passes_make_longer_epochs_with_distinct_passes():
     images, labels = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous(), \
         torch.arange(8)

@@ -15,6 +15,7 @@ __all__ = ["OPTIMIZERS", "SCHEDULES", "linear_schedule", "make_optimizer", "make
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine", "linear")
+LINEAR_WARMUP = 0.1  # the share of a 'linear' schedule spent warming up
 
 
 def make_optimizer(config: TrainConfig):
@@ -51,7 +52,10 @@ def make_scheduler(config: TrainConfig, by_progress: bool = False):
     """
     if by_progress:
         shape = progress_shape(config)
-        return lambda optimizer, steps_per_epoch, epochs: ProgressLR(optimizer, shape)
+        # A 'linear' schedule asked for warms up as its step-counted form does (linear_schedule); a constant rate
+        # that a budget decays to zero starts at its rate, as it always did.
+        warmup = LINEAR_WARMUP if config.schedule == "linear" else 0.0
+        return lambda optimizer, steps_per_epoch, epochs: ProgressLR(optimizer, shape, warmup)
     if config.schedule == "constant":
         return None
 
@@ -70,7 +74,7 @@ def make_scheduler(config: TrainConfig, by_progress: bool = False):
     return build
 
 
-def linear_schedule(optimizer, total_steps: int, warmup: float = 0.1):
+def linear_schedule(optimizer, total_steps: int, warmup: float = LINEAR_WARMUP):
     """Linear warm-up from a tenth of the rate over ``warmup`` of the steps, then linear decay to zero at the
     last step (budgeted training, Li, Yumer & Ramanan, ICLR 2020: linear decay was the most robust), per batch.
 

@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
-from cnnlab.recipes.budget import BudgetKeeper, choose_threads
+from cnnlab.recipes.budget import TRAINING_SHARE, BudgetKeeper, budget_batch_size, choose_threads
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.recipes.resume import AUTO, folder_to_resume
@@ -272,10 +272,11 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     if initial_state is not None:
         model.load_state_dict(initial_state)
     if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
-        # Recorded in the run's config, so that --replay and --resume run with the same threads.
-        config = dataclasses.replace(config, threads=choose_threads(model, data, config.bf16, config.channels_last,
-                                                                    log))
+        # Recorded in the run's config, so that --replay and --resume run with the same threads and batch.
+        threads, step_seconds = choose_threads(model, data, config.bf16, config.channels_last, log, with_seconds=True)
+        config = dataclasses.replace(config, threads=threads)
         torch.set_num_threads(config.threads)  # run_training gives the process its own count back
+        config = _fit_batch_to_budget(config, data, step_seconds, config.budget - clock(), log if ctx.is_main else None)
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
@@ -292,6 +293,19 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
                             callbacks=callbacks, on_epoch_end=on_epoch_end)
     trainer.fit(model, data, resume_from=state)
     return config, trainer, steps_per_epoch
+
+
+def _fit_batch_to_budget(config: TrainConfig, data, step_seconds: float, seconds_left: float, log) -> TrainConfig:
+    """Halve the batch of a budget too short for a few hundred steps of it (:func:`budget_batch_size`); says so."""
+    batch = budget_batch_size(config.batch_size, step_seconds, seconds_left)
+    if batch == config.batch_size:
+        return config
+    if log is not None:
+        log(f"batch {batch}, not {config.batch_size}: {seconds_left:.0f} s left hold about "
+            f"{TRAINING_SHARE * seconds_left / step_seconds:.0f} training steps of {config.batch_size} on this "
+            f"machine ({step_seconds * 1000:.0f} ms each), and a short run gains more from more, smaller steps")
+    data.batch_size = batch
+    return dataclasses.replace(config, batch_size=batch)
 
 
 def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None, state: dict | None,
