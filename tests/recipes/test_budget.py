@@ -11,7 +11,13 @@ from cnnlab.cli.main import main
 from cnnlab.errors import ConfigError
 from cnnlab.recipes import TrainConfig, resolve_config
 from cnnlab.recipes.budget import (
-    BATCH_FLOOR, MIN_BUDGET_STEPS, BudgetKeeper, budget_batch_size, fastest_threads, parse_duration, plan_budget,
+    BATCH_FLOOR,
+    MIN_BUDGET_STEPS,
+    BudgetKeeper,
+    budget_batch_size,
+    fastest_threads,
+    parse_duration,
+    plan_budget,
 )
 from cnnlab.recipes.optim import make_scheduler
 from cnnlab.training.checkpoint import load_checkpoint
