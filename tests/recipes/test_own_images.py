@@ -48,14 +48,19 @@ def test_images_above_32_px_are_resized_to_32_and_small_ones_kept():
     assert choose_image_size(64, 64) == 32 and choose_image_size(8, 8) == 8 and choose_image_size(25, 30) == 25
 
 
-def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = linear_schedule(opt, total_steps=100)
+def _rates(opt, sched, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimizer steps under ``sched`` (stepped after each)."""
     rates = []
-    for _ in range(100):
+    for _ in range(steps):
         rates.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return rates
+
+
+def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    rates = _rates(opt, linear_schedule(opt, total_steps=100), 100)
     assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0)
     assert rates.index(max(rates)) == 10 and rates[-1] == pytest.approx(1 / 90)
     assert opt.param_groups[0]["lr"] == 0.0
@@ -68,12 +73,7 @@ def test_an_epoch_counted_linear_run_warms_up_and_decays_to_zero():
     from cnnlab.recipes.optim import make_scheduler
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
-    sched = make_scheduler(TrainConfig(schedule="linear", lr=0.5))(opt, 10, 3)
-    rates = []
-    for _ in range(30):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    rates = _rates(opt, make_scheduler(TrainConfig(schedule="linear", lr=0.5))(opt, 10, 3), 30)
     assert rates[0] == pytest.approx(0.05) and max(rates) == pytest.approx(0.5)
     assert opt.param_groups[0]["lr"] == 0.0
 
