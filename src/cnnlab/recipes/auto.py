@@ -232,7 +232,7 @@ def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
     model = build_model(config, data).to(device)
     threads_before, threads = torch.get_num_threads(), config.threads
     if threads is None and device.type == "cpu" and env_world_size() == 1:
-        threads = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)
+        threads = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)[0]
     loader = data.train_dataloader()
     loader.set_epoch(10_000)  # its own batches, not the first epoch's (which are no different in kind)
     try:

@@ -172,18 +172,18 @@ def fastest_threads(model: torch.nn.Module, batch, autocast_dtype=None,
     return best, seconds
 
 
-def choose_threads(model: torch.nn.Module, data, bf16: bool = False, channels_last: bool = False, log=print,
-                   with_seconds: bool = False):
-    """A clock-planned CPU run's thread count (``--budget``, the automatic recipe): :func:`fastest_threads` on
-    the first training batch of ``data``, said in one line when it is not torch's default; with
-    ``with_seconds``, ``(threads, seconds one training step took with them)``."""
+def choose_threads(model: torch.nn.Module, data, bf16: bool = False, channels_last: bool = False,
+                   log=print) -> tuple[int, float]:
+    """A clock-planned CPU run's thread count (``--budget``, the automatic recipe) and the seconds a training
+    step took with it: :func:`fastest_threads` on the first training batch of ``data``, said in one line when
+    the count is not torch's default."""
     default = torch.get_num_threads()
     batch = next(iter(data.train_dataloader()))
     threads, seconds = fastest_threads(model, batch, torch.bfloat16 if bf16 else None, channels_last)
     if threads != default and log is not None:
         steps = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
         log(f"threads: {threads} of {default}, as another process is using the cores (a training step: {steps})")
-    return (threads, seconds[threads]) if with_seconds else threads
+    return threads, seconds[threads]
 
 
 # A budget that allows fewer optimizer steps than this at the recipe's batch halves the batch (to BATCH_FLOOR).

@@ -273,7 +273,7 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
         model.load_state_dict(initial_state)
     if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
         # Recorded in the run's config, so that --replay and --resume run with the same threads and batch.
-        threads, step_seconds = choose_threads(model, data, config.bf16, config.channels_last, log, with_seconds=True)
+        threads, step_seconds = choose_threads(model, data, config.bf16, config.channels_last, log)
         config = dataclasses.replace(config, threads=threads)
         torch.set_num_threads(config.threads)  # run_training gives the process its own count back
         config = _fit_batch_to_budget(config, data, step_seconds, config.budget - clock(), log if ctx.is_main else None)
