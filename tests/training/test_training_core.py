@@ -3,6 +3,8 @@ flags as it found them, and every command reports the same accuracy for the same
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -313,3 +315,21 @@ def test_library_models_record_how_they_were_built_without_reading_frames(monkey
     assert model.model_kwargs == {"num_classes": 7, "in_channels": 3, "image_size": (32, 30), "lr": 0.05}
     assert model.hparams["num_classes"] == 7 and model.hparams["lr"] == 0.05
     json.dumps(model.model_kwargs)  # plain values: a checkpoint stores them
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_deterministic_flag_loads_the_compiler_only_for_a_compiled_run(compiled):
+    # torch.use_deterministic_algorithms imports torch._inductor.config (1.2 s of every run's start-up).
+    code = ("import sys, torch\n"
+            "from cnnlab.training.runtime import set_deterministic\n"
+            f"set_deterministic(True, warn_only=True, compiled={compiled})\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "loaded = 'torch._inductor.config' in sys.modules\n"
+            "assert not loaded or sys.modules['torch._inductor.config'].deterministic\n"
+            f"set_deterministic(False, compiled={compiled})\n"
+            "assert not torch.are_deterministic_algorithms_enabled()\n"
+            "print(loaded)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(compiled)

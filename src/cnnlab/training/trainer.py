@@ -241,7 +241,8 @@ class Trainer:
             TrainingDiverged: the loss became NaN or infinite, grew tenfold within an epoch, or the validation
                 loss is far above chance (:mod:`cnnlab.training.divergence`; ``last.pt`` holds the last good epoch).
         """
-        with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda"):
+        with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda",
+                         compiled=self.speed.compile):
             if model is not self.model or data is not self.data:
                 self._setup(model, data)
             if resume_from is not None:
