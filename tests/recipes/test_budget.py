@@ -9,12 +9,14 @@ import torch
 from cnnlab import Callback, Classifier, Display, FashionMNIST, Optimization, Trainer, create_model
 from cnnlab.cli.main import main
 from cnnlab.errors import ConfigError
+from cnnlab.models import narrower_model
 from cnnlab.recipes import TrainConfig, resolve_config
 from cnnlab.recipes.budget import (
     BATCH_FLOOR,
     MIN_BUDGET_STEPS,
     BudgetKeeper,
     budget_batch_size,
+    budget_epochs,
     fastest_threads,
     parse_duration,
     plan_budget,
@@ -381,3 +383,37 @@ def test_a_budget_too_short_for_a_few_hundred_steps_halves_the_batch():
     assert budget_batch_size(32, 5.0, 50.0) == 32  # a batch already under the floor is left alone
     batch = budget_batch_size(256, 0.05, 60.0)
     assert 0.6 * 60 / (0.05 * batch / 256) >= MIN_BUDGET_STEPS
+
+
+def test_the_epochs_a_budget_holds_and_the_chain_of_narrower_models():
+    # 0.6 of 55 s is 33 s: 157 steps of 256 at 0.21 s (fp32, 2 cores), 40k of 58k images.
+    assert budget_epochs(0.21, 256, 55.0, 58_000) == pytest.approx(0.6 * 55 / 0.21 * 256 / 58_000)
+    assert budget_epochs(0.21, 256, -3.0, 58_000) == 0.0
+    assert narrower_model("fastnet-wide") == "fastnet-flip" and narrower_model("fastnet-flip") == "fastnet-slim"
+    assert narrower_model("fastnet-slim") is None and narrower_model("lenet") is None
+    sizes = [sum(p.numel() for p in create_model(name).parameters())
+             for name in ("fastnet-wide", "fastnet-flip", "fastnet-slim")]
+    assert sizes == sorted(sizes, reverse=True) and sizes[2] < 0.5 * sizes[1]
+
+
+@pytest.mark.parametrize("seconds_left, expected", [(0.5, "fastnet-slim"), (10**6, "fastnet-wide")])
+def test_a_budget_too_short_for_a_few_epochs_narrows_the_model_from_the_same_random_state(data_dir, seconds_left,
+                                                                                        expected):
+    from cnnlab.recipes.run import _fit_model_to_budget, build_data, build_model
+
+    config = resolve_config(TrainConfig(budget=100.0, num_train=512, num_val=256, data_dir=str(data_dir)),
+                            "fast-long")
+    data = build_data(config)
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    lines = []
+    chosen, model = _fit_model_to_budget(config, data, build_model(config, data), rng,
+                                         clock=lambda: 100.0 - seconds_left, log=lines.append)
+    assert chosen.model == model.model_name == expected and chosen.threads is not None
+    narrowed = [line for line in lines if line.startswith("model ")]
+    assert len(narrowed) == (2 if expected == "fastnet-slim" else 0)  # wide -> flip -> slim, each said
+    assert all("epochs of it on this machine" in line for line in narrowed)
+    torch.set_rng_state(rng)  # --replay builds the chosen model straight away: the same weights
+    direct = build_model(chosen, data)
+    for a, b in zip(model.state_dict().values(), direct.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -27,6 +27,7 @@ from cnnlab.models.registry import (
     create_model,
     list_models,
     model_recipe,
+    narrower_model,
     prepare_model,
     register_model,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "cam_layer",
     "list_models",
     "model_recipe",
+    "narrower_model",
     "nin",
     "nin_block",
     "nin_small",

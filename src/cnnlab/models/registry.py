@@ -6,7 +6,9 @@ built: `model.model_name` and `model.model_kwargs` (every builder argument, defa
 builder's signature), so a checkpoint can rebuild it with `create_model(model.model_name, **model.model_kwargs)`
 before loading its state dict. The registration also holds the model's training defaults (its recipe row, see
 `cnnlab.recipes`); the learning rate among them is the builder's own `lr` default, so it is written once.
-`cam_layer(model)` names the model's last convolutional block (the layer Grad-CAM explains), from its
+A registration may name a ``narrower`` model: the same network, cheaper per image, that a time budget too short
+for the model switches to (``cnnlab train --budget``, :func:`narrower_model`). `cam_layer(model)` names the model's
+last convolutional block (the layer Grad-CAM explains), from its
 registration when one is given, else from the model's own forward pass (see :func:`cam_layer`).
 """
 
@@ -26,8 +28,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode, init_cnn
 from cnnlab.nn.ops import size_pair
 
-__all__ = ["cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "prepare_model",
-           "register_model", "MODERN_RECIPE"]
+__all__ = ["cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "narrower_model",
+           "prepare_model", "register_model", "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
 Builder = Callable[..., nn.Module]
@@ -35,19 +37,23 @@ Builder = Callable[..., nn.Module]
 _MODELS: dict[str, Builder] = {}
 _RECIPES: dict[str, dict] = {}
 _CAM_LAYERS: dict[str, str] = {}
+_NARROWER: dict[str, str] = {}
 
 # The training defaults the modern networks share (momentum SGD, weight decay, one-cycle, standardized input);
 # each model's registration adds what differs (input size, learning rate via its builder, augmentation).
 MODERN_RECIPE = dict(optimizer="momentum", weight_decay=5e-4, schedule="onecycle", normalize=True)
 
 
-def register_model(name: str, *, cam_layer: str | None = None, **recipe: Any) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, cam_layer: str | None = None, narrower: str | None = None,
+                   **recipe: Any) -> Callable[[Builder], Builder]:
     """Decorator registering a keyword-only builder under `name`; a name can be registered only once.
 
     Args:
         name: the registry name (`create_model(name)`, `cnnlab train --model name`).
         cam_layer: the name (as in `model.named_modules()`) of the last convolutional block, for a model whose
             forward pass does not show it (see :func:`cam_layer`); None lets the forward pass decide.
+        narrower: the registered name of a cheaper form of this model (fewer channels, the same design), for a
+            budget that holds too few epochs of this one (:func:`narrower_model`).
         **recipe: the model's training defaults (`image_size=96`, `optimizer="momentum"`, ...); see
             `cnnlab.recipes.TrainConfig` for the fields. Do not give `lr`: it is the builder's `lr` default.
     """
@@ -72,6 +78,8 @@ def register_model(name: str, *, cam_layer: str | None = None, **recipe: Any) ->
         _MODELS[name] = build
         if cam_layer is not None:
             _CAM_LAYERS[name] = cam_layer
+        if narrower is not None:
+            _NARROWER[name] = narrower
         lr = signature.parameters.get("lr")
         _RECIPES[name] = {**recipe, **({"lr": lr.default} if lr is not None else {})}
         return build
@@ -99,6 +107,12 @@ def check_model_name(name: str) -> str:
 def model_recipe(name: str) -> dict:
     """The training defaults registered with model `name` (a copy), its builder's `lr` default included."""
     return dict(_RECIPES[check_model_name(name)])
+
+
+def narrower_model(name: str) -> str | None:
+    """The registered cheaper form of model `name` (its registration's ``narrower``), or None."""
+    narrower = _NARROWER.get(check_model_name(name))
+    return None if narrower is None else check_model_name(narrower)
 
 
 def create_model(name: str, num_classes: int | None = 10, **kwargs: Any) -> nn.Module:

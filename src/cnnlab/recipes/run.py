@@ -15,7 +15,16 @@ import torch
 
 from cnnlab.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
-from cnnlab.recipes.budget import TRAINING_SHARE, BudgetKeeper, budget_batch_size, choose_threads
+from cnnlab.models import narrower_model
+from cnnlab.recipes.budget import (
+    MIN_BUDGET_EPOCHS,
+    TRAINING_SHARE,
+    BudgetKeeper,
+    budget_batch_size,
+    budget_epochs,
+    choose_threads,
+    time_training_steps,
+)
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
 from cnnlab.recipes.resume import AUTO, folder_to_resume
@@ -268,15 +277,14 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     data_seconds = time.perf_counter() - data_start
     if config.image_size is None:  # an image folder chose its size: the run's config records it
         config = dataclasses.replace(config, image_size=data.image_size[0])
+    initial_rng = torch.get_rng_state()
     model = build_model(config, data)
+    if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
+        # Recorded in the run's config, so that --replay and --resume run with the same model, threads and batch.
+        config, model = _fit_model_to_budget(config, data, model, initial_rng, clock, log)
+        torch.set_num_threads(config.threads)  # run_training gives the process its own count back
     if initial_state is not None:
         model.load_state_dict(initial_state)
-    if config.budget is not None and config.threads is None and device.type == "cpu" and ctx.world_size == 1:
-        # Recorded in the run's config, so that --replay and --resume run with the same threads and batch.
-        threads, step_seconds = choose_threads(model, data, config.bf16, config.channels_last, log)
-        config = dataclasses.replace(config, threads=threads)
-        torch.set_num_threads(config.threads)  # run_training gives the process its own count back
-        config = _fit_batch_to_budget(config, data, step_seconds, config.budget - clock(), log if ctx.is_main else None)
     holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
@@ -293,6 +301,36 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
                             callbacks=callbacks, on_epoch_end=on_epoch_end)
     trainer.fit(model, data, resume_from=state)
     return config, trainer, steps_per_epoch
+
+
+def _fit_model_to_budget(config: TrainConfig, data, model, initial_rng: torch.Tensor, clock,
+                         log) -> tuple[TrainConfig, torch.nn.Module]:
+    """A budgeted CPU run's model, threads and batch, from a few timed training steps.
+
+    A model with a registered narrower form (:func:`~cnnlab.models.narrower_model`) is timed on three steps; if
+    the budget holds fewer than :data:`MIN_BUDGET_EPOCHS` epochs of it, it is rebuilt as that form from the random
+    state the first was built from (so ``--replay``, building the narrower model directly, starts from the same
+    weights). The model settled, :func:`choose_threads` times it with each thread count, and the batch is fitted
+    to the time left (:func:`_fit_batch_to_budget`). Each change is said in one line.
+    """
+    batch = next(iter(data.train_dataloader()))
+    train_images = len(data.train_dataloader()) * config.batch_size
+    while (narrower := narrower_model(config.model)) is not None:
+        step_seconds = min(time_training_steps(model, batch, torch.bfloat16 if config.bf16 else None,
+                                               config.channels_last, steps=3)[1:])
+        epochs = budget_epochs(step_seconds, config.batch_size, config.budget - clock(), train_images)
+        if epochs >= MIN_BUDGET_EPOCHS:
+            break
+        if log is not None:
+            log(f"model {narrower}, not {config.model}: {config.budget - clock():.0f} s left hold about "
+                f"{epochs:.1f} epochs of it on this machine ({step_seconds * 1000:.0f} ms a step of "
+                f"{config.batch_size}), and a net that sees the data more often learns more in a short run")
+        config = dataclasses.replace(config, model=narrower)
+        torch.set_rng_state(initial_rng)
+        model = build_model(config, data)
+    threads, step_seconds = choose_threads(model, data, config.bf16, config.channels_last, log)
+    config = dataclasses.replace(config, threads=threads)
+    return _fit_batch_to_budget(config, data, step_seconds, config.budget - clock(), log), model
 
 
 def _fit_batch_to_budget(config: TrainConfig, data, step_seconds: float, seconds_left: float, log) -> TrainConfig:
