@@ -417,3 +417,17 @@ def test_a_budget_too_short_for_a_few_epochs_narrows_the_model_from_the_same_ran
     direct = build_model(chosen, data)
     for a, b in zip(model.state_dict().values(), direct.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_same_budget_command_with_resume_auto_continues_its_run(tmp_path, data_dir):
+    from cnnlab.recipes.run import run_training
+
+    # The run records what the budget decided (here surely a halved batch: 10 s hold no 500 steps of 256; a
+    # narrower net is the same case, tested in test_runlock): the same command again is the same run.
+    config = resolve_config(TrainConfig(model="lenet-bn", budget=10.0, num_train=4000, num_val=500,
+                                        data_dir=str(data_dir), out=str(tmp_path / "r"), progress=False), "fast")
+    lines = []
+    first = run_training(config, resume="auto", log=lines.append)
+    assert first["config"].batch_size == 64 and any(line.startswith("batch 64, not 256") for line in lines)
+    again = run_training(config, resume="auto", log=None)  # was: ConfigError "holds a run of other settings"
+    assert again["finished_already"] and again["steps"] == first["steps"]

@@ -151,6 +151,20 @@ def test_config_differences_ignore_display_and_later_decisions():
     assert config_differences(stored, {**stored, "lr": 0.2}) == ["lr: 0.1 there, 0.2 now"]
 
 
+def test_what_a_budget_decided_is_not_a_difference_and_anything_else_is():
+    # The same `--recipe fast --budget 60s` command again: the run recorded the net and batch the budget chose.
+    stored = {"model": "fastnet-slim", "batch_size": 64, "threads": 1, "budget": 60.0, "seed": 0}
+    given = {"model": "fastnet-flip", "batch_size": 256, "threads": None, "budget": 60.0, "seed": 0}
+    assert config_differences(stored, given) == []
+    assert config_differences(stored, {**given, "model": "fastnet-wide"}) == []  # two steps narrower
+    assert config_differences(stored, {**given, "model": "lenet"}) == ["model: 'fastnet-slim' there, 'lenet' now"]
+    assert config_differences(stored, {**given, "batch_size": 96}) == ["batch_size: 64 there, 96 now"]
+    assert config_differences({**stored, "model": "fastnet-wide"}, given) == [
+        "model: 'fastnet-wide' there, 'fastnet-flip' now"]  # wider than given: never a budget's choice
+    unbudgeted = {**stored, "budget": None}
+    assert len(config_differences(unbudgeted, {**given, "budget": None})) == 2  # model and batch: other settings
+
+
 def test_holds_are_counted_in_a_process_and_the_last_release_removes_the_file(tmp_path):
     runlock.acquire(tmp_path)
     lock = Path(tmp_path) / runlock.LOCK_NAME

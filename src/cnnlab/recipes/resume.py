@@ -16,7 +16,7 @@ from cnnlab.recipes.config import TrainConfig
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.runfolder import RunFolder
 
-__all__ = ["AUTO", "config_differences", "folder_to_resume"]
+__all__ = ["AUTO", "config_differences", "decided_by_budget", "folder_to_resume"]
 
 AUTO = "auto"
 
@@ -25,10 +25,30 @@ _FREE = ("progress", "out")
 
 
 def config_differences(stored: dict, given: dict) -> list[str]:
-    """``"name: stored -> given"`` for each setting that differs (a None in ``given`` is "decided later")."""
+    """``"name: stored -> given"`` for each setting that differs (a None in ``given`` is "decided later", and so is
+    what a ``--budget`` run decided from the setting given: :func:`decided_by_budget`)."""
     names = sorted(set(stored) | set(given))
     return [f"{name}: {stored.get(name)!r} there, {given.get(name)!r} now" for name in names
-            if name not in _FREE and given.get(name) is not None and stored.get(name) != given.get(name)]
+            if name not in _FREE and given.get(name) is not None and stored.get(name) != given.get(name)
+            and not (stored.get("budget") is not None and decided_by_budget(name, stored.get(name), given[name]))]
+
+
+def decided_by_budget(name: str, there, now) -> bool:
+    """Whether a budgeted CPU run could have recorded ``there`` for setting ``name`` when it was given ``now``:
+    a narrower form of the model (``cnnlab.models.narrower_model``, any number of steps down) or the batch halved
+    (:func:`cnnlab.recipes.budget.budget_batch_size`). So the same ``--budget`` command with ``--resume auto``
+    continues its run."""
+    if name == "model" and isinstance(now, str):
+        from cnnlab.models import narrower_model
+
+        while (now := narrower_model(now)) is not None:
+            if now == there:
+                return True
+        return False
+    if name == "batch_size" and isinstance(there, int) and isinstance(now, int) and 0 < there < now:
+        ratio = now // there
+        return now % there == 0 and ratio & (ratio - 1) == 0
+    return False
 
 
 def folder_to_resume(config: TrainConfig, resume: str | None) -> Path | None:
