@@ -134,6 +134,25 @@ def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_fo
     assert clock.now + last.validation + last.final + last.margin <= 15.0 + 1.0
 
 
+def test_a_run_the_clock_ends_at_an_epoch_end_is_finished_in_its_last_checkpoint(tmp_path, data_dir):
+    from cnnlab.recipes.run import _finished
+
+    clock = FakeClock(tick=0.0)
+    pace = ClockProgress(1.0, clock=clock)
+    keeper = BudgetKeeper(15.0, pace, data_seconds=0.5, test_images=256, log=None, clock=lambda: clock.now)
+
+    class SlowEpochEnd(Callback):  # the first epoch's end takes the rest of the budget (a slow disk, say)
+        def on_train_epoch_end(self, trainer, model, row):
+            clock.now += 100.0
+
+    trainer = _trainer(pace=pace, callbacks=[SlowEpochEnd(), keeper], max_epochs=10**6, run_dir=tmp_path)
+    trainer.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir))
+    assert trainer.epoch == 1 and trainer.run_progress < 1.0  # stopped by the re-plan, not by its progress
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["finished"] is True and state["global_step"] == trainer.global_step
+    assert _finished(state, TrainConfig(budget=15.0), steps_per_epoch=8)  # a resume has nothing left to do
+
+
 # ---- steps, replay and resume ---------------------------------------------------------------------------
 
 def test_a_step_count_stops_mid_epoch_and_still_validates(data_dir):
@@ -422,12 +441,13 @@ def test_a_budget_too_short_for_a_few_epochs_narrows_the_model_from_the_same_ran
 def test_the_same_budget_command_with_resume_auto_continues_its_run(tmp_path, data_dir):
     from cnnlab.recipes.run import run_training
 
-    # The run records what the budget decided (here surely a halved batch: 10 s hold no 500 steps of 256; a
-    # narrower net is the same case, tested in test_runlock): the same command again is the same run.
-    config = resolve_config(TrainConfig(model="lenet-bn", budget=10.0, num_train=4000, num_val=500,
+    # The run records what the budget decided (here surely a halved batch: 15 s hold no 500 steps of 512 on
+    # any CPU; a narrower net is the same case, tested in test_runlock): the same command again is the same run.
+    config = resolve_config(TrainConfig(model="lenet-bn", budget=15.0, num_train=4000, num_val=500, batch_size=512,
                                         data_dir=str(data_dir), out=str(tmp_path / "r"), progress=False), "fast")
     lines = []
     first = run_training(config, resume="auto", log=lines.append)
-    assert first["config"].batch_size == 64 and any(line.startswith("batch 64, not 256") for line in lines)
+    chosen = first["config"].batch_size
+    assert chosen < 512 and any(line.startswith(f"batch {chosen}, not 512") for line in lines)
     again = run_training(config, resume="auto", log=None)  # was: ConfigError "holds a run of other settings"
     assert again["finished_already"] and again["steps"] == first["steps"]

@@ -220,7 +220,7 @@ def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
     """Whether the checkpoint a run resumed from had already finished the run."""
     if config.budget is not None:
         trace = state.get("progress_trace")
-        return trace is not None and len(trace) > 0 and float(trace[-1]) >= 1.0
+        return bool(state.get("finished")) or (trace is not None and len(trace) > 0 and float(trace[-1]) >= 1.0)
     total = config.steps or max(config.epochs * steps_per_epoch, config.min_steps or 0)
     return state.get("global_step", state.get("epoch", 0) * steps_per_epoch) >= total
 

@@ -37,6 +37,7 @@ class RunFolder(Callback):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._saved_finished = True  # whether the last.pt this object wrote knew that the run had finished
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -185,5 +186,14 @@ class RunFolder(Callback):
 
     def on_train_epoch_end(self, trainer, model, row: dict) -> None:
         if trainer.is_main:
-            self.save(trainer.state_dict(), is_best=trainer.is_best_epoch)
+            state = trainer.state_dict()
+            self.save(state, is_best=trainer.is_best_epoch)
+            self._saved_finished = state.get("finished", False)
             self.write_metrics(trainer.history)
+
+    def on_fit_end(self, trainer, model) -> None:
+        # A budget's clock can end the run after its last checkpoint was written (cnnlab.recipes.budget's
+        # BudgetKeeper re-plans after it): last.pt says so, so that a resume finds nothing left to do.
+        if trainer.is_main and trainer.finished and not self._saved_finished:
+            self.save(trainer.state_dict(), is_best=False)
+            self._saved_finished = True

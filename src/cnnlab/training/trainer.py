@@ -193,6 +193,7 @@ class Trainer:
             "max_epochs": self.max_epochs,
             "global_step": self.global_step,
             "progress_trace": torch.tensor(self.progress_trace, dtype=torch.float64),
+            "finished": bool(self.finished),  # a clock may end a run before its progress reaches 1
             "seed": self.seed,
             "history": list(self.history),
             "best_val_acc": self.best_val_acc,
