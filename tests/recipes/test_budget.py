@@ -150,7 +150,10 @@ def test_a_run_the_clock_ends_at_an_epoch_end_is_finished_in_its_last_checkpoint
     assert trainer.epoch == 1 and trainer.run_progress < 1.0  # stopped by the re-plan, not by its progress
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["finished"] is True and state["global_step"] == trainer.global_step
-    assert _finished(state, TrainConfig(budget=15.0), steps_per_epoch=8)  # a resume has nothing left to do
+    assert _finished(state, TrainConfig(budget=15.0), steps_per_epoch=8)  # a resume has nothing left to do ...
+    again = _trainer(pace=ClockProgress(1.0, clock=FakeClock(tick=0.01)), max_epochs=10**6)
+    again.fit(create_model("lenet-bn", num_classes=10, lr=0.1), _data(data_dir), resume_from=state)
+    assert again.global_step == trainer.global_step  # ... and does nothing
 
 
 # ---- steps, replay and resume ---------------------------------------------------------------------------

@@ -218,6 +218,8 @@ class Trainer:
         self.progress_trace = trace.tolist() if trace is not None else []
         if isinstance(self.pace, ClockProgress) and self.progress_trace:
             self.pace.base = self.progress_trace[-1]  # a budgeted run goes on from where its clock stopped
+        if isinstance(self.pace, ClockProgress) and state.get("finished"):
+            self.pace.finish()  # its clock had ended it at an epoch end, short of progress 1: nothing left to do
         if state.get("rng_state") is not None:
             torch.set_rng_state(state["rng_state"].cpu())
 
