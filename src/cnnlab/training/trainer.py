@@ -216,10 +216,9 @@ class Trainer:
         self.global_step = int(state.get("global_step", 0))
         trace = state.get("progress_trace")
         self.progress_trace = trace.tolist() if trace is not None else []
-        if isinstance(self.pace, ClockProgress) and self.progress_trace:
-            self.pace.base = self.progress_trace[-1]  # a budgeted run goes on from where its clock stopped
-        if isinstance(self.pace, ClockProgress) and state.get("finished"):
-            self.pace.finish()  # its clock had ended it at an epoch end, short of progress 1: nothing left to do
+        if isinstance(self.pace, ClockProgress) and (self.progress_trace or state.get("finished")):
+            # A budgeted run goes on from where its clock stopped; one its clock ended, short of progress 1, is over.
+            self.pace.base = 1.0 if state.get("finished") else self.progress_trace[-1]
         if state.get("rng_state") is not None:
             torch.set_rng_state(state["rng_state"].cpu())
 
@@ -244,8 +243,7 @@ class Trainer:
             TrainingDiverged: the loss became NaN or infinite, grew tenfold within an epoch, or the validation
                 loss is far above chance (:mod:`cnnlab.training.divergence`; ``last.pt`` holds the last good epoch).
         """
-        with torch_flags(deterministic=self.deterministic, cudnn_benchmark=self.device.type == "cuda",
-                         compiled=self.speed.compile):
+        with torch_flags(self.deterministic, cudnn_benchmark=self.device.type == "cuda", compiled=self.speed.compile):
             if model is not self.model or data is not self.data:
                 self._setup(model, data)
             if resume_from is not None:
