@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.errors import ConfigError
+from cnnlab.models import narrower_model
 from cnnlab.recipes.config import TrainConfig
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.runfolder import RunFolder
@@ -39,8 +40,6 @@ def decided_by_budget(name: str, there, now) -> bool:
     (:func:`cnnlab.recipes.budget.budget_batch_size`). So the same ``--budget`` command with ``--resume auto``
     continues its run."""
     if name == "model" and isinstance(now, str):
-        from cnnlab.models import narrower_model
-
         while (now := narrower_model(now)) is not None:
             if now == there:
                 return True
