@@ -327,6 +327,13 @@ def test_the_plan_line_of_an_automatic_run_of_several_passes_an_epoch(tmp_path):
                                   log=None)
     line = describe_run(config, RepeatedPasses(data, 3), 3, None)
     assert f"{len(data.train_labels)} training images" in line
+    # It names the augmentation the run does: crops, no mirror images unless --augment flip (it said "+ flip").
+    cropped, data, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), lr=0.1, augment=True, progress=False),
+                                   log=None)
+    assert cropped.flip is False and describe_run(cropped, data, 3, None).endswith("augmentation random crop")
+    flipped, data, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), lr=0.1, augment=True, flip=True,
+                                               progress=False), log=None)
+    assert describe_run(flipped, data, 3, None).endswith("augmentation random crop + flip")
 
 
 def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path):

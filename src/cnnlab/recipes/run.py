@@ -118,7 +118,8 @@ def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
         length = f"{total} steps ({why}) = {epochs:.3g} epochs of {steps_per_epoch}"
     else:
         length = f"{config.epochs * steps_per_epoch} steps = {config.epochs} epochs of {steps_per_epoch}"
-    augment = "random crop + flip" if config.augment else "none"
+    # flip None is the seed's and Fashion-MNIST's crop + flip; the automatic recipe crops only (flip False)
+    augment = ("random crop + flip" if config.flip is not False else "random crop") if config.augment else "none"
     return (f"plan: {config.model}, input {channels}x{height}x{width}, {len(data.train_labels):,} "
             f"training images, {length}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
             f"{progress_shape(config) if pace is not None else config.schedule}, augmentation {augment}")
