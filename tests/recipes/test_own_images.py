@@ -12,7 +12,16 @@ from torch import nn
 from cnnlab.cli.main import main
 from cnnlab.data.batching import BatchLoader
 from cnnlab.errors import TrainingDiverged
-from cnnlab.recipes.auto import STEP_FLOOR, DataFacts, DivergenceGuard, RepeatedPasses, choose_image_size, plan_recipe
+from cnnlab.recipes.auto import (
+    MAX_PEAK_LR,
+    STEP_FLOOR,
+    DataFacts,
+    DivergenceGuard,
+    RepeatedPasses,
+    choose_image_size,
+    peak_lr,
+    plan_recipe,
+)
 from cnnlab.recipes.optim import linear_schedule
 from cnnlab.training.baseline import chance_warning, linear_baseline
 from cnnlab.training.lr_find import lr_find, suggest_lr
@@ -314,6 +323,15 @@ def test_the_automatic_recipe_times_its_threads_and_leaves_the_process_count_alo
     assert config.threads in {threads, max(1, threads // 2)} and torch.get_num_threads() == threads
     given, _, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), threads=1, progress=False), log=None)
     assert given.threads == 1 and torch.get_num_threads() == threads
+
+
+def test_the_peak_rate_is_a_third_of_the_minimum_and_capped_where_the_test_saw_no_rise():
+    from cnnlab.training.lr_find import LRFinder
+
+    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.006)) == pytest.approx(0.02)
+    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.03)) == pytest.approx(0.03)  # never below the suggestion
+    # 10 images memorized within the test: the loss fell to its last step, lr 10 (a third diverged)
+    assert peak_lr(LRFinder(minimum=10.0, suggestion=1.0)) == MAX_PEAK_LR == 0.2
 
 
 def test_the_plan_line_of_an_automatic_run_of_several_passes_an_epoch(tmp_path):
