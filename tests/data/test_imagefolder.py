@@ -344,6 +344,10 @@ def test_no_class_folders(tmp_path):
 def test_a_single_class(tmp_path):
     with pytest.raises(ImageFolderError, match="single class folder, 'a'; a classifier needs at least two"):
         ImageFolderData(grey_folder(tmp_path / "f", classes=("a",)), **QUIET)
+    # test/ alone is a split without its train/, not a class called 'test'
+    grey_folder(tmp_path / "g" / "test", classes=("a", "b"))
+    with pytest.raises(ImageFolderError, match="holds test/ but no train/ beside it"):
+        ImageFolderData(tmp_path / "g", **QUIET)
 
 
 def test_train_and_test_must_hold_the_same_classes(tmp_path):

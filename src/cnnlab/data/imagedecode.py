@@ -117,6 +117,9 @@ def _scan(folder: Path) -> _Scan:
         names = ", ".join(repr(n) for n in empty)
         raise ImageFolderError(f"{len(empty)} class folder(s) in {folder} hold no images: {names}; cnnlab reads "
                                f"files ending in {' '.join(IMAGE_SUFFIXES)}: add images or remove the folders")
+    if len(classes) < 2 and classes[0] in ("test", "val"):  # a split without train/ beside it
+        raise ImageFolderError(f"{folder} holds {classes[0]}/ but no train/ beside it; put the training images in "
+                               f"{folder / 'train'}/<class>/, or the classes directly in {folder}")
     if len(classes) < 2:
         raise ImageFolderError(f"{folder} holds a single class folder, {classes[0]!r}; a classifier needs at "
                                f"least two classes, each in a folder of its own")
