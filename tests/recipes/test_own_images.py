@@ -334,6 +334,21 @@ def test_the_peak_rate_is_a_third_of_the_minimum_and_capped_where_the_test_saw_n
     assert peak_lr(LRFinder(minimum=10.0, suggestion=1.0)) == MAX_PEAK_LR == 0.2
 
 
+def test_a_capped_rate_says_so_in_the_plan_line(monkeypatch, tmp_path):
+    import cnnlab.recipes.auto
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.training.lr_find import LRFinder
+
+    def fake_range_test(config, data, steps=60, log=None):  # a folder memorized within the test
+        return LRFinder(minimum=10.0, suggestion=1.0, step_seconds=[0.01] * 10), 0.01, 1
+
+    monkeypatch.setattr(cnnlab.recipes.auto, "range_test", fake_range_test)
+    said = []
+    config, _, _ = cnnlab.recipes.auto.auto_config(TrainConfig(images=str(_tiny_folder(tmp_path / "f")),
+                                                               progress=False), log=said.append)
+    assert config.lr == MAX_PEAK_LR and "lr 0.2 (range test, at its cap 0.2)" in said[-1]
+
+
 def test_the_plan_line_of_an_automatic_run_of_several_passes_an_epoch(tmp_path):
     # A small folder's epoch is several passes (RepeatedPasses): the plan line counted the images of the
     # loader, which a pass-repeating loader does not have, and the run crashed before training (digits-8).

@@ -273,7 +273,8 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     lr, source, threads = config.lr, "given", config.threads
     if lr is None:
         found, seconds_per_step, threads = range_test(draft, data, log=log)
-        lr, source = peak_lr(found), "range test"
+        lr = peak_lr(found)
+        source = "range test" if lr < MAX_PEAK_LR else f"range test, at its cap {MAX_PEAK_LR:g}"
         plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
     data.augment = augment
