@@ -323,6 +323,20 @@ def test_the_automatic_recipe_times_its_threads_and_leaves_the_process_count_alo
     assert config.threads in {threads, max(1, threads // 2)} and torch.get_num_threads() == threads
     given, _, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), threads=1, progress=False), log=None)
     assert given.threads == 1 and torch.get_num_threads() == threads
+    # An lr given skips the range test, not the thread choice (it had run on torch's threads, whatever the load)
+    lr_given, _, _ = auto_config(TrainConfig(images=str(tmp_path / "f"), lr=0.1, progress=False), log=None)
+    assert lr_given.threads in {threads, max(1, threads // 2)} and torch.get_num_threads() == threads
+
+
+def test_with_an_lr_given_a_slow_step_still_cuts_the_plan_to_time(monkeypatch, tmp_path):
+    import cnnlab.recipes.budget
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+
+    monkeypatch.setattr(cnnlab.recipes.budget, "choose_threads", lambda *args: (1, 1.0))  # a second a step
+    config, _, plan = auto_config(TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.1, progress=False),
+                                  log=None)
+    assert config.threads == 1 and plan.steps < 100 < STEP_FLOOR  # it was STEP_FLOOR steps, untimed
 
 
 def test_the_peak_rate_is_a_third_of_the_minimum_and_capped_where_the_test_saw_no_rise():

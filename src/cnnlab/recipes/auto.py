@@ -222,24 +222,33 @@ def peak_lr(found) -> float:
     return min(max(found.suggestion, found.minimum / 3), MAX_PEAK_LR)
 
 
-def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
-    """The learning-rate range test of ``config``'s model and optimizer on ``data``'s training batches, with
-    the seconds one step took (the run's own speed, measured on this machine under its present load) and the
-    thread count it ran with: ``config.threads``, else on a CPU the faster of all cores' and half
+def _model_and_threads(config: TrainConfig, data, log=None):
+    """The run's model as it will be built (seeded), its device, and its thread count with the seconds a
+    training step took: ``config.threads`` (seconds None), else on a CPU the faster of all cores' and half
     (:func:`~cnnlab.recipes.budget.choose_threads`: the plan's seconds are then the run's)."""
     from cnnlab.recipes.budget import choose_threads
-    from cnnlab.recipes.optim import make_optimizer
     from cnnlab.recipes.run import build_model
     from cnnlab.training.distributed import env_world_size
-    from cnnlab.training.lr_find import lr_find
     from cnnlab.training.runtime import pick_device
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)
-    threads_before, threads = torch.get_num_threads(), config.threads
-    if threads is None and device.type == "cpu" and env_world_size() == 1:
-        threads = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)[0]
+    if config.threads is None and device.type == "cpu" and env_world_size() == 1:
+        threads, seconds = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)
+        return model, device, threads, seconds
+    return model, device, config.threads, None
+
+
+def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
+    """The learning-rate range test of ``config``'s model and optimizer on ``data``'s training batches, with
+    the seconds one step took (the run's own speed, measured on this machine under its present load) and the
+    thread count it ran with (:func:`_model_and_threads`)."""
+    from cnnlab.recipes.optim import make_optimizer
+    from cnnlab.training.lr_find import lr_find
+
+    model, device, threads, _ = _model_and_threads(config, data, log)
+    threads_before = torch.get_num_threads()
     loader = data.train_dataloader()
     loader.set_epoch(10_000)  # its own batches, not the first epoch's (which are no different in kind)
     try:
@@ -275,7 +284,9 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
         found, seconds_per_step, threads = range_test(draft, data, log=log)
         lr = peak_lr(found)
         source = "range test" if lr < MAX_PEAK_LR else f"range test, at its cap {MAX_PEAK_LR:g}"
-        plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
+    else:  # no range test: the thread choice times a step, so that a slow machine's plan is still cut to time
+        _, _, threads, seconds_per_step = _model_and_threads(draft, data, log)
+    plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
     data.augment = augment
     final = dataclasses.replace(draft, lr=float(lr), epochs=config.epochs or plan.epochs, augment=augment,
