@@ -67,6 +67,35 @@ def test_run_folder_files(tmp_path, data_dir):
     assert "optimizer_state" in last and last["data_settings"]["num_train"] == 2000
 
 
+def test_curves_are_redrawn_at_most_every_ten_seconds_and_always_at_the_end(tmp_path, monkeypatch):
+    # A draw costs ~0.25 s: 12 validations of a 25 s automatic run spent 3 s drawing. The metrics files are
+    # written every epoch; curves.png on the first epoch, then when 10 s have passed, and at the fit's end.
+    from types import SimpleNamespace
+
+    import cnnlab.visual.plotting
+    from cnnlab.training import runfolder
+
+    drawn, now = [], [0.0]
+    monkeypatch.setattr(cnnlab.visual.plotting, "plot_curves", lambda rows, path: drawn.append(len(rows)))
+    monkeypatch.setattr(runfolder, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    trainer = SimpleNamespace(is_main=True, history=[], finished=False, is_best_epoch=False, state_dict=dict)
+    folder = runfolder.RunFolder(tmp_path)
+    monkeypatch.setattr(folder, "save", lambda state, is_best: None)
+    folder.on_fit_start(trainer, None)
+    for epoch in range(1, 7):  # an epoch every 6 s
+        row = dict(epoch=epoch, train_loss=1.0, val_loss=1.0, val_acc=0.5, lr=0.1, images_per_s=1, seconds=6,
+                   elapsed=6 * epoch)
+        trainer.history.append(row)
+        folder.on_train_epoch_end(trainer, None, row)
+        now[0] += 6.0
+        assert len(folder.history()) == epoch  # the metrics every epoch
+    assert drawn == [1, 3, 5]
+    folder.on_fit_end(trainer, None)
+    assert drawn == [1, 3, 5, 6]  # the finished run's curves show every epoch
+    folder.on_fit_end(trainer, None)
+    assert drawn == [1, 3, 5, 6]
+
+
 def test_best_pt_takes_a_later_epoch_within_one_standard_error_of_the_best():
     assert within_one_standard_error(0.87, 0.90, 60) and not within_one_standard_error(0.85, 0.90, 60)  # se 0.039
     assert within_one_standard_error(0.898, 0.90, 10_000) and not within_one_standard_error(0.896, 0.90, 10_000)
