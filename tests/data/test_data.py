@@ -504,6 +504,39 @@ def test_augmentation_is_a_reproducible_crop_and_flip(fmnist):
     assert X96.shape == (32, 1, 96, 96) and 0 <= X96.min() and X96.max() <= 1
 
 
+def test_cutout_erases_one_square_per_image_and_leaves_the_crops_and_flips_as_they_were(fmnist):
+    images = fmnist.train_images[:200].clamp(min=1)  # no zero pixel of its own: the zeros are padding or cutout
+    kwargs = dict(shuffle=True, augment=True, seed=3, image_size=(32, 32), flip=True)
+    plain = list(BatchLoader(images, fmnist.train_labels[:200], 50, **kwargs))
+    cut = list(BatchLoader(images, fmnist.train_labels[:200], 50, cutout=0.25, **kwargs))
+    sides = []
+    for (X0, y0), (X, y) in zip(plain, cut, strict=True):
+        assert torch.equal(y, y0)
+        changed = X != X0  # (B, 1, 32, 32)
+        assert (X[changed] == 0).all()  # erased to 0, nothing else moved
+        for mask in changed[:, 0]:
+            rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+            if len(rows):  # a square of 8 px (fewer where clipped or over padding), in one piece
+                assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
+                sides.append(int(rows.max() - rows.min() + 1))
+    assert len(sides) >= 190 and sides.count(8) >= 100  # most squares whole and inside the image
+    again = list(BatchLoader(images, fmnist.train_labels[:200], 50, cutout=0.25, **kwargs))
+    assert all(torch.equal(X, X2) for (X, _), (X2, _) in zip(cut, again, strict=True))
+    with pytest.raises(ValueError, match="cutout"):
+        BatchLoader(images, fmnist.train_labels[:200], 50, cutout=1.0)
+
+
+def test_cutout_shards_form_the_global_batches(fmnist):
+    images, labels = fmnist.train_images[:300], fmnist.train_labels[:300]
+    kwargs = dict(shuffle=True, augment=True, seed=2, cutout=0.3)
+    full = list(BatchLoader(images, labels, 60, **kwargs))
+    ranks = [list(BatchLoader(images, labels, 60, **kwargs).shard(r, 2)) for r in range(2)]
+    for step, (X, y) in enumerate(full):
+        for r in range(2):  # rank r holds positions r, r + 2, ... of the global batch
+            Xr, yr = ranks[r][step]
+            assert torch.equal(yr, y[r::2]) and torch.equal(Xr, X[r::2])
+
+
 def test_batches_do_not_depend_on_how_many_are_built_at_once(fmnist, monkeypatch):
     small = FashionMNIST(batch_size=32, num_train=300, augment=True, normalize=True, resize=(30, 36))
     whole = list(small.train_dataloader())

@@ -13,6 +13,7 @@ from cnnlab.cli.main import main
 from cnnlab.data.batching import BatchLoader
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.auto import (
+    CUTOUT,
     MAX_PEAK_LR,
     STEP_FLOOR,
     DataFacts,
@@ -39,6 +40,7 @@ def test_plan_from_data_facts(facts, batch, augment):
     plan = plan_recipe(facts)
     per_pass = math.ceil(facts.num_train / batch)
     assert (plan.batch_size, plan.augment, plan.flip) == (batch, augment, False)
+    assert plan.cutout == (CUTOUT if augment else 0.0) and ("cutout" in plan.describe("m", 0.1)) == augment
     assert plan.steps >= STEP_FLOOR  # with no clock: the floor, however small the folder
     assert plan.steps == plan.epochs * plan.passes_per_epoch * per_pass
     assert 6 <= plan.epochs <= 24  # about a dozen validations, not one per pass
@@ -259,14 +261,14 @@ def test_the_report_shows_the_baseline_beside_the_network(tmp_path):
     assert 'id="baseline-accuracy"' in template and "format(baseline)" in template
 
 
-def _tiny_folder(root):
+def _tiny_folder(root, side=8):
     from PIL import Image
 
     for split, n in (("train", 12), ("test", 4)):
         for k, name in enumerate(("dark", "light")):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(torch.full((8, 8), 40 + 150 * k + i, dtype=torch.uint8).numpy()).save(
+                Image.fromarray(torch.full((side, side), 40 + 150 * k + i, dtype=torch.uint8).numpy()).save(
                     root / split / name / f"{i}.png")
     return root
 
@@ -395,3 +397,13 @@ def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path
                                          schedule="cosine", progress=False), log=None)
     assert (mine.model, mine.weight_decay, mine.label_smoothing, mine.schedule) == \
         ("fastnet-auto", 1e-3, 0.1, "cosine")
+    # Above 16 px the recipe crops and cuts out; --no-augment and --cutout win, and the plan line says what runs
+    # (it printed the plan's "augment crop" whatever --no-augment said)
+    folder = str(_tiny_folder(tmp_path / "g", side=16))
+    for given, augment, cutout, said in [({}, True, CUTOUT, "augment crop+cutout 0.25"),
+                                         ({"cutout": 0.0}, True, 0.0, "augment crop"),
+                                         ({"augment": False}, False, 0.0, "augment none")]:
+        lines = []
+        config, data, _ = auto_config(TrainConfig(images=folder, lr=0.1, progress=False, **given), log=lines.append)
+        assert (config.augment, config.cutout, data.augment, data.cutout) == (augment, cutout, augment, cutout)
+        assert lines[-1].endswith(said), lines[-1]

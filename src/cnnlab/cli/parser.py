@@ -118,6 +118,8 @@ def _add_train(sub) -> None:
                    help="random crop and horizontal flip, batched; 'crop' alone for classes a mirror image would "
                    "change; 'flip' lets the automatic recipe mirror images (it crops only by default)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
+    p.add_argument("--cutout", type=_finite_float, metavar="F", help="with augmentation, also Cutout: a square of "
+                   "the share F of the image side set to the mean (the automatic recipe: 0.25; 0: none)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     _add_speed(p)
     p.add_argument("--seed", type=_nonneg_int, default=0)

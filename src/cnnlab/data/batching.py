@@ -43,6 +43,9 @@ class BatchLoader:
             of an image.
         flip: with ``augment``, also the random horizontal flip (False: crops only, for classes that a mirror
             image would change; the draws stay the same, so the crops do not change).
+        cutout: with ``augment``, also Cutout (DeVries & Taylor 2017): a square of this fraction of the output
+            side, at a random centre (clipped at the border), set to 0: the mean when normalized. 0: none.
+            Drawn after the crops and flips, so those do not change with it.
         image_size: output ``(H, W)``; when it differs, resized as ``F.interpolate(mode="bilinear",
             antialias=True, align_corners=False)`` would, computed as two matmuls (each channel alike).
         normalize: ``(mean, std)`` to standardize with, each a number or a sequence of one value per channel,
@@ -57,14 +60,17 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  augment: bool = False, image_size: tuple[int, int] | None = None,
                  normalize: tuple[float, float] | tuple[Sequence[float], Sequence[float]] | None = None,
-                 seed: int = 0, drop_last: bool = False, flip: bool = True):
+                 seed: int = 0, drop_last: bool = False, flip: bool = True, cutout: float = 0.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= cutout < 1:
+            raise ValueError(f"cutout is a fraction of the image side in [0, 1), got {cutout}")
         if images.dtype != torch.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
             raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W) with one label each, got "
                              f"{images.dtype} {tuple(images.shape)} and {len(labels)} labels")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.flip = batch_size, shuffle, augment, flip
+        self.cutout = cutout
         self.image_size = tuple(image_size) if image_size is not None else tuple(images.shape[-2:])
         self.normalize, self.seed, self.drop_last = normalize, seed, drop_last
         self._mean_std = _mean_std(normalize, 1 if images.ndim == 3 else images.shape[1])
@@ -120,16 +126,20 @@ class BatchLoader:
         n, device = len(self.labels), self.images.device
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        shifts = flips = centres = None
         if self.augment:  # drawn after the permutation, so the permutation matches the documented formula
             shifts = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=generator)
             flips = (torch.rand(n, generator=generator) < 0.5) & self.flip
+            if self.cutout:  # drawn last, and only when asked: a run without cutout keeps its crops and flips
+                centres = torch.rand(n, 2, generator=generator)
         mine = slice(self.rank, self._num_samples() * self.world_size, self.world_size)
         order = order[mine].to(device)
         if self.augment:
             shifts, flips = shifts[mine].to(device), flips[mine].to(device)
-        return self._batches(order, shifts if self.augment else None, flips if self.augment else None)
+            centres = centres[mine].to(device) if centres is not None else None
+        return self._batches(order, shifts, flips, centres)
 
-    def _batches(self, order, shifts, flips):
+    def _batches(self, order, shifts, flips, centres=None):
         b, (h, w) = self.per_rank_batch_size, self.images.shape[-2:]
         grey = self.images.ndim == 3  # (N, H, W): Fashion-MNIST's path, kept exactly as it always was
         c = 1 if grey else self.images.shape[1]
@@ -171,6 +181,8 @@ class BatchLoader:
                 x = x.sub_(shift)
             if resize is not None:
                 x = resize[0] @ (x @ resize[1])  # (M, C, H, W) -> (M, C, *image_size)
+            if centres is not None:
+                x = _cutout(x, centres[lo:hi], self.cutout)
             y = self.labels.index_select(0, idx)
             for start in range(0, hi - lo, b):
                 yield x[start:start + b], y[start:start + b]
@@ -235,6 +247,23 @@ def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> to
     return torch.where(flips[:, None, None], out.flip(-1), out)
 
 
+def _cutout(x: torch.Tensor, centres: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Cutout for a whole batch: in each image a square of ``fraction`` of the side around ``centres`` (in [0, 1)
+    of the height and width), clipped at the border, set to 0 in every channel.
+
+    Shape:
+        ``x`` (M, C, H, W), ``centres`` (M, 2) -> (M, C, H, W), in place.
+    """
+    h, w = x.shape[-2:]
+    side_h, side_w = max(1, round(fraction * h)), max(1, round(fraction * w))
+    top = (centres[:, 0] * h).long() - side_h // 2
+    left = (centres[:, 1] * w).long() - side_w // 2
+    rows = torch.arange(h, device=x.device).view(1, h, 1) - top.view(-1, 1, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w) - left.view(-1, 1, 1)
+    erased = (rows >= 0) & (rows < side_h) & (cols >= 0) & (cols < side_w)  # (M, H, W)
+    return x.masked_fill_(erased.unsqueeze(1), 0.0)
+
+
 def check_fraction(fraction: float) -> None:
     """Raise a ConfigError unless ``fraction`` is a number strictly between 0 and 1 (a validation share)."""
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
@@ -286,6 +315,7 @@ class SplitLoaders:
     """
 
     flip = True  # with ``augment``, mirror images too; a data module whose classes a mirror changes sets False
+    cutout = 0.0  # with ``augment``, Cutout of this fraction of the side (BatchLoader's ``cutout``)
 
     def _normalization(self):
         """``(mean, std)`` for :class:`BatchLoader`'s ``normalize``, or None."""
@@ -297,7 +327,8 @@ class SplitLoaders:
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, train: bool = False) -> BatchLoader:
         batch_size = self.batch_size if train else self.val_batch_size or self.batch_size
         return BatchLoader(images, labels, batch_size, shuffle=train, augment=train and self.augment,
-                           image_size=self.image_size, normalize=self._normalization(), seed=self.seed, flip=self.flip)
+                           image_size=self.image_size, normalize=self._normalization(), seed=self.seed, flip=self.flip,
+                           cutout=self.cutout)
 
     def get_dataloader(self, train: bool) -> BatchLoader:
         """The shuffled, optionally augmented training loader, or the in-order validation loader (d2l §4.2)."""

@@ -6,8 +6,9 @@ decisions are tested without training. The plan:
 
 - the net: FastNet sized to the input (``fastnet-auto``: BatchNorm, two conv groups up to 16 px, three above);
   images above 32 px are resized to 32 (the time goes into steps rather than pixels);
-- augmentations safe for any data: random crops of 2 px from 16 px up, no mirror images unless the classes
-  are mirror-symmetric (``--augment flip``), no flip averaging, no label smoothing;
+- augmentations safe for any data: from 16 px up random crops of 2 px and Cutout (a square of a quarter of the
+  side set to the mean), no mirror images unless the classes are mirror-symmetric (``--augment flip``), no
+  flip averaging, no label smoothing;
 - the learning rate from a range test (:mod:`cnnlab.training.lr_find`, :func:`peak_lr`), which also times a
   step;
 - a schedule in optimizer steps: :data:`STEP_FLOOR` steps when the clock allows (a small folder gets many
@@ -43,6 +44,7 @@ TRAIN_SECONDS = 40.0  # training time planned: with data, lr test, validation an
 MAX_SIDE = 32  # larger images are resized down to this
 VALIDATIONS = 12  # validation points (epochs of the trainer) over the run
 LR_TEST_STEPS = 60
+CUTOUT = 0.25  # Cutout's square, a fraction of the side (DeVries & Taylor: 8 px of CIFAR-100's 32)
 MAX_PEAK_LR = 0.2  # --recipe fast's rate for FastNet at batch 256; the automatic recipe's batches are 16-64
 
 
@@ -68,9 +70,12 @@ class AutoPlan:
     epochs: int
     augment: bool
     flip: bool
+    cutout: float = 0.0
 
     def describe(self, model: str, lr: float, source: str = "range test") -> str:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
+        if self.augment and self.cutout:
+            augment += f"+cutout {self.cutout:g}"
         side = self.image_size
         return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {self.steps:,} "
                 f"steps ({self.epochs} epochs of {self.passes_per_epoch} passes), lr {lr:.3g} ({source}), "
@@ -132,7 +137,8 @@ def plan_recipe(facts: DataFacts, flip: bool = False, seconds_per_step: float | 
     epochs = max(1, math.ceil(steps / (passes_per_epoch * per_pass)))
     side = min(facts.height, facts.width)
     return AutoPlan(image_size=side, batch_size=batch, steps=epochs * passes_per_epoch * per_pass,
-                    passes_per_epoch=passes_per_epoch, epochs=epochs, augment=side >= 16, flip=flip)
+                    passes_per_epoch=passes_per_epoch, epochs=epochs, augment=side >= 16, flip=flip,
+                    cutout=CUTOUT if side >= 16 else 0.0)
 
 
 class RepeatedPasses:
@@ -288,9 +294,11 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
         _, _, threads, seconds_per_step = _model_and_threads(draft, data, log)
     plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
-    data.augment = augment
+    cutout = (plan.cutout if augment else 0.0) if config.cutout is None else config.cutout
+    plan = dataclasses.replace(plan, augment=augment, cutout=cutout)
+    data.augment, data.cutout = augment, cutout
     final = dataclasses.replace(draft, lr=float(lr), epochs=config.epochs or plan.epochs, augment=augment,
-                                threads=threads)
+                                cutout=cutout, threads=threads)
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan

@@ -39,6 +39,7 @@ class TrainConfig:
     image_size: int | None = None  # the side the model sees (--image-size; `resize` in files before issue 24)
     augment: bool | None = None
     flip: bool | None = None  # with augment: mirror images too; None: yes (the seed's and Fashion's crop + flip)
+    cutout: float | None = None  # with augment: Cutout of this fraction of the image side (0: none)
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -72,8 +73,8 @@ class TrainConfig:
 # Each model's own defaults (input size, optimizer, schedule; its learning rate is its builder's `lr`
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
-            schedule="constant", label_smoothing=0.0, image_size=28, augment=False, normalize=False, bf16=None,
-            channels_last=True, compile=False, min_steps=0)
+            schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, normalize=False,
+            bf16=None, channels_last=True, compile=False, min_steps=0)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -154,6 +155,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
         (0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}"),
         (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (0 <= config.cutout < 1, f"--cutout is a fraction of the image side in [0, 1), got {config.cutout}"),
         (config.image_size is None and config.images is not None or config.image_size is not None and
          8 <= config.image_size <= 512, f"--image-size must be between 8 and 512 pixels, got {config.image_size}"),
         (config.val_split is None or 0 < config.val_split < 1,

@@ -56,17 +56,20 @@ def build_data(config: TrainConfig):
     if config.images is not None:
         from cnnlab.data.imagefolder import ImageFolderData
 
-        return ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
+        data = ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
                                skip_bad=config.skip_bad, progress=config.progress,
                                flip=config.flip is not False)
-    from cnnlab.data.fashion_mnist import FashionMNIST
+    else:
+        from cnnlab.data.fashion_mnist import FashionMNIST
 
-    return FashionMNIST(batch_size=config.batch_size, resize=config.image_size, root=config.data_dir,
-                        normalize=config.normalize, augment=config.augment, seed=config.seed,
-                        num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
-                        val_batch_size=1024)
+        data = FashionMNIST(batch_size=config.batch_size, resize=config.image_size, root=config.data_dir,
+                            normalize=config.normalize, augment=config.augment, seed=config.seed,
+                            num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
+                            val_batch_size=1024)
+    data.cutout = config.cutout or 0.0
+    return data
 
 
 def build_model(config: TrainConfig, data):
@@ -120,6 +123,8 @@ def describe_run(config: TrainConfig, data, steps_per_epoch: int, pace) -> str:
         length = f"{config.epochs * steps_per_epoch} steps = {config.epochs} epochs of {steps_per_epoch}"
     # flip None is the seed's and Fashion-MNIST's crop + flip; the automatic recipe crops only (flip False)
     augment = ("random crop + flip" if config.flip is not False else "random crop") if config.augment else "none"
+    if config.augment and config.cutout:
+        augment += f" + cutout {config.cutout:g}"
     return (f"plan: {config.model}, input {channels}x{height}x{width}, {len(data.train_labels):,} "
             f"training images, {length}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
             f"{progress_shape(config) if pace is not None else config.schedule}, augmentation {augment}")
