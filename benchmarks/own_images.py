@@ -4,9 +4,11 @@ baseline on the raw pixels, on every set of the generated collection (``tests/im
 The SVM is scikit-learn's ``SVC(gamma="scale")`` on pixels scaled to [0, 1], its C chosen from 1, 10, 100 by
 3-fold cross-validation on the training images only; the linear baseline is cnnlab's own (the command prints
 it). Writes a Markdown table to stdout and ``benchmarks/results/own_images.json``, with the CPU, torch, the
-threads and the load average before and after each command.
+threads and the load average before and after each command. With ``--seeds 0 1 2`` each set is trained once per
+seed (``--seed``; the set itself stays the same): the table shows each and their mean, and whether each met the
+issue's goal against the SVM.
 
-    python benchmarks/own_images.py [--sets digits-8 photos-32] [--work /tmp/own-images]
+    python benchmarks/own_images.py [--sets digits-8 photos-32] [--seeds 0 1 2] [--work /tmp/own-images]
 """
 
 from __future__ import annotations
@@ -38,13 +40,22 @@ def svm_accuracy(name: str) -> tuple[float, float, int]:
     return float(search.score(Xt, test_y)), time.perf_counter() - start, search.best_params_["C"]
 
 
-def run_cnnlab(folder: Path, out: Path) -> dict:
+def goal(name: str, svm: float, test_images: int) -> float:
+    """The accuracy issue 23 asks of set ``name``: 0.05 above the SVM from 32 px up, else at most 0.01 below it
+    (one test image below it where the test split is under 100 images)."""
+    side = load_set(name)[0].shape[1]
+    if side >= 32:
+        return svm + 0.05
+    return svm - (0.01 if test_images >= 100 else 1 / test_images)
+
+
+def run_cnnlab(folder: Path, out: Path, seed: int = 0) -> dict:
     """``cnnlab train --images folder`` as a user runs it: its wall time and the figures of its last lines."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--images", str(folder), "--out", str(out),
-                           "--no-progress"], capture_output=True, text=True, env=env)
+                           "--no-progress", "--seed", str(seed)], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     text = proc.stdout + proc.stderr
     if proc.returncode:
@@ -65,23 +76,34 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--work", default="/tmp/own-images", help="where the sets and runs are written")
     parser.add_argument("--json", default=str(HERE / "results" / "own_images.json"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each set once per seed")
     args = parser.parse_args(argv)
     work = Path(args.work)
     rows = []
-    print("| set | train / test images | `cnnlab train --images DIR` | s (whole command) | RBF SVM | "
-          "linear (cnnlab) | CNN - SVM | load before/after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| set | train / test images | `cnnlab train --images DIR` (seed: accuracy, goal met) | mean | "
+          "s (whole command) | RBF SVM | goal | linear (cnnlab) | mean - SVM | load before/after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.sets:
         folder = write_set(name, work / name)
         train_x, _, test_x, _, _ = load_set(name)
         svm, svm_s, c = svm_accuracy(name)
-        run = run_cnnlab(folder, work / f"run-{name}")
+        needed = goal(name, svm, len(test_x))
+        runs = {seed: run_cnnlab(folder, work / f"run-{name}-seed{seed}", seed) for seed in args.seeds}
+        for run in runs.values():
+            run["goal_met"] = run["cnn"] >= needed - 1e-9
+        first = runs[args.seeds[0]]  # the fields of one run, as before --seeds
+        mean = sum(r["cnn"] for r in runs.values()) / len(runs)
         row = {"set": name, "train": len(train_x), "test": len(test_x), "svm": svm, "svm_seconds": svm_s,
-               "svm_C": c, **run}
+               "svm_C": c, "goal": needed, **first, "cnn_mean": mean, "seeds": runs}
         rows.append(row)
-        print(f"| {name} | {row['train']:,} / {row['test']:,} | {run['cnn']:.3f} | {run['seconds']:.0f} | "
-              f"{svm:.3f} | {run['linear']:.3f} | {run['cnn'] - svm:+.3f} | {run['load_before']:.1f} / "
-              f"{run['load_after']:.1f} |", flush=True)
+        each = ", ".join(f"{s}: {r['cnn']:.3f}{'' if r['goal_met'] else ' missed'}" for s, r in runs.items())
+        seconds = "-".join(f"{t:.0f}" for t in (min(r["seconds"] for r in runs.values()),
+                                                max(r["seconds"] for r in runs.values())))
+        print(f"| {name} | {row['train']:,} / {row['test']:,} | {each} | {mean:.3f} | {seconds} | {svm:.3f} | "
+              f"{needed:.3f} | {first['linear']:.3f} | {mean - svm:+.3f} | {first['load_before']:.1f} / "
+              f"{first['load_after']:.1f} |", flush=True)
+    met = sum(r["goal_met"] for row in rows for r in row["seeds"].values())
+    print(f"\ngoals met: {met} of {sum(len(row['seeds']) for row in rows)} runs")
     result = {"cpu": cpu_name(), "torch": torch.__version__, "cores": os.cpu_count(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
