@@ -3,6 +3,7 @@ learning-rate range test, the linear baseline, the chance warning, and the comma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -308,6 +309,35 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
     assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
 
 
+def test_an_interrupted_automatic_run_resumes_into_the_uninterrupted_one(monkeypatch, tmp_path):
+    # Its epochs are several passes (RepeatedPasses); `--resume` rebuilt the data from config.json without them,
+    # so the resumed epochs were single passes: other batches, a quarter of the steps left.
+    import cnnlab.recipes.auto
+    from cnnlab.recipes import TrainConfig, run_training
+    from cnnlab.recipes.auto import run_auto
+    from cnnlab.training.callbacks import Callback
+    from cnnlab.training.checkpoint import load_checkpoint
+
+    class StopAfter(Callback):  # Ctrl-C after epoch 5's checkpoint
+        def on_train_epoch_end(self, trainer, model, row):
+            if row["epoch"] == 5:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnlab.recipes.auto, "STEP_FLOOR", 120)  # 12 epochs of 5 passes of 2 batches
+    monkeypatch.setenv("CNNLAB_BF16", "0")
+    folder = str(_tiny_folder(tmp_path / "f", side=16))
+    config = TrainConfig(images=folder, lr=0.05, threads=1, progress=False)
+    whole = run_auto(dataclasses.replace(config, out=str(tmp_path / "whole")), log=None)
+    with pytest.raises(KeyboardInterrupt):
+        run_auto(dataclasses.replace(config, out=str(tmp_path / "cut")), log=None, callbacks=[StopAfter()])
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 5
+    resumed = run_training(None, resume=str(tmp_path / "cut"), log=None)
+    assert resumed["steps"] == whole["steps"] == 12 * 5 * 2
+    expected, got = (load_checkpoint(tmp_path / name / "last.pt")["model_state"] for name in ("whole", "cut"))
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+
+
 def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
     folder = _tiny_folder(tmp_path / "f")
     assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
@@ -407,3 +437,8 @@ def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path
         config, data, _ = auto_config(TrainConfig(images=folder, lr=0.1, progress=False, **given), log=lines.append)
         assert (config.augment, config.cutout, data.augment, data.cutout) == (augment, cutout, augment, cutout)
         assert lines[-1].endswith(said), lines[-1]
+    # --epochs counts epochs of one pass, and the line says so (it said the plan's 12 epochs of several passes)
+    lines = []
+    config, data, plan = auto_config(TrainConfig(images=folder, lr=0.1, epochs=3, progress=False), log=lines.append)
+    assert (config.epochs, config.passes, plan.steps) == (3, 1, 3 * len(data.train_dataloader()))
+    assert f"{plan.steps} steps (3 epochs of 1 pass)" in lines[-1], lines[-1]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.config import TrainConfig, resolve_config
 from cnnlab.training.callbacks import Callback
@@ -76,9 +77,9 @@ class AutoPlan:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
         if self.augment and self.cutout:
             augment += f"+cutout {self.cutout:g}"
-        side = self.image_size
+        side, passes = self.image_size, f"{self.passes_per_epoch} pass{'es' if self.passes_per_epoch > 1 else ''}"
         return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {self.steps:,} "
-                f"steps ({self.epochs} epochs of {self.passes_per_epoch} passes), lr {lr:.3g} ({source}), "
+                f"steps ({self.epochs} epochs of {passes}), lr {lr:.3g} ({source}), "
                 f"warm-up + linear decay, augment {augment}")
 
 
@@ -139,45 +140,6 @@ def plan_recipe(facts: DataFacts, flip: bool = False, seconds_per_step: float | 
     return AutoPlan(image_size=side, batch_size=batch, steps=epochs * passes_per_epoch * per_pass,
                     passes_per_epoch=passes_per_epoch, epochs=epochs, augment=side >= 16, flip=flip,
                     cutout=CUTOUT if side >= 16 else 0.0)
-
-
-class RepeatedPasses:
-    """A data module whose training loader makes ``passes`` seeded passes per epoch (validation stays one pass),
-    so that a small folder trained for thousands of steps is validated a dozen times, not hundreds."""
-
-    def __init__(self, data, passes: int):
-        self.data, self.passes = data, passes
-
-    def __getattr__(self, name):  # everything else (classes, settings, val/test loaders) is the folder's
-        return getattr(self.data, name)
-
-    def to(self, device):
-        self.data.to(device)
-        return self
-
-    def train_dataloader(self):
-        return _Passes(self.data.train_dataloader(), self.passes)
-
-
-class _Passes:
-    def __init__(self, loader, passes: int):
-        self.loader, self.passes, self._epoch = loader, passes, 0
-
-    def __len__(self) -> int:
-        return len(self.loader) * self.passes
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
-
-    def shard(self, rank: int, world_size: int):
-        self.loader.shard(rank, world_size)
-        return self
-
-    def __iter__(self):
-        for p in range(self.passes):  # pass p of epoch e is the inner loader's epoch e * passes + p
-            self.loader.set_epoch(self._epoch * self.passes + p)
-            yield from self.loader
-        self._epoch += 1
 
 
 class DivergenceGuard(Callback):
@@ -295,10 +257,15 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
     cutout = (plan.cutout if augment else 0.0) if config.cutout is None else config.cutout
-    plan = dataclasses.replace(plan, augment=augment, cutout=cutout)
     data.augment, data.cutout = augment, cutout
-    final = dataclasses.replace(draft, lr=float(lr), epochs=config.epochs or plan.epochs, augment=augment,
-                                cutout=cutout, threads=threads)
+    epochs = config.epochs or plan.epochs
+    # An epoch of several passes (validated a dozen times in all) unless --epochs counts the epochs itself
+    passes = plan.passes_per_epoch if epochs == plan.epochs else 1
+    # The plan as run, the options given included (its line said "augment crop" under --no-augment)
+    plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
+                               batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()))
+    final = dataclasses.replace(draft, lr=float(lr), epochs=epochs, passes=passes, augment=augment, cutout=cutout,
+                                threads=threads)
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan
@@ -312,11 +279,10 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     from cnnlab.training.baseline import linear_baseline
 
     config, data, plan = auto_config(config, log)
-    passes = plan.passes_per_epoch if config.epochs == plan.epochs else 1
     guard, start_from, start_epoch = DivergenceGuard(len(data.classes)), None, 0
     for attempt in range(3):
         try:
-            summary = run_training(config, log=log, data=RepeatedPasses(data, passes), spent=spent,
+            summary = run_training(config, log=log, data=RepeatedPasses(data, config.passes), spent=spent,
                                    callbacks=[guard, *callbacks], initial_state=start_from)
             break
         except TrainingDiverged as exc:

@@ -40,6 +40,7 @@ class TrainConfig:
     augment: bool | None = None
     flip: bool | None = None  # with augment: mirror images too; None: yes (the seed's and Fashion's crop + flip)
     cutout: float | None = None  # with augment: Cutout of this fraction of the image side (0: none)
+    passes: int | None = None  # passes over the training images per epoch (the automatic recipe's small folders)
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -73,8 +74,8 @@ class TrainConfig:
 # Each model's own defaults (input size, optimizer, schedule; its learning rate is its builder's `lr`
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
-            schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, normalize=False,
-            bf16=None, channels_last=True, compile=False, min_steps=0)
+            schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, passes=1,
+            normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -167,6 +168,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.num_val is None or config.num_val >= 1, "--num-val must be at least 1"),
         (config.budget is None or config.budget > 0, f"--budget must be a positive duration, got {config.budget}"),
         (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
+        (config.passes >= 1, f"passes (over the training images per epoch) must be at least 1, got {config.passes}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
         (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
          "a number of steps without the clock"),

@@ -69,6 +69,10 @@ def build_data(config: TrainConfig):
                             num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
                             val_batch_size=1024)
     data.cutout = config.cutout or 0.0
+    if config.passes and config.passes > 1:  # the automatic recipe's epochs of several passes, resumed or replayed
+        from cnnlab.data.passes import RepeatedPasses
+
+        data = RepeatedPasses(data, config.passes)
     return data
 
 
