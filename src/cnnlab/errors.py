@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "RunFolderError", "ImageError",
-           "WriteError", "TrainingDiverged", "DistributedRunFailed", "MissingExtra"]
+           "WriteError", "TrainingDiverged", "DistributedRunFailed", "MissingExtra", "RunInterrupted"]
 
 
 class UserError(Exception):
@@ -59,6 +59,15 @@ class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept (exit code 3)."""
 
     exit_code = 3
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run; ``run_dir`` is its folder, None if none was created yet (the CLI says
+    what is saved there and how to resume, exit 130)."""
+
+    def __init__(self, run_dir: str | os.PathLike | None):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
 
 
 class DistributedRunFailed(UserError, RuntimeError):

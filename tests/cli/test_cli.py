@@ -207,3 +207,33 @@ def test_a_diverging_run_exits_3_without_naming_a_checkpoint_that_does_not_exist
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training diverged; try a lower --lr (the rate was " in err
     assert "in epoch 1" in err and "last.pt" not in err and not (run / "last.pt").exists()
+
+
+def test_ctrl_c_says_what_the_run_folder_holds_and_claims_nothing_more(tmp_path, monkeypatch, capsys, data_dir):
+    # It always said "the last finished epoch is saved in last.pt", also where no run folder or checkpoint existed.
+    from PIL import Image
+
+    import cnnlab.recipes.auto
+    import cnnlab.training.trainer
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    folder = tmp_path / "images"
+    for k, name in enumerate(("dark", "light")):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(torch.full((16, 16), 40 + 150 * k + i, dtype=torch.uint8).numpy()).save(
+                folder / name / f"{i}.png")
+    monkeypatch.setattr(cnnlab.recipes.auto, "range_test", interrupt)  # the automatic recipe, before any folder
+    assert main(["train", "--images", str(folder), "--no-progress", "--out", str(tmp_path / "a")]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "cnnlab: interrupted"
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(cnnlab.training.trainer.Trainer, "_train_epoch", interrupt)  # in the first epoch
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--data-dir", str(data_dir), "--num-train",
+                 "256", "--num-val", "256", "--no-progress", "--out", str(run)]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"cnnlab: interrupted before the first epoch was saved; {run} holds only the run's settings "
+                    f"(--resume {run} starts it again)")
+    assert (run / "config.json").is_file() and not (run / "last.pt").exists()

@@ -272,6 +272,16 @@ COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate
             "report": cmd_report, "bench": cmd_bench}
 
 
+def _what_is_saved(run_dir) -> str:
+    """The rest of the line Ctrl-C prints: what the interrupted run's folder holds and how to continue it."""
+    if run_dir is None:
+        return ""
+    if (Path(run_dir) / "last.pt").is_file():
+        return f"; the last finished epoch is saved in {run_dir}/last.pt (resume with --resume {run_dir})"
+    return (f" before the first epoch was saved; {run_dir} holds only the run's settings (--resume {run_dir} "
+            "starts it again)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``cnnlab`` command line; returns the process exit code."""
     parser = build_parser()
@@ -292,9 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`cnnlab evaluate RUN | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted; the last finished epoch is saved in last.pt (resume with --resume RUN)",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"cnnlab: interrupted{_what_is_saved(getattr(exc, 'run_dir', None))}", file=sys.stderr)
         return 130
     except Exception:
         if args.debug:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
 from cnnlab.recipes.budget import (
@@ -201,6 +201,8 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         if ctx.is_main:
             loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
             warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
+    except KeyboardInterrupt as exc:  # Ctrl-C: the CLI says what the run folder holds
+        raise RunInterrupted(holder[0].path if holder[0] is not None else None) from exc
     finally:
         torch.set_num_threads(threads_before)
         if holder[0] is not None:
