@@ -41,7 +41,7 @@ def test_plan_from_data_facts(facts, batch, augment):
     plan = plan_recipe(facts)
     per_pass = math.ceil(facts.num_train / batch)
     assert (plan.batch_size, plan.augment, plan.flip) == (batch, augment, False)
-    cuts = facts.height >= 32  # Cutout from 32 px (at 16 and 28 px it cost ~0.02 on Fashion-MNIST subsets)
+    cuts = facts.height >= 32  # Cutout from 32 px (at 28 px it cost 0.02 on a Fashion-MNIST subset)
     assert plan.cutout == (CUTOUT if cuts else 0.0) and ("cutout" in plan.describe("m", 0.1)) == cuts
     assert plan.steps >= STEP_FLOOR  # with no clock: the floor, however small the folder
     assert plan.steps == plan.epochs * plan.passes_per_epoch * per_pass
