@@ -168,11 +168,10 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     torchrun every rank calls this; only rank 0 writes files and evaluates.
 
     ``spent``: seconds the command spent before this call (the CLI passes its process's age), which a
-    ``--budget`` counts too.
-    ``data``: a data module already built for ``config`` (the automatic recipe's), instead of
-    :func:`build_data`.
-    ``initial_state``: the model's weights to start from instead of its initialization (a state dict: the
-    automatic recipe's restart from a last good state).
+    ``--budget`` counts too. ``data``: a data module already built for ``config`` (the automatic recipe's),
+    instead of :func:`build_data`. ``initial_state``: the model's weights to start from instead of its
+    initialization (a state dict: the automatic recipe's restart from a last good state). Ctrl-C is raised as
+    :class:`~cnnlab.errors.RunInterrupted`, which names the run folder.
     """
     start = time.perf_counter()
     config, resume, folder, state = _start(config, resume)
