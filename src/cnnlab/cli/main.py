@@ -274,10 +274,13 @@ COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate
 
 def _what_is_saved(run_dir) -> str:
     """The rest of the line Ctrl-C prints: what the interrupted run's folder holds and how to continue it."""
+    from cnnlab.training.runfolder import RunFolder
+
     if run_dir is None:
         return ""
-    if (Path(run_dir) / "last.pt").is_file():
-        return f"; the last finished epoch is saved in {run_dir}/last.pt (resume with --resume {run_dir})"
+    last = RunFolder(run_dir).last  # the run folder knows its files' names
+    if last.is_file():
+        return f"; the last finished epoch is saved in {last} (resume with --resume {run_dir})"
     return (f" before the first epoch was saved; {run_dir} holds only the run's settings (--resume {run_dir} "
             "starts it again)")
 
