@@ -26,7 +26,7 @@ from cnnlab.recipes.auto import (
 )
 from cnnlab.recipes.optim import linear_schedule
 from cnnlab.training.baseline import chance_warning, linear_baseline
-from cnnlab.training.lr_find import lr_find, suggest_lr
+from cnnlab.training.lr_find import descent_edge, lr_find, suggest_lr
 
 # ---- decisions: a pure function of the data facts -------------------------------------------------------
 
@@ -152,6 +152,28 @@ def test_suggest_lr_stays_below_the_minimum():
     steepest, minimum, suggestion = suggest_lr(lrs, loss)
     assert steepest == pytest.approx(3e-3, rel=0.3) and 0.2 < minimum <= 0.31
     assert suggestion == max(steepest, minimum / 10) and suggestion < minimum
+
+
+def test_the_descent_edge_ignores_where_the_flat_bottom_wobbles():
+    lrs = [10 ** (-5 + 6 * i / 99) for i in range(100)]
+    fall = [2.3 - 2 / (1 + math.exp(-4 * (math.log10(lr) + 2.5))) for lr in lrs]  # flat below ~0.03
+    fall = [v if lr < 0.3 else v + (lr - 0.3) * 20 for v, lr in zip(fall, lrs, strict=True)]
+    minima, edges = set(), set()
+    for phase in (0.0, 1.5, 3.0):  # the same curve, its noise shifted: the argmin moves along the bottom
+        loss = [v + 0.01 * math.sin(0.5 * i + phase) for i, v in enumerate(fall)]
+        minima.add(suggest_lr(lrs, loss)[1])
+        edges.add(descent_edge(lrs, loss))
+        # 90% of the fall from step 5's 2.3 to ~0.3 is done at 0.5, where the sigmoid is 0.9: 10^(-2.5 + ln(9) / 4)
+        assert descent_edge(lrs, loss) == pytest.approx(10 ** (-2.5 + math.log(9) / 4), rel=0.15)
+    assert len(minima) == 3 and max(minima) / min(minima) > 1.9
+    assert len(edges) == 1
+
+
+def test_the_descent_edge_of_a_loss_that_never_falls_is_the_first_rate_read():
+    lrs = [10 ** (-5 + i / 10) for i in range(20)]
+    assert descent_edge(lrs, [1.0 + i for i in range(20)]) == lrs[5]
+    with pytest.raises(ValueError, match="fraction"):
+        descent_edge(lrs, [1.0] * 20, fraction=0)
 
 
 class _LeastSquares(nn.Module):
@@ -310,12 +332,45 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
     assert summary["baseline"]["accuracy"] == 1.0 and summary["baseline"]["count"] == 8
 
 
-def test_an_interrupted_automatic_run_resumes_into_the_uninterrupted_one(monkeypatch, tmp_path):
+def test_a_budget_of_the_automatic_recipe_counts_the_planning_and_every_attempt(monkeypatch, tmp_path):
+    # run_training's clock started at its own call: the data, the range test, the baseline and a diverged
+    # attempt were outside the --budget (the spent passed in stayed the process's age when run_auto began).
+    import time
+
+    import cnnlab.recipes.auto
+    import cnnlab.recipes.run
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import run_auto
+
+    real_auto_config, spent = cnnlab.recipes.auto.auto_config, []
+
+    def slow_auto_config(*args):  # a range test of 0.3 s
+        time.sleep(0.3)
+        return real_auto_config(*args)
+
+    def fake_run(config, **kwargs):
+        spent.append(kwargs["spent"])
+        time.sleep(0.3)
+        if len(spent) == 1:
+            raise TrainingDiverged("epoch 1: the run diverged")
+        return {"run_dir": None, "test_accuracy": 1.0}
+
+    monkeypatch.setattr(cnnlab.recipes.auto, "auto_config", slow_auto_config)
+    monkeypatch.setattr(cnnlab.recipes.run, "run_training", fake_run)
+    config = TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.4, budget=60.0, progress=False)
+    summary = run_auto(config, log=None, spent=5.0)
+    assert spent[0] >= 5.3 and spent[1] >= spent[0] + 0.3
+    assert summary["seconds"] >= 0.9  # the whole call, the planning included
+
+
+def test_an_interrupted_automatic_run_resumes_into_the_uninterrupted_one(monkeypatch, tmp_path, capsys):
     # Its epochs are several passes (RepeatedPasses); `--resume` rebuilt the data from config.json without them,
     # so the resumed epochs were single passes: other batches, a quarter of the steps left.
     import cnnlab.recipes.auto
+    from cnnlab.cli.train import _print_summary
     from cnnlab.recipes import TrainConfig, run_training
     from cnnlab.recipes.auto import run_auto
+    from cnnlab.training.baseline import read_baseline
     from cnnlab.training.callbacks import Callback
     from cnnlab.training.checkpoint import load_checkpoint
 
@@ -332,8 +387,15 @@ def test_an_interrupted_automatic_run_resumes_into_the_uninterrupted_one(monkeyp
     with pytest.raises(KeyboardInterrupt):
         run_auto(dataclasses.replace(config, out=str(tmp_path / "cut")), log=None, callbacks=[StopAfter()])
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 5
+    # The baseline was saved when the folder was made, so the resumed run prints it too
+    saved = read_baseline(tmp_path / "cut")
+    assert (saved["accuracy"], saved["count"]) == (whole["baseline"]["accuracy"], whole["baseline"]["count"])
     resumed = run_training(None, resume=str(tmp_path / "cut"), log=None)
     assert resumed["steps"] == whole["steps"] == 12 * 5 * 2
+    capsys.readouterr()
+    _print_summary(resumed)
+    assert f"linear baseline on the raw pixels: test accuracy {whole['baseline']['accuracy']:.4f}" in \
+        capsys.readouterr().out
     expected, got = (load_checkpoint(tmp_path / name / "last.pt")["model_state"] for name in ("whole", "cut"))
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
@@ -344,6 +406,7 @@ def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
     assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
     out = capsys.readouterr().out
     assert "fastnet-auto, momentum, batch 16" in out and "suggested lr" in out
+    assert "the automatic recipe's peak lr on this curve: " in out
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -372,13 +435,13 @@ def test_with_an_lr_given_a_slow_step_still_cuts_the_plan_to_time(monkeypatch, t
     assert config.threads == 1 and plan.steps < 100 < STEP_FLOOR  # it was STEP_FLOOR steps, untimed
 
 
-def test_the_peak_rate_is_a_third_of_the_minimum_and_capped_where_the_test_saw_no_rise():
+def test_the_peak_rate_is_half_the_descent_edge_and_capped_where_the_test_saw_no_rise():
     from cnnlab.training.lr_find import LRFinder
 
-    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.006)) == pytest.approx(0.02)
-    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.03)) == pytest.approx(0.03)  # never below the suggestion
+    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.006, edge=0.03)) == pytest.approx(0.015)
+    assert peak_lr(LRFinder(minimum=0.06, suggestion=0.03, edge=0.03)) == 0.03  # never below the suggestion
     # 10 images memorized within the test: the loss fell to its last step, lr 10 (a third diverged)
-    assert peak_lr(LRFinder(minimum=10.0, suggestion=1.0)) == MAX_PEAK_LR == 0.2
+    assert peak_lr(LRFinder(minimum=10.0, suggestion=1.0, edge=5.0)) == MAX_PEAK_LR == 0.2
 
 
 def test_a_capped_rate_says_so_in_the_plan_line(monkeypatch, tmp_path):

@@ -163,10 +163,10 @@ def _captum_installed() -> bool:
 def _baseline_accuracy(run_dir: Path) -> float | None:
     """The linear baseline's test accuracy on the raw pixels (``baseline.json``, written by the automatic recipe
     for your own images), shown beside the network's; None where the run has none."""
-    try:
-        return float(json.loads((run_dir / "baseline.json").read_text())["accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    from cnnlab.training.baseline import read_baseline
+
+    saved = read_baseline(run_dir)
+    return None if saved is None else float(saved["accuracy"])
 
 
 def _render(run: _Evaluated, figures: dict, mistakes) -> str:

@@ -55,6 +55,8 @@ def cmd_train(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     """The run's last lines: its test accuracy and files, the linear baseline beside it, a chance warning."""
+    from cnnlab.training.baseline import read_baseline
+
     if summary["finished_already"]:
         print(f"run {summary['run_dir']} had already finished all {summary['config'].epochs} epochs; "
               "nothing to do")
@@ -62,8 +64,9 @@ def _print_summary(summary: dict) -> None:
           f"({Path(summary['checkpoint']).name}, fp32) after {summary['steps']:,} steps; total time "
           f"{summary['seconds']:.1f} s; files in "
           f"{summary['run_dir']}/ (metrics.csv, curves.png, last.pt, best.pt)")
-    if summary.get("baseline"):
-        base = summary["baseline"]
+    # A resumed automatic run reads the baseline its first start saved in the run folder
+    base = summary.get("baseline") or read_baseline(summary["run_dir"])
+    if base:
         print(f"linear baseline on the raw pixels: test accuracy {base['accuracy']:.4f} on the same "
               f"{base['count']:,} images ({base['seconds']:.1f} s); the network: {summary['test_accuracy']:.4f}")
     if summary.get("chance_warning"):
@@ -81,20 +84,26 @@ def _augment_fields(choice: str | None) -> dict:
 
 def cmd_lr_find(args) -> int:
     from cnnlab.recipes import TrainConfig
-    from cnnlab.recipes.auto import lr_find_for
+    from cnnlab.recipes.auto import LR_TEST_STEPS, MAX_PEAK_LR, lr_find_for, peak_lr
     from cnnlab.visual.plotting import plot_lr_find
 
     config = TrainConfig(**{k: v for k, v in dict(
         model=args.model, images=args.images, batch_size=args.batch_size, optimizer=args.optimizer,
         data_dir=args.data_dir, num_train=args.num_train, device=args.device, seed=args.seed).items()
         if v is not None}, progress=False)
-    result, config = lr_find_for(config, automatic=args.images is not None and args.model is None,
-                                 steps=args.steps)
-    out = plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, args.out, result.minimum)
+    automatic = args.images is not None and args.model is None
+    result, config = lr_find_for(config, automatic=automatic, steps=args.steps)
+    peak = peak_lr(result) if automatic else None
+    out = plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, args.out, result.minimum,
+                       peak=peak)
     stopped = " (stopped: the loss exploded)" if result.stopped_early else ""
     print(f"{config.model}, {config.optimizer}, batch {config.batch_size}: {len(result.lrs)} steps from "
           f"{result.lrs[0]:.2g} to {result.lrs[-1]:.2g}{stopped}; lowest smoothed loss at lr {result.minimum:.3g}, "
           f"steepest descent at {result.steepest:.3g}")
     print(f"suggested lr {result.suggestion:.3g} (the larger of the steepest descent and a tenth of the minimum's "
           f"lr); plot: {out}")
+    if peak is not None:
+        print(f"the automatic recipe's peak lr on this curve: {peak:.3g} (half the rate where 90% of the smoothed "
+              f"loss's fall is done, at most {MAX_PEAK_LR:g}; `cnnlab train --images DIR` runs its own test of "
+              f"{LR_TEST_STEPS} steps)")
     return 0

@@ -24,9 +24,9 @@ weights if none did) with a quarter of the learning rate and a fresh warm-up, an
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import torch
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.config import TrainConfig, resolve_config
+from cnnlab.training.baseline import save_baseline
 from cnnlab.training.callbacks import Callback
 
 __all__ = ["STEP_FLOOR", "TRAIN_SECONDS", "AutoPlan", "DataFacts", "DivergenceGuard", "RepeatedPasses",
@@ -178,17 +179,21 @@ def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, 
 
 
 def peak_lr(found) -> float:
-    """The peak rate of the automatic recipe's warm-up and decay from a range test: a third of the rate at the
-    lowest loss (Smith's rule for the top of a cycle), at least the test's own suggestion, at most
-    :data:`MAX_PEAK_LR`. Still left of the minimum, so not where the loss explodes; the suggestion (a tenth)
-    suits a constant rate, and measured on Fashion-MNIST at 16 px (1,000 images, 1,508 steps) the third scored
-    0.840 against 0.836.
+    """The peak rate of the automatic recipe's warm-up and decay from a range test: half the rate at which the
+    smoothed loss has done 90% of its fall (:func:`~cnnlab.training.lr_find.descent_edge`), at least the test's
+    own suggestion, at most :data:`MAX_PEAK_LR`.
+
+    Read where the curve flattens, not at its lowest point: the bottom is flat and noisy, and a third of its
+    argmin (this rule until December 2026) moved with the float rounding of the thread count, by 1.02 decades
+    at worst on 30 recorded tests (0.31 here); photos-32 at seed 1 got 0.049 on one thread and 0.0047 on two.
+    Measured over seeds 0-2 on the own-image collection (docs/own-images.md): half the edge met 20 of 24 goals,
+    the edge itself 17 (fashion-28-200's 200 images overfit at its rates, 0.688 on the mean), the argmin's
+    third 19.
 
     The cap is for folders of a few dozen images, which the net memorizes within the test: the loss then falls
-    to its last step (lr 10): 10 images got 3.33, diverged at it and at its quarter and stopped with exit 3 after
-    the third try; 19 images got 1.31. On the sets of 160-2,000 images (tests/image_sets.py) the range test
-    chose 0.004-0.16, which the cap leaves alone."""
-    return min(max(found.suggestion, found.minimum / 3), MAX_PEAK_LR)
+    to its last step (lr 10): 10 images got 3.33 from the argmin's third, diverged at it and at its quarter and
+    stopped with exit 3 after the third try."""
+    return min(max(found.suggestion, found.edge / 2), MAX_PEAK_LR)
 
 
 def _model_and_threads(config: TrainConfig, data, log=None):
@@ -275,16 +280,21 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
 def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -> dict:
     """``cnnlab train --images DIR`` with the automatic recipe: plan, train (lowering the lr and restarting on
     divergence), score the best epoch once on the test split, beside the linear baseline on the raw pixels."""
-    from cnnlab.atomic import atomic_write
     from cnnlab.recipes.run import run_training
     from cnnlab.training.baseline import linear_baseline
 
+    start = time.perf_counter()
     config, data, plan = auto_config(config, log)
+    # Scored before training, so that a --budget counts its seconds with the data and the range test's
+    test = (data.test_images, data.test_labels) if data.has_test else (data.val_images, data.val_labels)
+    baseline = linear_baseline((data.train_images, data.train_labels), (data.val_images, data.val_labels), test,
+                               len(data.classes))
     guard, start_from, start_epoch = DivergenceGuard(len(data.classes)), None, 0
     for attempt in range(3):
-        try:
-            summary = run_training(config, log=log, data=RepeatedPasses(data, config.passes), spent=spent,
-                                   callbacks=[guard, *callbacks], initial_state=start_from)
+        try:  # spent: everything before this attempt, earlier attempts included
+            summary = run_training(config, log=log, data=RepeatedPasses(data, config.passes),
+                                   spent=spent + time.perf_counter() - start,
+                                   callbacks=[guard, _SaveBaseline(baseline), *callbacks], initial_state=start_from)
             break
         except TrainingDiverged as exc:
             if attempt == 2:
@@ -294,15 +304,23 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
                 start_from, start_epoch, guard.good_state = guard.good_state, guard.good_epoch, None
             where = "the initial weights" if start_from is None else \
                 f"epoch {start_epoch}'s weights (the last good state)"
-            log(f"{exc}; restarting from {where} with a quarter of the learning rate, {config.lr:.3g}")
-    test = (data.test_images, data.test_labels) if data.has_test else (data.val_images, data.val_labels)
-    baseline = linear_baseline((data.train_images, data.train_labels), (data.val_images, data.val_labels), test,
-                               len(data.classes))
+            if log is not None:  # None: silent, as auto_config and run_training take it
+                log(f"{exc}; restarting from {where} with a quarter of the learning rate, {config.lr:.3g}")
     summary["baseline"] = baseline.to_dict()
-    if summary["run_dir"] is not None and summary["test_accuracy"] is not None:
-        with atomic_write(Path(summary["run_dir"]) / "baseline.json", "w") as f:
-            f.write(json.dumps(summary["baseline"], indent=2) + "\n")
+    summary["seconds"] = time.perf_counter() - start  # the data, the range test and the baseline included
     return summary
+
+
+class _SaveBaseline(Callback):
+    """Writes the linear baseline into the run folder as soon as it exists, so that a run resumed after Ctrl-C
+    or a crash (``cnnlab train --resume RUN``) still prints it beside the network's accuracy."""
+
+    def __init__(self, baseline):
+        self.baseline = baseline
+
+    def on_fit_start(self, trainer, model) -> None:
+        if trainer.is_main and trainer.run_dir is not None:
+            save_baseline(trainer.run_dir, self.baseline)
 
 
 def lr_find_for(config: TrainConfig, automatic: bool, steps: int = 100):

@@ -7,13 +7,19 @@ the HTML report show both.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BaselineResult", "chance_warning", "fit_linear", "linear_baseline"]
+__all__ = ["BASELINE_FILE", "BaselineResult", "chance_warning", "fit_linear", "linear_baseline", "read_baseline",
+           "save_baseline"]
+
+BASELINE_FILE = "baseline.json"  # in the run folder, beside config.json
 
 _WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # the L2 strengths tried; chosen on the validation split
 
@@ -30,6 +36,26 @@ class BaselineResult:
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "count": self.count, "weight_decay": self.weight_decay,
                 "seconds": self.seconds}
+
+
+def save_baseline(run_dir: str | os.PathLike, result: BaselineResult) -> Path:
+    """Write ``result`` to the run folder (atomically), so that a resumed run and its report can show it."""
+    from cnnlab.atomic import atomic_write
+
+    path = Path(run_dir) / BASELINE_FILE
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_baseline(run_dir: str | os.PathLike) -> dict | None:
+    """The baseline saved in a run folder (:func:`save_baseline`); None where there is none or it is unreadable."""
+    try:
+        saved = json.loads((Path(run_dir) / BASELINE_FILE).read_text())
+        float(saved["accuracy"])
+        return saved
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _features(images: torch.Tensor) -> torch.Tensor:

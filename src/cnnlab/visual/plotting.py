@@ -352,8 +352,10 @@ def plot_overlays(images, heatmaps, titles, path, title: str, ncols: int = 8, sh
     return _save(fig, path)
 
 
-def plot_lr_find(lrs, losses, smoothed, suggestion: float, path, minimum: float | None = None) -> Path:
-    """The learning-rate range test as fastai draws it: loss against a log-scaled rate, the choice marked."""
+def plot_lr_find(lrs, losses, smoothed, suggestion: float, path, minimum: float | None = None,
+                 peak: float | None = None) -> Path:
+    """The learning-rate range test as fastai draws it: loss against a log-scaled rate, the choice marked (and
+    ``peak``, the automatic recipe's rate, where given)."""
     fig = _figure(figsize=(6, 3.6))
     ax = fig.subplots()
     ax.plot(lrs, losses, color="0.75", lw=1, label="loss")
@@ -361,6 +363,8 @@ def plot_lr_find(lrs, losses, smoothed, suggestion: float, path, minimum: float 
     ax.axvline(suggestion, color="tab:green", ls="--", label=f"suggested lr {suggestion:.2g}")
     if minimum is not None:
         ax.axvline(minimum, color="tab:red", ls=":", label=f"minimum {minimum:.2g}")
+    if peak is not None:
+        ax.axvline(peak, color="tab:orange", ls="-.", label=f"automatic recipe's peak {peak:.2g}")
     finite = [v for v in smoothed if v == v and v != float("inf")]
     if finite:  # the explosion at the end would flatten the interesting part
         ax.set_ylim(min(finite) * 0.9, min(max(finite), 2.5 * finite[0]) * 1.05)
