@@ -26,7 +26,7 @@ from cnnlab.training import distributed as dist_utils
 from cnnlab.training.callbacks import Callback, EpochEndFunction
 from cnnlab.training.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from cnnlab.training.divergence import LossWatch, chance_loss, divergence_error, val_loss_far_above_chance
-from cnnlab.training.evaluation import validation_totals, within_one_standard_error
+from cnnlab.training.evaluation import best_two_validation_mean, validation_totals, within_one_standard_error
 from cnnlab.training.options import Display, Optimization, Speed, or_defaults
 from cnnlab.training.runfolder import RunFolder
 from cnnlab.training.runtime import autocast, epoch_seed, pick_device, seed_everything, torch_flags
@@ -264,9 +264,9 @@ class Trainer:
                         continue
                     self._check_val_loss(row["val_loss"], row["epoch"] - 1)  # before a diverged epoch is saved
                     self.history.append(row)
-                    # best.pt: the latest epoch within one standard error of the best validation accuracy
-                    self.is_best_epoch = within_one_standard_error(row["val_acc"], self.best_val_acc,
-                                                                   self._val_count)
+                    # best.pt: the latest epoch within one standard error of the best two-validation mean
+                    reference = best_two_validation_mean([r["val_acc"] for r in self.history])
+                    self.is_best_epoch = within_one_standard_error(row["val_acc"], reference, self._val_count)
                     self.best_val_acc = max(self.best_val_acc, row["val_acc"])
                     self._call("on_train_epoch_end", self.model, row)
                     self._say(f"epoch {row['epoch']}{self._of_epochs()}  train loss {row['train_loss']:.4f}  "
