@@ -350,6 +350,7 @@ def test_a_budget_of_the_automatic_recipe_counts_the_planning_and_every_attempt(
 
     def fake_run(config, **kwargs):
         spent.append(kwargs["spent"])
+        assert kwargs["startup"] == 5.0  # the process's start-up alone estimates its exit, not the range test
         time.sleep(0.3)
         if len(spent) == 1:
             raise TrainingDiverged("epoch 1: the run diverged")

@@ -293,7 +293,7 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     for attempt in range(3):
         try:  # spent: everything before this attempt, earlier attempts included
             summary = run_training(config, log=log, data=RepeatedPasses(data, config.passes),
-                                   spent=spent + time.perf_counter() - start,
+                                   spent=spent + time.perf_counter() - start, startup=spent,
                                    callbacks=[guard, _SaveBaseline(baseline), *callbacks], initial_state=start_from)
             break
         except TrainingDiverged as exc:

@@ -160,19 +160,17 @@ def build_trainer(config: TrainConfig, device: torch.device | str | None = None,
 
 def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = None, log=print,
                  on_epoch_end=None, callbacks=(), spent: float = 0.0, data=None,
-                 initial_state: dict | None = None) -> dict:
-    """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict.
-
-    The summary's test accuracy is :func:`cnnlab.inference.loaded.evaluate_checkpoint` of the run folder: the
-    run's best checkpoint on the whole test set in fp32, the number ``cnnlab evaluate`` prints for it. Under
-    torchrun every rank calls this; only rank 0 writes files and evaluates.
-
-    ``spent``: seconds the command spent before this call (the CLI passes its process's age), which a
-    ``--budget`` counts too. ``data``: a data module already built for ``config`` (the automatic recipe's),
-    instead of :func:`build_data`. ``initial_state``: the model's weights to start from instead of its
-    initialization (a state dict: the automatic recipe's restart from a last good state). Ctrl-C is raised as
-    :class:`~cnnlab.errors.RunInterrupted`, which names the run folder.
-    """
+                 initial_state: dict | None = None, startup: float | None = None) -> dict:
+    """Train as ``config`` says (or continue the run folder ``resume``) and return a summary dict, whose test
+    accuracy is :func:`cnnlab.inference.loaded.evaluate_checkpoint` of the run folder (its best checkpoint on
+    the whole test set in fp32, as ``cnnlab evaluate`` prints it). Under torchrun every rank calls this; only
+    rank 0 writes files and evaluates. ``spent``: seconds the command spent before this call (the CLI passes
+    its process's age), which a ``--budget`` counts too; ``startup``: those of them that were the process's
+    start-up, whose share estimates its exit (default all; not the automatic recipe's range test). ``data``: a
+    data module already built for ``config`` (the automatic recipe's), instead of :func:`build_data`.
+    ``initial_state``: the model's weights to start from instead of its initialization (a state dict: the
+    automatic recipe's restart from a last good state). Ctrl-C is raised as
+    :class:`~cnnlab.errors.RunInterrupted`, which names the run folder."""
     start = time.perf_counter()
     config, resume, folder, state = _start(config, resume)
     device = pick_device(config.device)
@@ -188,8 +186,9 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
                 device = torch.device("cuda", ctx.local_rank)
             config, trainer, steps_per_epoch = _fit(config, holder, state, resume is None, ctx, device, data=data,
                                                     clock=lambda: spent + time.perf_counter() - start,
-                                                    spent=spent, log=log, callbacks=callbacks,
-                                                    on_epoch_end=on_epoch_end, initial_state=initial_state)
+                                                    startup=spent if startup is None else startup, log=log,
+                                                    callbacks=callbacks, on_epoch_end=on_epoch_end,
+                                                    initial_state=initial_state)
         except RuntimeError as exc:
             # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
             # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
@@ -271,15 +270,15 @@ def _check_schedule_unchanged(config: TrainConfig, state: dict | None, resume) -
 
 
 def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,
-         device: torch.device, *, data=None, clock, spent: float, log, callbacks,
+         device: torch.device, *, data=None, clock, startup: float, log, callbacks,
          on_epoch_end, initial_state: dict | None = None) -> tuple[TrainConfig, Trainer, int]:
     """Build data, model and trainer, set up the run folder (into ``holder[0]``) and fit.
 
     Returns:
         The final config, the trainer and the number of steps in an epoch.
 
-    ``clock``: seconds since the command started (a ``--budget`` counts all of them), ``spent`` of them before
-    :func:`run_training` was called.
+    ``clock``: seconds since the command started (a ``--budget`` counts all of them), ``startup`` of them the
+    process's start-up (:class:`~cnnlab.recipes.budget.BudgetKeeper` estimates the exit from it).
     """
     if config.seed is not None:
         torch.manual_seed(config.seed)  # the same seed on every rank: identical initial weights
@@ -305,7 +304,7 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     pace = build_pace(config, steps_per_epoch)
     if isinstance(pace, ClockProgress):
         callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
-                                              log=log, clock=clock, startup=spent)]
+                                              log=log, clock=clock, startup=startup)]
     if log is not None and ctx.is_main:
         log(describe_run(config, data, steps_per_epoch, pace))
     trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,
