@@ -402,6 +402,21 @@ def test_an_interrupted_automatic_run_resumes_into_the_uninterrupted_one(monkeyp
         assert torch.equal(got[name], value), name
 
 
+def test_a_replayed_automatic_run_prints_the_recorded_runs_baseline(monkeypatch, tmp_path, capsys):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import run_auto
+
+    monkeypatch.setenv("CNNLAB_BF16", "0")
+    config = TrainConfig(images=str(_tiny_folder(tmp_path / "f")), lr=0.05, threads=1, steps=30, progress=False,
+                         out=str(tmp_path / "run"))
+    recorded = run_auto(config, log=None)
+    capsys.readouterr()
+    assert main(["train", "--replay", str(tmp_path / "run"), "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "after 30 steps" in out
+    assert f"linear baseline on the raw pixels: test accuracy {recorded['baseline']['accuracy']:.4f}" in out
+
+
 def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
     folder = _tiny_folder(tmp_path / "f")
     assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0

@@ -13,6 +13,7 @@ def cmd_train(args) -> int:
 
     from cnnlab.recipes import TrainConfig, resolve_config, run_training
     from cnnlab.recipes.budget import process_seconds
+    from cnnlab.training.baseline import read_baseline
 
     if args.resume and args.resume != "auto":
         summary = run_training(None, resume=args.resume)
@@ -23,6 +24,7 @@ def cmd_train(args) -> int:
         config = dataclasses.replace(read_run_config(args.replay), budget=None, steps=None, replay=args.replay,
                                      out=args.out, progress=not args.no_progress)
         summary = run_training(config, spent=process_seconds())
+        summary["baseline"] = read_baseline(args.replay)  # the same split as the recorded run's: its baseline
     else:
         # Every TrainConfig field has an option of the same name (``progress`` is ``--no-progress``).
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
