@@ -419,11 +419,27 @@ def test_a_replayed_automatic_run_prints_the_recorded_runs_baseline(monkeypatch,
 
 def test_lr_find_command_prints_a_rate_and_draws_the_plot(tmp_path, capsys):
     folder = _tiny_folder(tmp_path / "f")
-    assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
+    assert main(["lr-find", "--images", str(folder), "--out", str(tmp_path / "lr.png")]) == 0
     out = capsys.readouterr().out
-    assert "fastnet-auto, momentum, batch 16" in out and "suggested lr" in out
-    assert "the automatic recipe's peak lr on this curve: " in out
+    # By default the automatic recipe's own test: its 60 steps, so the rate printed is the run's
+    assert "fastnet-auto, momentum, batch 16: " in out and "suggested lr" in out
+    assert "the automatic recipe's peak lr on this curve: " in out and "takes at this seed" in out
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["lr-find", "--images", str(folder), "--steps", "30", "--out", str(tmp_path / "lr.png")]) == 0
+    assert "runs its own test of 60 steps" in capsys.readouterr().out
+
+
+def test_lr_find_on_a_folder_finds_the_rate_the_automatic_run_takes(tmp_path):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import LR_TEST_STEPS, auto_config, lr_find_for, peak_lr
+
+    # 16 px: the run augments its training batches, but only after its range test, which sees them plain
+    folder = _tiny_folder(tmp_path / "f", side=16)
+    config = TrainConfig(images=str(folder), threads=1, progress=False)
+    found, tested = lr_find_for(config, automatic=True, steps=LR_TEST_STEPS)
+    run, _, plan = auto_config(config, log=None)
+    assert plan.augment and tested.batch_size == run.batch_size
+    assert run.lr == peak_lr(found)
 
 
 def test_the_automatic_recipe_times_its_threads_and_leaves_the_process_count_alone(tmp_path):

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="default: the automatic recipe's net with --images, else lenet")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--steps", type=_positive_int, default=100, help="steps of the test (default 100)")
+    p.add_argument("--steps", type=_positive_int, help="steps of the test (default: the automatic recipe's own, "
+                   "60, with --images and no --model, so that it finds the run's rate; else 100)")
     p.add_argument("--data-dir")
     p.add_argument("--num-train", type=_positive_int)
     p.add_argument("--device", default="auto")

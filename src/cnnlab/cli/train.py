@@ -94,7 +94,8 @@ def cmd_lr_find(args) -> int:
         data_dir=args.data_dir, num_train=args.num_train, device=args.device, seed=args.seed).items()
         if v is not None}, progress=False)
     automatic = args.images is not None and args.model is None
-    result, config = lr_find_for(config, automatic=automatic, steps=args.steps)
+    steps = args.steps or (LR_TEST_STEPS if automatic else 100)
+    result, config = lr_find_for(config, automatic=automatic, steps=steps)
     peak = peak_lr(result) if automatic else None
     out = plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, args.out, result.minimum,
                        peak=peak)
@@ -105,7 +106,8 @@ def cmd_lr_find(args) -> int:
     print(f"suggested lr {result.suggestion:.3g} (the larger of the steepest descent and a tenth of the minimum's "
           f"lr); plot: {out}")
     if peak is not None:
+        same = "the rate `cnnlab train --images DIR` takes at this seed" if steps == LR_TEST_STEPS else \
+            f"`cnnlab train --images DIR` runs its own test of {LR_TEST_STEPS} steps"
         print(f"the automatic recipe's peak lr on this curve: {peak:.3g} (half the rate where 90% of the smoothed "
-              f"loss's fall is done, at most {MAX_PEAK_LR:g}; `cnnlab train --images DIR` runs its own test of "
-              f"{LR_TEST_STEPS} steps)")
+              f"loss's fall is done, at most {MAX_PEAK_LR:g}; {same})")
     return 0

@@ -234,9 +234,9 @@ def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
     return result, result.seconds_per_step, threads
 
 
-def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, AutoPlan]:
-    """``config`` (the user's options, the rest None) completed by the automatic recipe for its image folder:
-    the config, the data module to train on and the plan."""
+def _draft(config: TrainConfig) -> tuple[TrainConfig, object]:
+    """The automatic recipe before its range test: the config (lr 0.1 unless given, the plan's batch size) and
+    the data module, not yet augmented; ``cnnlab lr-find --images`` tests exactly what the run will test."""
     root = Path(config.images)
     image_size = config.image_size or choose_image_size(*native_size(root))
     has_val = (root / "train").is_dir() and (root / "val").is_dir()
@@ -250,9 +250,14 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     # a model named on the command line does not come here.
     given = {k: v for k, v in config.to_dict().items() if v is not None and k != "model"}
     draft = resolve_config(TrainConfig(**{**recipe, **given, "lr": config.lr or 0.1}))
-    plan = plan_recipe(data_facts(data), flip=bool(config.flip))
-    data.batch_size = config.batch_size or plan.batch_size
-    draft = dataclasses.replace(draft, batch_size=data.batch_size)
+    data.batch_size = config.batch_size or plan_recipe(data_facts(data), flip=bool(config.flip)).batch_size
+    return dataclasses.replace(draft, batch_size=data.batch_size), data
+
+
+def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, AutoPlan]:
+    """``config`` (the user's options, the rest None) completed by the automatic recipe for its image folder:
+    the config, the data module to train on and the plan."""
+    draft, data = _draft(config)
     lr, source, threads = config.lr, "given", config.threads
     if lr is None:
         found, seconds_per_step, threads = range_test(draft, data, log=log)
@@ -329,8 +334,8 @@ def lr_find_for(config: TrainConfig, automatic: bool, steps: int = 100):
     from cnnlab.recipes.run import build_data
 
     if automatic:
-        auto, data, _ = auto_config(dataclasses.replace(config, lr=1.0), log=None)
-        return range_test(dataclasses.replace(auto, lr=0.1), data, steps)[0], auto
+        draft, data = _draft(config)
+        return range_test(draft, data, steps)[0], draft
     config = resolve_config(config)
     return range_test(config, build_data(config), steps)[0], config
 
