@@ -226,6 +226,26 @@ def test_linear_baseline_scores_on_the_split_it_is_given():
     assert noisy.accuracy < 0.6 and noisy.count == 60
 
 
+def test_linear_baseline_fits_on_a_fixed_subset_of_a_large_training_split(monkeypatch):
+    import cnnlab.training.baseline as baseline
+
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    images = (torch.rand(300, 1, 6, 6) * 60).to(torch.uint8)
+    images[torch.arange(300), 0, labels, labels] = 250
+    monkeypatch.setattr(baseline, "MAX_BASELINE_IMAGES", 50)  # the cap's 10,000 images, scaled to this split
+    first = linear_baseline((images[:240], labels[:240]), (images[240:], labels[240:]), (images[240:], labels[240:]), 3)
+    again = linear_baseline((images[:240], labels[:240]), (images[240:], labels[240:]), (images[240:], labels[240:]), 3)
+    assert (first.fit_on, first.train_images) == (50, 240) and first.accuracy == again.accuracy == 1.0
+    assert first.describe(0.99).endswith("(the baseline fitted on a random 50 of the 240 training images)")
+    # Every image where there are no more than the cap; a file written before the cap existed reads the same
+    whole = linear_baseline((images[:40], labels[:40]), (images[240:], labels[240:]), (images[240:], labels[240:]), 3)
+    assert (whole.fit_on, whole.train_images) == (40, 40) and "random" not in whole.describe(0.99)
+    old = baseline.describe_baseline({"accuracy": 0.5, "count": 60, "seconds": 1.0, "weight_decay": 0.01}, 0.9)
+    assert old == ("linear baseline on the raw pixels: test accuracy 0.5000 on the same 60 images (1.0 s); "
+                   "the network: 0.9000")
+
+
 def test_chance_warning_within_005_of_the_majority_class():
     names = ["a", "b", "c", "d"]
     assert "within 0.05 of chance (0.2500" in chance_warning(0.26, [100, 100, 100, 100], names)

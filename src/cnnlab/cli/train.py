@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     """The run's last lines: its test accuracy and files, the linear baseline beside it, a chance warning."""
-    from cnnlab.training.baseline import read_baseline
+    from cnnlab.training.baseline import describe_baseline, read_baseline
 
     if summary["finished_already"]:
         print(f"run {summary['run_dir']} had already finished all {summary['config'].epochs} epochs; "
@@ -69,8 +69,7 @@ def _print_summary(summary: dict) -> None:
     # A resumed automatic run reads the baseline its first start saved in the run folder
     base = summary.get("baseline") or read_baseline(summary["run_dir"])
     if base:
-        print(f"linear baseline on the raw pixels: test accuracy {base['accuracy']:.4f} on the same "
-              f"{base['count']:,} images ({base['seconds']:.1f} s); the network: {summary['test_accuracy']:.4f}")
+        print(describe_baseline(base, summary["test_accuracy"]))
     if summary.get("chance_warning"):
         print(summary["chance_warning"], file=sys.stderr)
 
