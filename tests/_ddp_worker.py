@@ -2,12 +2,15 @@
 
 Environment:
     CNNLAB_TEST_DUMP: a folder; after every epoch each rank saves its model's state dict there as rank{r}.pt.
+    CNNLAB_TEST_SKEW_PLAN: the automatic recipe's range test says a step takes 10 s on rank 0 (so its plan
+        is short) and finds 4 times the rate on rank 1: two ranks that planned apart.
     CNNLAB_TEST_DIE_STEP: after this many training steps the rank CNNLAB_TEST_DIE_RANK (default 1) stops:
         CNNLAB_TEST_DIE_HOW=exit (default) exits with status 1, hang sleeps for an hour, kill sends itself
         SIGKILL, sigint sends itself SIGINT (Ctrl-C) once. Only in torchrun's first attempt: the workers an
         elastic restart (--max-restarts) starts again run to the end.
 """
 
+import dataclasses
 import os
 import signal
 import sys
@@ -17,6 +20,7 @@ import time
 import torch
 
 import cnnlab.recipes as recipes
+import cnnlab.recipes.auto as auto
 import cnnlab.recipes.run as recipe_run
 from cnnlab.cli.main import run
 
@@ -55,11 +59,11 @@ def _die_after(steps: int):
     return hook
 
 
-_run_training, _build_model = recipes.run_training, recipes.build_model
+_run_training, _build_model, _range_test = recipes.run_training, recipes.build_model, auto.range_test
 
 
-def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=(), spent=0.0):
-    return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks, spent=spent)
+def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=(), spent=0.0, **more):
+    return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks, spent=spent, **more)
 
 
 def build_model(config, data):
@@ -71,6 +75,13 @@ def build_model(config, data):
     return model
 
 
+def skewed_range_test(config, data, steps=auto.LR_TEST_STEPS, log=None):
+    found, seconds, threads = _range_test(config, data, steps, log)
+    if RANK == 0:
+        return found, 10.0, threads
+    return dataclasses.replace(found, suggestion=found.suggestion * 4, edge=found.edge * 4), seconds, threads
+
+
 if __name__ == "__main__":
     if os.environ.get("CNNLAB_TEST_DIE_HOW") == "sigint":
         # Ctrl-C as in a terminal's foreground: a suite started as a background job (`cmd &` in a script) runs with
@@ -78,5 +89,8 @@ if __name__ == "__main__":
         # exited 0 (the flaky failure of an earlier stop; reproduced 5 of 5 times so, 0 of 5 in the foreground).
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # The CLI looks run_training up in cnnlab.recipes at call time; run_training looks build_model up in its module.
-    recipes.run_training, recipe_run.build_model = run_training, build_model
+    # The automatic recipe (run_auto) imports run_training from its module when it is called.
+    recipes.run_training, recipe_run.run_training, recipe_run.build_model = run_training, run_training, build_model
+    if os.environ.get("CNNLAB_TEST_SKEW_PLAN"):
+        auto.range_test = skewed_range_test
     run(sys.argv[1:])

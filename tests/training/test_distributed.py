@@ -266,6 +266,29 @@ def test_torchrun_full_run_ends_cleanly_20_times(tmp_path, data_dir, i):
     _torchrun_train(tmp_path, data_dir, i)
 
 
+def test_torchrun_ranks_of_the_automatic_recipe_train_rank_zeros_plan(tmp_path):
+    # Each rank plans alone (its range test, its timing of a step): skewed here so that rank 0 plans a short run
+    # and rank 1 a long one at 4x the rate. Unreconciled, rank 1 trained apart and then hung at rank 0's end.
+    from PIL import Image
+
+    for split, n in (("train", 20), ("test", 4)):
+        for k, name in enumerate(("dark", "light")):
+            (tmp_path / "f" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.full((8, 8), 40 + 150 * k + i, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "f" / split / name / f"{i}.png")
+    run, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    proc = _torchrun(tmp_path, "train", "--images", str(tmp_path / "f"), "--out", str(run), "--no-progress",
+                     entry=(WORKER,), timeout=180, CNNLAB_TEST_SKEW_PLAN=1, CNNLAB_TEST_DUMP=dump,
+                     CNNLAB_DIST_TIMEOUT=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("automatic recipe:") == 1 and proc.stdout.count("decoded 48 images") == 1
+    assert "after 51 steps" in proc.stdout  # rank 0's plan: 50 steps at least, in whole passes of 3 steps
+    a, b = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_two_launchers_like_two_machines_train_write_once_and_resume(tmp_path, data_dir):
     """The README's two-machine command, simulated: two torchrun launchers, one process each, c10d on localhost."""
     port = _free_port()

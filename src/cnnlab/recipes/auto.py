@@ -169,13 +169,13 @@ class DivergenceGuard(Callback):
 
 # ---- the run ------------------------------------------------------------------------------------------------
 
-def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, flip: bool):
+def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, flip: bool, log=print):
     from cnnlab.data.imagefolder import ImageFolderData
 
     return ImageFolderData(config.images, batch_size=config.batch_size or 16, image_size=image_size,
                            channels=config.channels, normalize=True, augment=False, seed=config.seed,
                            val_split=val_split, val_batch_size=1024, skip_bad=config.skip_bad,
-                           progress=config.progress, flip=flip)
+                           progress=config.progress and log is not None, log=log, flip=flip)
 
 
 def peak_lr(found) -> float:
@@ -234,7 +234,7 @@ def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
     return result, result.seconds_per_step, threads
 
 
-def _draft(config: TrainConfig) -> tuple[TrainConfig, object]:
+def _draft(config: TrainConfig, log=print) -> tuple[TrainConfig, object]:
     """The automatic recipe before its range test: the config (lr 0.1 unless given, the plan's batch size) and
     the data module, not yet augmented; ``cnnlab lr-find --images`` tests exactly what the run will test."""
     root = Path(config.images)
@@ -242,7 +242,7 @@ def _draft(config: TrainConfig) -> tuple[TrainConfig, object]:
     has_val = (root / "train").is_dir() and (root / "val").is_dir()
     # The best epoch is chosen on images carved from train/, never on the test split, which is scored once.
     val_split = config.val_split if config.val_split is not None or has_val else 0.1
-    data = _folder_data(config, image_size, val_split, flip=bool(config.flip))
+    data = _folder_data(config, image_size, val_split, flip=bool(config.flip), log=log)
     recipe = dict(model="fastnet-auto", image_size=image_size, val_split=val_split, normalize=True,
                   optimizer="momentum", momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0,
                   flip=bool(config.flip))
@@ -257,7 +257,7 @@ def _draft(config: TrainConfig) -> tuple[TrainConfig, object]:
 def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, AutoPlan]:
     """``config`` (the user's options, the rest None) completed by the automatic recipe for its image folder:
     the config, the data module to train on and the plan."""
-    draft, data = _draft(config)
+    draft, data = _draft(config, log)
     lr, source, threads = config.lr, "given", config.threads
     if lr is None:
         found, seconds_per_step, threads = range_test(draft, data, log=log)
@@ -289,7 +289,9 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     from cnnlab.training.baseline import linear_baseline
 
     start = time.perf_counter()
-    config, data, plan = auto_config(config, log)
+    ctx = _join_group(config)
+    log = log if ctx.is_main else None  # under torchrun rank 0 speaks for all
+    config, data, plan = _agree_on_plan(*auto_config(config, log), ctx)
     # Scored before training, so that a --budget counts its seconds with the data and the range test's
     test = (data.test_images, data.test_labels) if data.has_test else (data.val_images, data.val_labels)
     baseline = linear_baseline((data.train_images, data.train_labels), (data.val_images, data.val_labels), test,
@@ -314,6 +316,36 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     summary["baseline"] = baseline.to_dict()
     summary["seconds"] = time.perf_counter() - start  # the data, the range test and the baseline included
     return summary
+
+
+def _join_group(config: TrainConfig):
+    """Under torchrun, the process group, joined before the planning (the range test then runs on the process's
+    share of the cores, as its training will); the single-process context otherwise."""
+    from cnnlab.training import distributed as dist_utils
+    from cnnlab.training.runtime import pick_device
+
+    if not dist_utils.launched_by_torchrun():
+        return dist_utils.DistContext()
+    try:
+        return dist_utils.init_from_env(pick_device(config.device).type)
+    except RuntimeError as exc:  # gloo's rendezvous failed: a rank died or never came
+        raise dist_utils.run_failed(exc, None) from exc
+
+
+def _agree_on_plan(config: TrainConfig, data, plan: AutoPlan, ctx) -> tuple[TrainConfig, object, AutoPlan]:
+    """Every rank takes rank 0's plan. Each planned alone, from its own range test and its own timing of a step,
+    which differ by noise (and by float rounding on unlike machines): ranks with another rate would train apart,
+    and ranks with another number of steps would hang at the first collective of the shorter run."""
+    from cnnlab.training import distributed as dist_utils
+
+    if ctx.world_size == 1:
+        return config, data, plan
+    try:
+        config, plan = dist_utils.all_gather_object((config, plan), ctx)[0]
+    except RuntimeError as exc:
+        raise dist_utils.run_failed(exc, None) from exc
+    data.batch_size, data.augment, data.cutout = config.batch_size, config.augment, config.cutout
+    return config, data, plan
 
 
 class _SaveBaseline(Callback):

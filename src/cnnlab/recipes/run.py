@@ -56,11 +56,12 @@ def build_data(config: TrainConfig):
     if config.images is not None:
         from cnnlab.data.imagefolder import ImageFolderData
 
+        main = dist_utils.current().is_main  # under torchrun rank 0 alone says what it decoded
         data = ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
                                seed=config.seed, val_split=config.val_split, val_batch_size=1024,
-                               skip_bad=config.skip_bad, progress=config.progress,
-                               flip=config.flip is not False)
+                               skip_bad=config.skip_bad, progress=config.progress and main,
+                               log=print if main else None, flip=config.flip is not False)
     else:
         from cnnlab.data.fashion_mnist import FashionMNIST
 
