@@ -4,6 +4,7 @@ learning-rate range test, the linear baseline, the chance warning, and the comma
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -244,6 +245,17 @@ def test_linear_baseline_fits_on_a_fixed_subset_of_a_large_training_split(monkey
     old = baseline.describe_baseline({"accuracy": 0.5, "count": 60, "seconds": 1.0, "weight_decay": 0.01}, 0.9)
     assert old == ("linear baseline on the raw pixels: test accuracy 0.5000 on the same 60 images (1.0 s); "
                    "the network: 0.9000")
+
+
+def test_a_hand_edited_baseline_file_is_read_as_none_not_a_traceback(tmp_path):
+    from cnnlab.training.baseline import BASELINE_FILE, read_baseline
+
+    good = {"accuracy": 0.5, "count": 60, "seconds": 1.0, "weight_decay": 0.01, "fit_on": 50, "train_images": 90}
+    (tmp_path / BASELINE_FILE).write_text(json.dumps(good))
+    assert read_baseline(tmp_path) == good
+    for bad in ({**good, "count": "many"}, {**good, "fit_on": "half"}, {**good, "accuracy": "high"}, [0.5]):
+        (tmp_path / BASELINE_FILE).write_text(json.dumps(bad))
+        assert read_baseline(tmp_path) is None, bad
 
 
 def test_chance_warning_within_005_of_the_majority_class():

@@ -51,9 +51,13 @@ class BaselineResult:
 def describe_baseline(saved: dict, network_accuracy: float) -> str:
     """The baseline's line from its saved form (:meth:`BaselineResult.to_dict`, or an older file without the
     subset's fields)."""
-    line = (f"linear baseline on the raw pixels: test accuracy {saved['accuracy']:.4f} on the same "
-            f"{saved['count']:,} images ({saved['seconds']:.1f} s); the network: {network_accuracy:.4f}")
-    fit_on, total = saved.get("fit_on", 0), saved.get("train_images", 0)
+    line = f"linear baseline on the raw pixels: test accuracy {saved['accuracy']:.4f}"
+    if "count" in saved:
+        line += f" on the same {saved['count']:,} images"
+    if "seconds" in saved:
+        line += f" ({saved['seconds']:.1f} s)"
+    line += f"; the network: {network_accuracy:.4f}"
+    fit_on, total = int(saved.get("fit_on", 0)), int(saved.get("train_images", 0))
     if 0 < fit_on < total:
         line += f" (the baseline fitted on a random {fit_on:,} of the {total:,} training images)"
     return line
@@ -73,9 +77,9 @@ def read_baseline(run_dir: str | os.PathLike) -> dict | None:
     """The baseline saved in a run folder (:func:`save_baseline`); None where there is none or it is unreadable."""
     try:
         saved = json.loads((Path(run_dir) / BASELINE_FILE).read_text())
-        float(saved["accuracy"])
+        describe_baseline(saved, 0.0)  # every field it prints is of its kind (a hand-edited file may not be)
         return saved
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
