@@ -35,6 +35,7 @@ import torch
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.config import TrainConfig, resolve_config
+from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import save_baseline
 from cnnlab.training.callbacks import Callback
 
@@ -294,8 +295,9 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     config, data, plan = _agree_on_plan(*auto_config(config, log), ctx)
     # Scored before training, so that a --budget counts its seconds with the data and the range test's
     test = (data.test_images, data.test_labels) if data.has_test else (data.val_images, data.val_labels)
+    # Rank 0 alone prints and saves it: under torchrun the other processes would fit it for nothing
     baseline = linear_baseline((data.train_images, data.train_labels), (data.val_images, data.val_labels), test,
-                               len(data.classes))
+                               len(data.classes)) if ctx.is_main else None
     guard, start_from, start_epoch = DivergenceGuard(len(data.classes)), None, 0
     for attempt in range(3):
         try:  # spent: everything before this attempt, earlier attempts included
@@ -313,7 +315,7 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
                 f"epoch {start_epoch}'s weights (the last good state)"
             if log is not None:  # None: silent, as auto_config and run_training take it
                 log(f"{exc}; restarting from {where} with a quarter of the learning rate, {config.lr:.3g}")
-    summary["baseline"] = baseline.to_dict()
+    summary["baseline"] = baseline.to_dict() if baseline is not None else None
     summary["seconds"] = time.perf_counter() - start  # the data, the range test and the baseline included
     return summary
 
@@ -321,7 +323,6 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
 def _join_group(config: TrainConfig):
     """Under torchrun, the process group, joined before the planning (the range test then runs on the process's
     share of the cores, as its training will); the single-process context otherwise."""
-    from cnnlab.training import distributed as dist_utils
     from cnnlab.training.runtime import pick_device
 
     if not dist_utils.launched_by_torchrun():
@@ -336,8 +337,6 @@ def _agree_on_plan(config: TrainConfig, data, plan: AutoPlan, ctx) -> tuple[Trai
     """Every rank takes rank 0's plan. Each planned alone, from its own range test and its own timing of a step,
     which differ by noise (and by float rounding on unlike machines): ranks with another rate would train apart,
     and ranks with another number of steps would hang at the first collective of the shorter run."""
-    from cnnlab.training import distributed as dist_utils
-
     if ctx.world_size == 1:
         return config, data, plan
     try:
