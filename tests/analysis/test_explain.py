@@ -185,10 +185,17 @@ def test_randomizing_fastnet_weights_changes_the_maps(fastnet, fashion, method):
 
 
 def test_integrated_gradients_are_complete(lenet, fashion):
-    errors = ig_completeness(lenet, fashion[0][-32:])
-    print(f"\nIG completeness on lenet-relu: max relative error {float(errors.max()):.2e}, "
-          f"median {float(errors.median()):.2e}")
-    assert float(errors.max()) < 0.01
+    """The attributions add up to f(x) - f(0), up to the error of a Riemann sum over a ReLU net's kinks, which
+    falls as the steps grow: at the default 64 steps the median image is within 1%, at 256 steps every image is.
+    The worst image at 64 steps is near 1% and moves with the trained weights, hence with the CPU's rounding
+    (0.80% on an Intel Xeon, 1.33% on an AMD EPYC): a bound on it would hold on one machine only."""
+    images = fashion[0][-32:]
+    coarse, fine = ig_completeness(lenet, images), ig_completeness(lenet, images, steps=256)
+    print(f"\nIG completeness on lenet-relu: 64 steps max {float(coarse.max()):.2e}, median "
+          f"{float(coarse.median()):.2e}; 256 steps max {float(fine.max()):.2e}, median {float(fine.median()):.2e}")
+    assert float(coarse.median()) < 0.01
+    assert float(fine.max()) < 0.01
+    assert float(fine.median()) < float(coarse.median())
 
 
 # ---- localization: a synthetic set where a small mark at a random place decides the class ----------------------

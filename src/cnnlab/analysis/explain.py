@@ -35,7 +35,7 @@ from cnnlab.nn.classifier import device_of, eval_mode
 __all__ = ["METHODS", "Explanation", "explain", "explain_images", "ig_completeness", "plot_explanations"]
 
 METHODS = ("gradcam", "ig", "occlusion", "saliency")
-IG_STEPS = 64  # Riemann steps of Integrated Gradients: enough for < 1% completeness error on our nets
+IG_STEPS = 64  # Riemann steps of Integrated Gradients: the median image's completeness error < 1% on our nets
 
 
 @dataclass(frozen=True)
