@@ -124,6 +124,22 @@ def test_a_training_image_damaged_after_training_does_not_block_the_test_split(t
     assert next(iter(loaded.test_loader(batch_size=1000)))[0].shape == (8, 3, 32, 32)
 
 
+def test_a_test_split_without_one_class_is_scored_with_the_models_labels(tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    _colour_folder(folder / "train", per_class=8)
+    _colour_folder(folder / "test", names=(QUOTED,), per_class=4, seed=1)  # the second class alone
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(folder), "--model", "lenet-relu", "--epochs", "1", "--batch-size", "8",
+                 "--no-progress", "--out", str(run)]) == 0
+    assert "holds 1 of the 2 classes" in capsys.readouterr().out
+    loaded = load_trained(run)
+    images, labels = loaded.test_split()  # decoded alone, labelled by the model's classes: 1, not its own 0
+    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [1] * 4
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "(4 images)" in out and f"{QUOTED:<12}" in out
+
+
 def test_bad_image_folder_arguments_are_one_line_errors(tmp_path, capsys):
     folder = _colour_folder(tmp_path / "pictures", per_class=4)
     (folder / HOSTILE / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

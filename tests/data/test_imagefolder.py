@@ -7,6 +7,7 @@ damaging good ones in tmp_path.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -350,10 +351,31 @@ def test_a_single_class(tmp_path):
         ImageFolderData(tmp_path / "g", **QUIET)
 
 
-def test_train_and_test_must_hold_the_same_classes(tmp_path):
+def test_test_may_hold_fewer_classes_than_train_and_keeps_their_labels(tmp_path):
+    # train/ holds a, b, c (grey levels 40, 80, 120); test/ only c and a: its labels must be train/'s (2 and 0),
+    # not its own folder order (1 and 0), or every test image of c would be scored as b
+    grey_folder(tmp_path / "f" / "train", classes=("a", "b", "c"))
+    for name, value in (("a", 40), ("c", 120)):
+        for i in range(2):
+            write_png(tmp_path / "f" / "test" / name / f"{i}.png", np.full((8, 8), value, np.uint8))
+    lines = []
+    data = ImageFolderData(tmp_path / "f", log=lines.append, progress=False)
+    assert data.classes == ("a", "b", "c")
+    assert data.test_labels.tolist() == [0, 0, 2, 2]
+    assert data.test_images[:, 0, 0, 0].tolist() == [40, 40, 120, 120]
+    assert any("holds 2 of the 3 classes (none of ['b'])" in line for line in lines)
+    # the same from the cache, and a test/ of one class is a split, not a one-class folder
+    again = ImageFolderData(tmp_path / "f", **QUIET)
+    assert again.test_labels.tolist() == [0, 0, 2, 2]
+    shutil.rmtree(tmp_path / "f" / "test" / "a")
+    assert ImageFolderData(tmp_path / "f", **QUIET).test_labels.tolist() == [2, 2]
+
+
+def test_a_split_with_a_class_train_lacks_is_refused(tmp_path):
     grey_folder(tmp_path / "f" / "train", classes=("cat", "dog"))
     grey_folder(tmp_path / "f" / "test", classes=("cat", "fox"))
-    with pytest.raises(ImageFolderError, match=r"only in test: \['fox'\]; missing from test: \['dog'\]"):
+    with pytest.raises(ImageFolderError, match=r"holds class\(es\) \['fox'\] that train/ does not .* every class "
+                                               r"of test needs its folder in train/ too"):
         ImageFolderData(tmp_path / "f", **QUIET)
 
 

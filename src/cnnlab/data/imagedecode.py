@@ -76,8 +76,10 @@ def _unreadable(exc: OSError) -> None:
                            "move it out of the image folder")
 
 
-def _scan(folder: Path) -> _Scan:
-    """List ``folder/<class>/**/<image>`` in a fixed order: classes sorted, each class's files sorted."""
+def _scan(folder: Path, single_class: bool = False) -> _Scan:
+    """List ``folder/<class>/**/<image>`` in a fixed order: classes sorted, each class's files sorted.
+
+    ``single_class``: one class folder is allowed (a ``val/`` or ``test/`` split; ``train/`` needs two)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
@@ -120,10 +122,25 @@ def _scan(folder: Path) -> _Scan:
     if len(classes) < 2 and classes[0] in ("test", "val"):  # a split without train/ beside it
         raise ImageFolderError(f"{folder} holds {classes[0]}/ but no train/ beside it; put the training images in "
                                f"{folder / 'train'}/<class>/, or the classes directly in {folder}")
-    if len(classes) < 2:
+    if len(classes) < 2 and not single_class:
         raise ImageFolderError(f"{folder} holds a single class folder, {classes[0]!r}; a classifier needs at "
                                f"least two classes, each in a folder of its own")
     return scan
+
+
+def _label_by(scan: _Scan, name: str, reference: list[str], source: str) -> None:
+    """Label ``scan``'s files by their class's place in ``reference`` (``train/``'s classes, or a trained model's),
+    so that a split holding fewer classes (a small ``test/`` without one) keeps the labels the model learned;
+    a class ``reference`` lacks is refused, since nothing was trained to answer it."""
+    if scan.classes == reference:
+        return
+    extra = [c for c in scan.classes if c not in reference]
+    if extra:
+        raise ImageFolderError(f"{scan.folder} holds class(es) {extra} that {source} does not ({name} has "
+                               f"{len(scan.classes)} classes, {source} {len(reference)}: {reference}); every class "
+                               f"of {name} needs its folder in {source} too")
+    index = [reference.index(c) for c in scan.classes]
+    scan.files = [(path, index[label], size, mtime) for path, label, size, mtime in scan.files]
 
 
 # ---- decoding, with a cache ---------------------------------------------------------------------------------
@@ -143,7 +160,7 @@ class Decoded:
 
 def decode_folder(root: str | os.PathLike, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
                   *, max_bytes: int | None = -1, cache: bool = True, progress: bool | None = None,
-                  log=print, only: str | None = None) -> Decoded:
+                  log=print, only: str | None = None, classes: list[str] | None = None) -> Decoded:
     """Find and decode every image under ``root`` (the layouts of :class:`ImageFolderData`), or load the cache.
 
     Bad files are collected, not raised: the caller decides (see ``skip_bad`` of :class:`ImageFolderData`).
@@ -158,13 +175,15 @@ def decode_folder(root: str | os.PathLike, image_size: int | tuple[int, int] | N
         progress: a tqdm bar while decoding; None shows it only on a terminal.
         log: where the one-line summary goes; None for silence.
         only: decode this split alone (``"test"``: a trained model's check images, never its training images).
+        classes: the class names labels index into (a trained model's); None: the first split's (``train/``).
+            A split may hold fewer of them (a small test set without one class), never a class not among them.
 
     Returns:
         A :class:`Decoded`.
 
     Raises:
-        ImageFolderError: a layout problem (no or empty class folders, one class, class sets that differ
-            between splits), or the images would not fit in ``max_bytes``.
+        ImageFolderError: a layout problem (no or empty class folders, one class in ``train/``, a split with a
+            class ``train/`` lacks), or the images would not fit in ``max_bytes``.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -177,28 +196,28 @@ def decode_folder(root: str | os.PathLike, image_size: int | tuple[int, int] | N
         if only not in layout:
             raise ImageFolderError(f"{root} has no {only} split: put those images in {root}/{only}/<class>/")
         layout = {only: layout[only]}
-    scans = {name: _scan(folder) for name, folder in layout.items()}
+    scans = {name: _scan(folder, single_class=name in ("val", "test")) for name, folder in layout.items()}
     first = next(iter(scans.values()))
+    reference = list(classes) if classes is not None else first.classes
     for name, scan in scans.items():
-        if scan.classes != first.classes:
-            extra = sorted(set(scan.classes) - set(first.classes))
-            missing = sorted(set(first.classes) - set(scan.classes))
-            raise ImageFolderError(f"{scan.folder} and {first.folder} hold different classes ({name} has "
-                                   f"{len(scan.classes)}, train {len(first.classes)}; only in {name}: {extra}; "
-                                   f"missing from {name}: {missing}); every split needs the same class folders")
+        _label_by(scan, name, reference, "the model" if classes is not None else "train/")
+        if scan.classes != reference and log is not None:
+            missing = [c for c in reference if c not in scan.classes]
+            log(f"{scan.folder} holds {len(scan.classes)} of the {len(reference)} classes (none of {missing}); "
+                f"its images keep {'the model' if classes is not None else 'train/'}'s labels")
     ignored = sum(scan.ignored for scan in scans.values())
     if ignored and log is not None:
         log(f"ignored {ignored:,} files in {root} whose names do not end in an image suffix "
             f"({' '.join(IMAGE_SUFFIXES)})")
-    cache_file = _cache_file(root, size, channels, scans) if cache else None
+    cache_file = _cache_file(root, size, channels, scans, reference) if cache else None
     if cache_file is not None:
-        hit = _read_cache(cache_file, first.classes, scans)
+        hit = _read_cache(cache_file, reference, scans)
         if hit is not None:
             if log is not None:
                 n = sum(len(labels) for _, labels in hit.splits.values())
                 log(f"{n:,} images of {root} read from the cache {cache_file}")
             return hit
-    return _decode(root, scans, size, channels, max_bytes, cache_file, progress, log)
+    return _decode(root, scans, reference, size, channels, max_bytes, cache_file, progress, log)
 
 
 def _size(image_size) -> tuple[int, int] | None:
@@ -214,7 +233,8 @@ def _size(image_size) -> tuple[int, int] | None:
     return size
 
 
-def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cache_file, progress, log) -> Decoded:
+def _decode(root: Path, scans: dict[str, _Scan], classes: list[str], size, channels, max_bytes, cache_file, progress,
+            log) -> Decoded:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -275,7 +295,7 @@ def _decode(root: Path, scans: dict[str, _Scan], size, channels, max_bytes, cach
     # In listing order, so that the error lists the files as the folder does.
     order = {f[0]: i for i, f in enumerate(files)}
     bad_list = sorted(bad.items(), key=lambda item: order[item[0]])
-    decoded = Decoded(splits, list(next(iter(scans.values())).classes), channels, size, bad_list, cache_file,
+    decoded = Decoded(splits, list(classes), channels, size, bad_list, cache_file,
                       from_cache=False)
     if cache_file is not None:
         _write_cache(cache_file, decoded)
@@ -313,13 +333,13 @@ def _png_is_grey(path: str) -> bool | None:
     return {0: True, 4: True, 2: False, 6: False}.get(head[25])  # grey, grey+alpha, RGB, RGBA; 3: palette
 
 
-def _cache_file(root: Path, size, channels, scans: dict[str, _Scan]) -> Path:
+def _cache_file(root: Path, size, channels, scans: dict[str, _Scan], classes: list[str]) -> Path:
     """``<cache_dir()>/imagefolders/<settings hash>-<listing hash>.pt``: a changed listing is a new name."""
     from PIL import __version__ as pillow_version
 
     settings = [_CACHE_VERSION, str(root.resolve()), size, channels]
     # Every file's name, size and mtime, and everything else that changes the decoded bytes or the bad list.
-    listing = [pillow_version, MAX_PIXELS, FORMATS, IMAGE_SUFFIXES,
+    listing = [pillow_version, MAX_PIXELS, FORMATS, IMAGE_SUFFIXES, classes,
                [[name, scan.classes, [[p, s, m] for p, _, s, m in scan.files]] for name, scan in scans.items()]]
     slot = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]

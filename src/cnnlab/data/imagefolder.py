@@ -41,7 +41,8 @@ class ImageFolderData(SplitLoaders):
     - ``DIR/<class>/<image>``: a stratified ``val_split`` (default 0.1) of the images, chosen by ``seed``, is
       held out for validation (:func:`cnnlab.data.fashion_mnist.stratified_split`); no test split.
     - ``DIR/train/<class>/...`` with ``DIR/val/`` and/or ``DIR/test/`` beside it: those folders are the splits
-      (every split must hold the same class folders). Without ``DIR/val/``, ``val_split`` holds out part of
+      (``val/`` and ``test/`` may hold fewer of ``train/``'s class folders, never another: their images keep
+      ``train/``'s labels). Without ``DIR/val/``, ``val_split`` holds out part of
       ``train`` if given, else the test split also serves for validation, as d2l does with Fashion-MNIST.
 
     Files not ending in an image suffix (``README.txt``) and hidden files and folders (``.ipynb_checkpoints``)
@@ -72,8 +73,8 @@ class ImageFolderData(SplitLoaders):
         log: where notes go (skipped files, the decode's speed); None for silence.
 
     Raises:
-        ImageFolderError: the folder is missing, has no or empty class folders or only one class, its splits
-            hold different classes, it is too large for ``max_bytes``, it holds unreadable files (without
+        ImageFolderError: the folder is missing, has no or empty class folders or only one class, a split
+            holds a class ``train/`` lacks, it is too large for ``max_bytes``, it holds unreadable files (without
             ``skip_bad``, every one listed), or it has too few images to hold out a validation split.
     """
 
