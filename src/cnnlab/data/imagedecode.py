@@ -199,13 +199,12 @@ def decode_folder(root: str | os.PathLike, image_size: int | tuple[int, int] | N
     scans = {name: _scan(folder, single_class=name in ("val", "test")) for name, folder in layout.items()}
     first = next(iter(scans.values()))
     reference = list(classes) if classes is not None else first.classes
-    source = "the model" if classes is not None else "train/"
     for name, scan in scans.items():
-        _label_by(scan, name, reference, source)
+        _label_by(scan, name, reference, "the model" if classes is not None else "train/")
         if scan.classes != reference and log is not None:
             missing = [c for c in reference if c not in scan.classes]
             log(f"{scan.folder} holds {len(scan.classes)} of the {len(reference)} classes (none of {missing}); "
-                f"its images keep {source}'s labels")
+                f"its images keep {'the model' if classes is not None else 'train/'}'s labels")
     ignored = sum(scan.ignored for scan in scans.values())
     if ignored and log is not None:
         log(f"ignored {ignored:,} files in {root} whose names do not end in an image suffix "
