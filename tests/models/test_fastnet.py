@@ -56,3 +56,38 @@ def test_each_docstring_that_names_a_recipe_names_the_recipes_own_model():
                 claims[recipe] = name
                 assert RECIPES[recipe]["model"] == name, f"{name}'s docstring names --recipe {recipe}"
     assert claims == {"fast": "fastnet-flip", "fast-long": "fastnet-wide"}
+
+
+def test_a_pixel_blend_mixes_the_two_models_probabilities_in_eval_mode_only():
+    from cnnlab.models.fastnet import blend_logits
+
+    torch.manual_seed(0)
+    model = create_model("fastnet-auto", num_classes=3, in_channels=3, image_size=8, pixel_blend=0.25).eval()
+    assert model.pixel_head.weight.shape == (3, 3 * 8 * 8) and model.model_kwargs["pixel_blend"] == 0.25
+    torch.nn.init.normal_(model.pixel_head.weight)  # zeros until fitted: any head will do here
+    X = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        net, head = model.net(X).softmax(1), model.pixel_head(X.flatten(1)).softmax(1)
+        mixed = model(X)
+        assert torch.allclose(mixed.exp(), 0.75 * net + 0.25 * head, atol=1e-6)  # logits of the mixture
+        assert torch.allclose(mixed.softmax(1), 0.75 * net + 0.25 * head, atol=1e-6)
+        assert not torch.allclose(net, head, atol=0.05)  # so the mixture could have been either alone
+        assert torch.equal(model.train()(X), model.net(X))  # training sees the net alone
+    # Stable where a softmax underflows: a log of the mixture, not of a sum of exps
+    assert torch.isfinite(blend_logits(torch.tensor([[1e4, 0.0]]), torch.tensor([[0.0, 1e4]]), 0.5)).all()
+    # The blend's weights live in the model's state dict: a checkpoint rebuilds it from its kwargs
+    again = create_model("fastnet-auto", **{k: v for k, v in model.model_kwargs.items()})
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(X), model.eval()(X))
+
+
+@pytest.mark.parametrize("weight", [1.0, -0.1])
+def test_a_pixel_blend_outside_zero_to_one_is_refused(weight):
+    with pytest.raises(ValueError, match="pixel_blend must be in"):
+        create_model("fastnet-auto", pixel_blend=weight)
+
+
+def test_without_a_pixel_blend_fastnet_auto_has_no_head():
+    model = create_model("fastnet-auto")
+    assert model.pixel_head is None and not any("pixel" in key for key in model.state_dict())

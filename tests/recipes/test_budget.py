@@ -134,6 +134,30 @@ def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_fo
     assert clock.now + last.validation + last.final + last.margin <= 15.0 + 1.0
 
 
+def test_seconds_planned_after_training_are_taken_from_the_training_time(data_dir):
+    """The automatic recipe's pixel blend runs between training and the final pass: a budget keeps its seconds."""
+    steps, finals = [], []
+    for after_training in (0.0, 6.0):
+        clock = FakeClock(tick=0.0)
+        pace = ClockProgress(1.0, clock=clock)
+        keeper = BudgetKeeper(30.0, pace, data_seconds=0.5, test_images=256, log=None, clock=lambda c=clock: c.now,
+                              after_training=after_training)
+        model = create_model("lenet-bn", num_classes=10, lr=0.1)
+        step = model.training_step
+
+        def timed_step(batch, c=clock, step=step):  # each training step takes 1.0 fake seconds
+            c.now += 1.0
+            return step(batch)
+
+        model.training_step = timed_step
+        trainer = _trainer(pace=pace, callbacks=[keeper], max_epochs=10**6)
+        trainer.fit(model, _data(data_dir))
+        steps.append(trainer.global_step)
+        finals.append(keeper.plan.final)
+    assert finals[1] - finals[0] == pytest.approx(6.0, abs=0.5)
+    assert steps[0] - steps[1] == pytest.approx(6, abs=1)  # six fewer 1-second steps
+
+
 def test_a_run_the_clock_ends_at_an_epoch_end_is_finished_in_its_last_checkpoint(tmp_path, data_dir):
     from cnnlab.recipes.run import _finished
 

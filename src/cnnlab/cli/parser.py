@@ -85,6 +85,20 @@ def _add_speed(p) -> None:
                    "under --budget on a CPU the faster of that and half of it, timed at the start)")
 
 
+def _add_images(p) -> None:
+    """``cnnlab train``'s options for your own image folder."""
+    p.add_argument("--images", metavar="DIR", help="train on your own image folder instead of Fashion-MNIST: "
+                   "DIR/<class>/<image> (or DIR/train/<class>/..., DIR/test/<class>/...), as torchvision's "
+                   "ImageFolder; without test/ or val/, --val-split (default 0.1) holds out a share")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="with --images: 1 (grey) or 3 (colour); default "
+                   "1 if every image is grey, else 3")
+    p.add_argument("--skip-bad", action="store_true", help="with --images: leave unreadable files out (counted) "
+                   "instead of stopping with their list")
+    p.add_argument("--pixel-blend", action=argparse.BooleanOptionalAction, default=None, help="with --images: after "
+                   "training, average the net's probabilities with a linear classifier's on the pixels, with the share that "
+                   "lowers the validation loss (the automatic recipe's default; --no-pixel-blend: the net alone)")
+
+
 def _add_train(sub) -> None:
     from cnnlab.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -128,13 +142,7 @@ def _add_train(sub) -> None:
     p.add_argument("--num-val", type=_positive_int, help="validate on the first N test images only")
     p.add_argument("--val-split", type=_fraction, metavar="F", help="validate on a seeded, stratified share F of "
                    "the training images (e.g. 0.1) instead of the test set, which is then scored once, at the end")
-    p.add_argument("--images", metavar="DIR", help="train on your own image folder instead of Fashion-MNIST: "
-                   "DIR/<class>/<image> (or DIR/train/<class>/..., DIR/test/<class>/...), as torchvision's "
-                   "ImageFolder; without test/ or val/, --val-split (default 0.1) holds out a share")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="with --images: 1 (grey) or 3 (colour); default "
-                   "1 if every image is grey, else 3")
-    p.add_argument("--skip-bad", action="store_true", help="with --images: leave unreadable files out (counted) "
-                   "instead of stopping with their list")
+    _add_images(p)
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard/ (needs the "
                    "'tensorboard' extra); view with `tensorboard --logdir runs/`")
     p.add_argument("--out", help="the run folder itself (default runs/<model>-<timestamp>)")

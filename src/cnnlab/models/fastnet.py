@@ -13,12 +13,20 @@ a third wider. The widths and the flip were chosen on a validation split of the 
 (benchmarks/tune_recipes.py). ``fastnet-slim`` is FastNet 16-32-64 with flip averaging, ~0.45x the work per image:
 the form a ``--budget`` too short for five epochs of the others narrows them to (each registers its narrower
 form; :data:`cnnlab.recipes.budget.MIN_BUDGET_EPOCHS`).
+
+``fastnet-auto`` may carry a linear classifier on its input pixels (``pixel_blend``): in eval mode its output is
+the log of the mixture ``(1 - w) softmax(net) + w softmax(pixel_head)``, an average of the two models'
+probabilities. The automatic recipe fits the head after training and chooses ``w`` on the validation split
+(:mod:`cnnlab.recipes.blend`); on a few hundred images a linear model can hold what the net has not learned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
+import torch
 from torch import nn
 
 from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
@@ -26,7 +34,7 @@ from cnnlab.nn.classifier import Classifier, init_cnn
 from cnnlab.nn.ops import size_pair
 
 __all__ = ["FASTNET_SLIM_WIDTHS", "FASTNET_WIDTHS", "FASTNET_WIDE_WIDTHS", "FastNet", "fastnet", "fastnet_auto",
-           "fastnet_flip", "fastnet_slim", "fastnet_wide", "sized_widths"]
+           "blend_logits", "fastnet_flip", "fastnet_slim", "fastnet_wide", "sized_widths"]
 
 FASTNET_WIDTHS = (24, 48, 96)  # stem, then one conv group per further width
 FASTNET_WIDE_WIDTHS = (32, 64, 128)  # 1.8x the parameters and FLOPs, ~1.6x the time per image on a CPU
@@ -50,6 +58,9 @@ class FastNet(Classifier):
         num_classes: number of output logits.
         in_channels: image channels.
         flip_tta: in eval mode, return the mean of the logits of the input and of its left-right mirror.
+        pixel_features: with ``pixel_blend``, the size of a flattened input (``in_channels * H * W``).
+        pixel_blend: in eval mode, the share ``w`` of a linear classifier on the flattened input
+            (``pixel_head``) in the mixture of probabilities (:func:`blend_logits`); 0: the net alone.
 
     Shape:
         (N, in_channels, H, W) -> (N, num_classes); each group halves H and W (rounding up).
@@ -57,11 +68,14 @@ class FastNet(Classifier):
 
     def __init__(
         self, widths: Sequence[int] = FASTNET_WIDTHS, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1,
-        flip_tta: bool = False,
+        flip_tta: bool = False, pixel_features: int = 0, pixel_blend: float = 0.0,
     ):
         super().__init__()
+        if not 0 <= pixel_blend < 1 or (pixel_blend and pixel_features < 1):
+            raise ValueError(f"pixel_blend must be in [0, 1) with pixel_features > 0, got {pixel_blend!r} with "
+                             f"{pixel_features!r}")
         self.save_hyperparameters(widths=widths, lr=lr, num_classes=num_classes, in_channels=in_channels,
-                                  flip_tta=flip_tta)
+                                  flip_tta=flip_tta, pixel_blend=pixel_blend)
         layers = _conv_bn(in_channels, widths[0], pool=False)
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
             layers += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
@@ -71,12 +85,28 @@ class FastNet(Classifier):
             nn.Linear(widths[-1], num_classes),
         )  # fmt: skip
         self.net.apply(init_cnn)
+        # Fitted after training (by L-BFGS, not by the optimizer): zeros until its weights are loaded
+        self.pixel_head = nn.Linear(pixel_features, num_classes) if pixel_blend else None
+        if self.pixel_head is not None:
+            nn.init.zeros_(self.pixel_head.weight)
+            nn.init.zeros_(self.pixel_head.bias)
 
     def forward(self, X):
-        if self.flip_tta and not self.training:
-            # float32 before averaging: under bf16 autocast two bf16 logits can tie where their mean does not
-            return (self.net(X).float() + self.net(X.flip(-1)).float()) / 2
-        return self.net(X)
+        if self.training:
+            return self.net(X)
+        # float32 before averaging: under bf16 autocast two bf16 logits can tie where their mean does not
+        logits = (self.net(X).float() + self.net(X.flip(-1)).float()) / 2 if self.flip_tta else self.net(X)
+        if self.pixel_head is not None:
+            return blend_logits(logits, self.pixel_head(X.flatten(1).float()), self.pixel_blend)
+        return logits
+
+
+def blend_logits(net_logits: torch.Tensor, head_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """``log((1 - weight) softmax(net_logits) + weight softmax(head_logits))``, computed stably in float32: logits
+    whose softmax is the mixture of the two models' probabilities (so a loss or an argmax reads them as any)."""
+    mixed = torch.stack([net_logits.float().log_softmax(1) + math.log1p(-weight),
+                         head_logits.float().log_softmax(1) + math.log(weight)])
+    return mixed.logsumexp(0)
 
 
 @register_model("fastnet")
@@ -156,8 +186,12 @@ def fastnet_auto(
     in_channels: int = 1,
     image_size: int | tuple[int, int] = 28,
     lr: float = 0.1,
+    pixel_blend: float = 0.0,
 ) -> FastNet:
     """FastNet sized to the input (:func:`sized_widths`), no flip averaging: the net of the automatic recipe for
-    your own images (``cnnlab train --images DIR``, :mod:`cnnlab.recipes.auto`)."""
-    model = FastNet(sized_widths(image_size), lr=lr, num_classes=num_classes, in_channels=in_channels)
+    your own images (``cnnlab train --images DIR``, :mod:`cnnlab.recipes.auto`). ``pixel_blend``: the share of a
+    linear classifier on the input pixels in its eval-mode output (see :class:`FastNet`)."""
+    height, width = size_pair(image_size)
+    model = FastNet(sized_widths(image_size), lr=lr, num_classes=num_classes, in_channels=in_channels,
+                    pixel_features=in_channels * height * width, pixel_blend=pixel_blend)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)

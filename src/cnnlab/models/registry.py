@@ -28,7 +28,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode, init_cnn
 from cnnlab.nn.ops import size_pair
 
-__all__ = ["cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "narrower_model",
+__all__ = ["builder_arguments", "cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "narrower_model",
            "prepare_model", "register_model", "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
@@ -102,6 +102,11 @@ def check_model_name(name: str) -> str:
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return name
+
+
+def builder_arguments(name: str) -> tuple[str, ...]:
+    """The keyword arguments model `name`'s builder takes (`num_classes`, `in_channels`, ...)."""
+    return tuple(inspect.signature(_MODELS[check_model_name(name)]).parameters)
 
 
 def model_recipe(name: str) -> dict:

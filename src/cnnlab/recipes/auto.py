@@ -246,7 +246,7 @@ def _draft(config: TrainConfig, log=print) -> tuple[TrainConfig, object]:
     data = _folder_data(config, image_size, val_split, flip=bool(config.flip), log=log)
     recipe = dict(model="fastnet-auto", image_size=image_size, val_split=val_split, normalize=True,
                   optimizer="momentum", momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0,
-                  flip=bool(config.flip))
+                  flip=bool(config.flip), pixel_blend=True)
     # The user's options win over the recipe's (--weight-decay, --schedule, ...); the model is the recipe's, as
     # a model named on the command line does not come here.
     given = {k: v for k, v in config.to_dict().items() if v is not None and k != "model"}

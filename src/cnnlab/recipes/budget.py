@@ -254,12 +254,14 @@ class BudgetKeeper(Callback):
         clock: seconds since the process started (:func:`process_seconds`; tests pass a fake one).
         startup: seconds the process took to reach the command (interpreter, torch's import): its exit, torch's
             teardown, scales with it (measured under load: 12 s to start, 7 s to exit).
+        after_training: seconds of work planned between training's end and the final pass (the automatic
+            recipe's pixel blend, :func:`cnnlab.recipes.blend.blend_seconds`).
     """
 
     def __init__(self, total: float, pace: ClockProgress, data_seconds: float, test_images: int,
-                 log=print, clock=process_seconds, startup: float = 0.0):
+                 log=print, clock=process_seconds, startup: float = 0.0, after_training: float = 0.0):
         self.total, self.pace, self.log, self.clock = total, pace, log, clock
-        self.exit_seconds = EXIT_SHARE * startup
+        self.exit_seconds, self.after_training = EXIT_SHARE * startup, after_training
         self.data_seconds, self.test_images = data_seconds, test_images
         self.plan: BudgetPlan | None = None
 
@@ -272,7 +274,8 @@ class BudgetKeeper(Callback):
         n_val = len(getattr(trainer.val_loader, "labels", ()))
         # The last validation pass also saves checkpoints and draws curves: a second for those.
         validation = per_image * n_val * 1.2 + 1.0
-        final = per_final_image * self.test_images * 1.2 + self.data_seconds + 0.5 + self.exit_seconds
+        final = (per_final_image * self.test_images * 1.2 + self.data_seconds + 0.5 + self.exit_seconds
+                 + self.after_training)
         # Under torchrun rank 0's measurements decide, so that every rank plans (or refuses) alike.
         spent, validation, final = _rank0(trainer, self.clock(), validation, final)
         self.plan = plan_budget(self.total, spent, validation, final)

@@ -41,6 +41,9 @@ class TrainConfig:
     flip: bool | None = None  # with augment: mirror images too; None: yes (the seed's and Fashion's crop + flip)
     cutout: float | None = None  # with augment: Cutout of this fraction of the image side (0: none)
     passes: int | None = None  # passes over the training images per epoch (the automatic recipe's small folders)
+    # After training, the net averaged with a linear classifier on its input pixels where the validation split
+    # says so (cnnlab.recipes.blend); the automatic recipe's last step
+    pixel_blend: bool | None = None
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -75,7 +78,7 @@ class TrainConfig:
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, passes=1,
-            normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0)
+            normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0, pixel_blend=False)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -146,6 +149,7 @@ def resolve_config(config: TrainConfig, recipe: str | None = None) -> TrainConfi
 def validate_config(config: TrainConfig) -> None:
     """Reject impossible settings with one clear sentence each (the CLI turns these into exit code 2)."""
     from cnnlab.models import check_model_name
+    from cnnlab.models.registry import builder_arguments
 
     check_model_name(config.model)
     checks = [
@@ -170,6 +174,9 @@ def validate_config(config: TrainConfig) -> None:
         (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
         (config.passes >= 1, f"passes (over the training images per epoch) must be at least 1, got {config.passes}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
+        (not config.pixel_blend or config.images is not None and "pixel_blend" in builder_arguments(config.model),
+         f"--pixel-blend needs --images and a model with a pixel head (fastnet-auto, the automatic recipe's), "
+         f"not {config.model}"),
         (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
          "a number of steps without the clock"),
     ]

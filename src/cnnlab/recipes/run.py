@@ -16,6 +16,7 @@ import torch
 from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
+from cnnlab.recipes.blend import PixelBlend, blend_seconds
 from cnnlab.recipes.budget import (
     MIN_BUDGET_EPOCHS,
     TRAINING_SHARE,
@@ -301,11 +302,14 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
         from cnnlab.training.tensorboard import TensorBoardLogger
 
         callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
+    if config.pixel_blend:  # here, not in the automatic recipe alone: a resumed or replayed run blends too
+        callbacks = [*callbacks, PixelBlend(data, log)]
     steps_per_epoch = len(data.train_dataloader())
     pace = build_pace(config, steps_per_epoch)
     if isinstance(pace, ClockProgress):
         callbacks = [*callbacks, BudgetKeeper(config.budget, pace, data_seconds, _final_pass_images(config, data),
-                                              log=log, clock=clock, startup=startup)]
+                                              log=log, clock=clock, startup=startup,
+                                              after_training=blend_seconds(data) if config.pixel_blend else 0)]
     if log is not None and ctx.is_main:
         log(describe_run(config, data, steps_per_epoch, pace))
     trainer = build_trainer(config, device, folder.path, pace=pace, steps_per_epoch=steps_per_epoch, log=log,

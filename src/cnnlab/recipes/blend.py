@@ -1,0 +1,147 @@
+"""The automatic recipe's last step: the trained net averaged with a linear classifier on its input pixels, where
+the validation split says the average is better (issue 23: never below a baseline on the raw pixels).
+
+On a few hundred images a CNN may fall short of a linear model on the pixels (200 Fashion-MNIST images at 28 px:
+the net 0.723-0.747, the linear model 0.740-0.777), and the two err on different images, so the mean of their
+probabilities beats both. After training, :class:`PixelBlend` fits softmax regression on the training images as
+the net sees them (:func:`~cnnlab.training.baseline.fit_linear`, its L2 strength chosen on the validation split),
+then the head's share ``w`` of the mixture from :data:`BLEND_WEIGHTS` by the validation split's log-loss (a
+finer measure than its accuracy on a split of 20 images). Where no share lowers it the net stays alone. A chosen
+``w`` is written into ``best.pt`` as the model's own ``pixel_blend`` argument
+(:class:`~cnnlab.models.fastnet.FastNet`), so that ``evaluate``, ``predict``, ``explain`` and ``export`` all use
+what the test accuracy scored.
+
+The validation split also chose the best epoch, which flatters the net over the head: the choice leans to the net.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.training.baseline import MAX_BASELINE_IMAGES, _WEIGHT_DECAYS, fit_linear
+from cnnlab.training.callbacks import Callback
+
+__all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "PixelBlend", "blend_best_checkpoint", "blend_seconds", "choose_blend",
+           "fit_pixel_head"]
+
+BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the head's shares tried besides none: never more than the net's
+# Training inputs x features the head is fitted on at most: its L-BFGS fits cost time in proportion (with the
+# classes). 10,000 grey 28 px images fit in full; of 32 px colour ones a random 2,604.
+MAX_HEAD_VALUES = 8_000_000
+# Seconds of the head's fits per training input x feature, at worst: on random inputs (each of the four fits runs
+# its 100 iterations) 2,604 x 3,072 took 2.5 s with 10 classes, 4.8 s with 100; 10,000 x 784 0.5 s (AMD EPYC, 2
+# cores). Times the square root of a tenth of the classes, from 10 up.
+SECONDS_PER_HEAD_VALUE = 3.5e-7
+
+
+def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                   num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax regression on the flattened inputs, standardized for the fit, its L2 strength the one of lowest
+    validation log-loss; returned as ``(W, b)`` of a linear layer on the unstandardized flattened inputs.
+
+    Shape:
+        ``train_x`` (N, C, H, W), ``val_x`` (M, C, H, W) float -> ``W`` (K, C*H*W), ``b`` (K,).
+    """
+    X, Xv = train_x.flatten(1).float(), val_x.flatten(1).float()
+    mean, std = X.mean(0), X.std(0).clamp(min=1e-3)
+    X, Xv = (X - mean) / std, (Xv - mean) / std
+    best = None
+    for weight_decay in _WEIGHT_DECAYS:
+        W, b = fit_linear(X, train_y, num_classes, weight_decay)
+        loss = float(F.cross_entropy(Xv @ W.T + b, val_y))
+        if best is None or loss < best[0]:
+            best = (loss, W, b)
+    _, W, b = best
+    W = W / std  # folded in: the head then reads the net's own input
+    return W, b - W @ mean
+
+
+def choose_blend(net_logits: torch.Tensor, head_logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+    """The head's share of lowest validation log-loss (0 where none beats the net alone), with the net's log-loss
+    and the chosen mixture's."""
+    from cnnlab.models.fastnet import blend_logits
+
+    alone = float(F.cross_entropy(net_logits.float(), labels))
+    best = (alone, 0.0)
+    for weight in BLEND_WEIGHTS:
+        loss = float(F.cross_entropy(blend_logits(net_logits, head_logits, weight), labels))
+        if loss < best[0]:
+            best = (loss, weight)
+    return best[1], alone, best[0]
+
+
+def blend_seconds(data) -> float:
+    """What :func:`blend_best_checkpoint` may take, at most, on the image-folder data module ``data`` (a
+    ``--budget`` keeps it free): the head's fits, plus a second for the checkpoint's reading and writing and the
+    validation pass."""
+    channels, height, width = data.image_shape
+    features = channels * height * width
+    fitted = min(len(data.train_labels), _subset_size(features))
+    return 1.0 + SECONDS_PER_HEAD_VALUE * fitted * features * max(1.0, len(data.classes) / 10) ** 0.5
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)])
+
+
+def _subset_size(features: int) -> int:
+    return max(1, min(MAX_BASELINE_IMAGES, MAX_HEAD_VALUES // max(1, features)))
+
+
+def _training_subset(images: torch.Tensor, labels: torch.Tensor, features: int):
+    """A fixed random subset (the same on every run of these data) small enough for the head's fit."""
+    keep_count = _subset_size(features)
+    if len(labels) <= keep_count:
+        return images, labels
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:keep_count]
+    return images[keep.to(images.device)], labels[keep.to(labels.device)]
+
+
+def blend_best_checkpoint(run_dir, data, log=print) -> float:
+    """Fit the pixel head for the run's best checkpoint on ``data``'s training images, choose its share on the
+    validation split, and where it is above 0 write the blended model into the checkpoint (atomically). Returns
+    the share (0: the checkpoint is unchanged). ``data``: the run's image-folder data module."""
+    from cnnlab.inference.loaded import load_trained
+    from cnnlab.models import create_model
+    from cnnlab.training.checkpoint import save_checkpoint
+
+    start = time.perf_counter()
+    loaded = load_trained(run_dir)
+    kwargs = dict(loaded.state.get("model_kwargs") or {})
+    if len(data.val_labels) == 0 or not hasattr(loaded.model, "pixel_head") or kwargs.get("pixel_blend"):
+        return float(kwargs.get("pixel_blend") or 0.0)  # no validation split, another model, or blended already
+    val_x, val_y = loaded.preprocess(data.val_images).cpu(), data.val_labels.cpu()
+    images, labels = _training_subset(data.train_images, data.train_labels, val_x[0].numel())
+    num_classes = len(loaded.class_names)
+    W, b = fit_pixel_head(loaded.preprocess(images).cpu(), labels.cpu(), val_x, val_y, num_classes)
+    weight, alone, blended = choose_blend(_logits(loaded.model, val_x), val_x.flatten(1) @ W.T + b, val_y)
+    seconds = time.perf_counter() - start
+    if weight == 0:
+        if log is not None:
+            log(f"pixel blend: none (a linear classifier on the pixels did not lower the validation log-loss "
+                f"{alone:.3f}; {seconds:.1f} s)")
+        return 0.0
+    model = create_model(loaded.state["model_name"], **{**kwargs, "pixel_blend": weight})
+    model.load_state_dict({**loaded.model.state_dict(), "pixel_head.weight": W, "pixel_head.bias": b})
+    save_checkpoint({**loaded.state, "model_state": model.state_dict(), "model_kwargs": model.model_kwargs},
+                    loaded.checkpoint)
+    if log is not None:
+        log(f"pixel blend: the net's probabilities averaged with a linear classifier's on the pixels, weight "
+            f"{weight:g} (validation log-loss {alone:.3f} -> {blended:.3f}; {seconds:.1f} s)")
+    return weight
+
+
+class PixelBlend(Callback):
+    """Runs :func:`blend_best_checkpoint` when the fit ends, before the test split is scored (rank 0 alone)."""
+
+    def __init__(self, data, log=print):
+        self.data, self.log = data, log
+
+    def on_fit_end(self, trainer, model) -> None:
+        if trainer.is_main and trainer.run_dir is not None:
+            blend_best_checkpoint(trainer.run_dir, self.data, self.log)

@@ -1,0 +1,91 @@
+"""The automatic recipe's pixel blend (cnnlab.recipes.blend): the head's fit, the share chosen on the validation
+split, and a run whose best.pt, evaluation, export and resume all carry the blend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.cli.main import main
+from cnnlab.recipes.blend import MAX_HEAD_VALUES, _subset_size, choose_blend, fit_pixel_head
+from cnnlab.training.checkpoint import load_checkpoint
+
+
+def test_the_head_reads_the_nets_own_input_with_its_standardization_folded_in():
+    # Features far from zero and on a tiny scale: a head that kept the standardized fit's W and b as they are
+    # would read these inputs as a constant and answer one class.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 1, 2, 2, generator=g)
+    labels = (z[:, 0, 0, 0] > 0).long()
+    inputs = 100 + 0.01 * z
+    W, b = fit_pixel_head(inputs[:300], labels[:300], inputs[300:], labels[300:], num_classes=2)
+    predicted = (inputs[300:].flatten(1) @ W.T + b).argmax(1)
+    assert (predicted == labels[300:]).float().mean() >= 0.95
+
+
+def test_the_share_is_the_one_of_lowest_validation_log_loss_and_none_where_the_head_does_not_help():
+    labels = torch.arange(40) % 2
+    right, wrong = 3 * torch.nn.functional.one_hot(labels, 2).float(), 3 * torch.nn.functional.one_hot(1 - labels,
+                                                                                                         2).float()
+    half = torch.arange(40) < 20
+    net = torch.where(half[:, None], right, wrong)  # right on the first half, confidently wrong on the second
+    head = torch.where(half[:, None], wrong, right)  # the other way round: their mean is the best of both
+    weight, alone, blended = choose_blend(net, head, labels)
+    assert weight == 0.5 and blended < alone
+    # A net right everywhere and a head that knows nothing: the net stays alone
+    weight, alone, blended = choose_blend(right, torch.zeros(40, 2), labels)
+    assert weight == 0.0 and blended == alone
+
+
+def test_the_heads_fit_is_kept_to_a_bounded_number_of_values():
+    assert _subset_size(3 * 32 * 32) * 3 * 32 * 32 <= MAX_HEAD_VALUES < (_subset_size(3 * 32 * 32) + 1) * 3 * 32 * 32
+    assert _subset_size(28 * 28) == 10_000  # a grey 28 px folder's head sees as many images as the baseline
+
+
+def _accuracy(text: str) -> float:
+    return float(text.split("test accuracy ")[1].split()[0])
+
+
+def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend(tmp_path, monkeypatch, capsys):
+    from image_sets import write_set
+
+    from cnnlab.inference.loaded import evaluate_checkpoint
+
+    monkeypatch.setenv("CNNLAB_BF16", "0")
+    folder = str(write_set("fashion-28-200", tmp_path / "f"))
+    run = tmp_path / "run"
+    # 60 steps: a net that has not learned all it could, beside which the linear head has something to add
+    assert main(["train", "--images", folder, "--steps", "60", "--lr", "0.05", "--threads", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pixel blend: the net's probabilities averaged with a linear classifier's" in out
+    weight = float(out.split("pixel blend: ")[1].split("weight ")[1].split()[0])
+    state = load_checkpoint(run / "best.pt")
+    assert 0 < weight <= 0.5 and state["model_kwargs"]["pixel_blend"] == weight
+    assert state["model_state"]["pixel_head.weight"].abs().sum() > 0  # fitted, not the zeros it is built with
+    accuracy = _accuracy(out)
+    assert evaluate_checkpoint(run)[1].accuracy == pytest.approx(accuracy, abs=1e-4)
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert evaluate_checkpoint(tmp_path / "m.safetensors")[1].accuracy == pytest.approx(accuracy, abs=1e-4)
+    # Resumed when finished: scored again, not blended twice
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    again = capsys.readouterr().out
+    assert "pixel blend" not in again and _accuracy(again) == pytest.approx(accuracy, abs=1e-4)
+    assert load_checkpoint(run / "best.pt")["model_kwargs"]["pixel_blend"] == weight
+    # --no-pixel-blend: the net alone, as trained
+    alone = tmp_path / "alone"
+    assert main(["train", "--images", folder, "--steps", "60", "--lr", "0.05", "--threads", "1", "--out", str(alone),
+                 "--no-progress", "--no-pixel-blend"]) == 0
+    assert "pixel blend" not in capsys.readouterr().out
+    assert "pixel_head.weight" not in load_checkpoint(alone / "best.pt")["model_state"]
+
+
+def test_a_pixel_blend_for_a_model_without_a_head_is_refused_in_one_line(tmp_path, capsys):
+    from image_sets import write_set
+
+    folder = str(write_set("shapes-25", tmp_path / "f"))
+    assert main(["train", "--images", folder, "--model", "lenet-bn", "--pixel-blend", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pixel-blend needs --images and a model with a pixel head" in err[0]
