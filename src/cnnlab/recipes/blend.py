@@ -29,12 +29,13 @@ __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "PixelBlend", "blend_best_checkpo
 
 BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the head's shares tried besides none: never more than the net's
 # Training inputs x features the head is fitted on at most: its L-BFGS fits cost time in proportion (with the
-# classes). 10,000 grey 28 px images fit in full; of 32 px colour ones a random 2,604.
-MAX_HEAD_VALUES = 8_000_000
-# Seconds of the head's fits per training input x feature, at worst: on random inputs (each of the four fits runs
-# its 100 iterations) 2,604 x 3,072 took 2.5 s with 10 classes, 4.8 s with 100; 10,000 x 784 0.5 s (AMD EPYC, 2
-# cores). Times the square root of a tenth of the classes, from 10 up.
-SECONDS_PER_HEAD_VALUE = 3.5e-7
+# classes). Of grey 28 px images a random 5,102, of 32 px colour ones 1,302.
+MAX_HEAD_VALUES = 4_000_000
+# Seconds of the head's fits per training input x feature, at worst: 10,000 of Fashion-MNIST's images as a folder
+# (784 features, 10 classes) took 4.8 s, 6.1e-7 s a value (AMD EPYC, 2 cores; random inputs, which a linear model
+# separates or gives up on sooner, 0.5 s); 2,604 random 32 px colour ones with 100 classes took 1.9x the time of 10
+# classes. Times the square root of a tenth of the classes, from 10 up.
+SECONDS_PER_HEAD_VALUE = 6.5e-7
 
 
 def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -75,8 +76,8 @@ def choose_blend(net_logits: torch.Tensor, head_logits: torch.Tensor, labels: to
 
 def blend_seconds(data) -> float:
     """What :func:`blend_best_checkpoint` may take, at most, on the image-folder data module ``data`` (a
-    ``--budget`` keeps it free): the head's fits, plus a second for the checkpoint's reading and writing and the
-    validation pass."""
+    ``--budget`` keeps it free): the head's fits, plus a second for the checkpoint's reading and writing. Its pass
+    over the validation split a budget counts with the final pass's images, timed per image."""
     channels, height, width = data.image_shape
     features = channels * height * width
     fitted = min(len(data.train_labels), _subset_size(features))

@@ -222,9 +222,11 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
 
 
 def _final_pass_images(config: TrainConfig, data) -> int:
-    """How many images the final test pass scores (:func:`cnnlab.inference.loaded.evaluate_checkpoint`)."""
+    """How many images are scored after training: by the final test pass
+    (:func:`cnnlab.inference.loaded.evaluate_checkpoint`), and by the pixel blend's validation pass."""
     if config.images is not None:
-        return len(data.test_labels if data.has_test else data.val_labels)
+        blend = len(data.val_labels) if config.pixel_blend else 0
+        return len(data.test_labels if data.has_test else data.val_labels) + blend
     return 10_000  # Fashion-MNIST's whole test set, whatever --num-val kept for validation
 
 
