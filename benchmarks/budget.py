@@ -79,10 +79,15 @@ def run_one(budget: str, seed: int, extra: list[str], recipe: str | None = None,
     last = next(line for line in done.stdout.splitlines() if line.startswith("test accuracy "))
     accuracy = float(last.split("test accuracy ")[1].split()[0])
     steps = int(last.split(" after ")[1].split(" steps")[0].replace(",", ""))
-    plan = next((line for line in done.stdout.splitlines() if line.startswith("budget ")), "")
+    lines = done.stdout.splitlines()
+    plan = next((line for line in lines if line.startswith("budget ")), "")
+    # What the run chose on this machine: its model and batch ("plan: ..."), and its threads, which the run
+    # names only where it took fewer than torch's count (a busy machine); a row then explains its step count.
+    run_plan = next((line for line in lines if line.startswith("plan: ")), "")
+    threads = next((line.split()[1] for line in lines if line.startswith("threads: ")), "all")
     return {"budget": budget, "budget_s": seconds, "seed": seed, "recipe": recipe, "wall_s": round(wall, 2),
             "over_budget": round(wall / seconds - 1, 4), "steps": steps, "test_acc": accuracy, "plan": plan,
-            "load_before": load_before, "load_after": load_average()}
+            "run_plan": run_plan, "threads": threads, "load_before": load_before, "load_after": load_average()}
 
 
 def _commit() -> str:

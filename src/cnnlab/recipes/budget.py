@@ -281,7 +281,9 @@ class BudgetKeeper(Callback):
         self.plan = plan_budget(self.total, spent, validation, final)
         self.pace.replan(self.plan.training)
         if self.log is not None and trainer.is_main:
-            self.log(self.plan.describe())
+            blend = f" (with the pixel blend after training: its fit, {self.after_training:.1f} s, and a " \
+                "validation pass)" if self.after_training else ""
+            self.log(self.plan.describe() + blend)
 
     def on_train_epoch_end(self, trainer, model, row: dict) -> None:
         if trainer.finished:
