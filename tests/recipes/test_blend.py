@@ -64,6 +64,9 @@ def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend
     assert 0 < weight <= 0.5 and state["model_kwargs"]["pixel_blend"] == weight
     assert state["model_state"]["pixel_head.weight"].abs().sum() > 0  # fitted, not the zeros it is built with
     accuracy = _accuracy(out)
+    # The baseline's line says that the model it compares with holds a linear part too
+    assert f"; the network: {accuracy:.4f} (the net blended with a linear classifier on the pixels, weight " \
+        f"{weight:g})" in out
     assert evaluate_checkpoint(run)[1].accuracy == pytest.approx(accuracy, abs=1e-4)
     assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]) == 0
     assert evaluate_checkpoint(tmp_path / "m.safetensors")[1].accuracy == pytest.approx(accuracy, abs=1e-4)
@@ -71,13 +74,15 @@ def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     again = capsys.readouterr().out
-    assert "pixel blend" not in again and _accuracy(again) == pytest.approx(accuracy, abs=1e-4)
+    assert "pixel blend:" not in again and _accuracy(again) == pytest.approx(accuracy, abs=1e-4)
+    assert f"weight {weight:g})" in again  # the resumed run's baseline line still says it
     assert load_checkpoint(run / "best.pt")["model_kwargs"]["pixel_blend"] == weight
     # --no-pixel-blend: the net alone, as trained
     alone = tmp_path / "alone"
     assert main(["train", "--images", folder, "--steps", "60", "--lr", "0.05", "--threads", "1", "--out", str(alone),
                  "--no-progress", "--no-pixel-blend"]) == 0
-    assert "pixel blend" not in capsys.readouterr().out
+    alone_out = capsys.readouterr().out
+    assert "pixel blend" not in alone_out and "blended" not in alone_out
     assert "pixel_head.weight" not in load_checkpoint(alone / "best.pt")["model_state"]
 
 

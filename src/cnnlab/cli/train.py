@@ -69,7 +69,9 @@ def _print_summary(summary: dict) -> None:
     # A resumed automatic run reads the baseline its first start saved in the run folder
     base = summary.get("baseline") or read_baseline(summary["run_dir"])
     if base:
-        print(describe_baseline(base, summary["test_accuracy"]))
+        blend = summary.get("pixel_blend")
+        print(describe_baseline(base, summary["test_accuracy"]) +
+              (f" (the net blended with a linear classifier on the pixels, weight {blend:g})" if blend else ""))
     if summary.get("chance_warning"):
         print(summary["chance_warning"], file=sys.stderr)
 

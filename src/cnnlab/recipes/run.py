@@ -197,7 +197,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
             if ctx.world_size == 1 or isinstance(exc, TrainingDiverged):
                 raise
             raise dist_utils.run_failed(exc, holder[0].path if holder[0] else None) from exc
-        folder, result, warning = holder[0], None, None
+        folder, result, warning, loaded = holder[0], None, None, None
         if ctx.is_main:
             loaded, result = evaluate_checkpoint(folder.path, config.data_dir, device)
             warning = chance_warning(result.accuracy, result.confusion.sum(1), loaded.class_names)
@@ -218,6 +218,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
         "seconds": time.perf_counter() - start,
         "finished_already": state is not None and _finished(state, config, steps_per_epoch),
         "steps": trainer.global_step,
+        "pixel_blend": getattr(loaded.model, "pixel_blend", 0.0) if loaded is not None else 0.0,  # of best.pt
     }
 
 
