@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cnnlab.training.baseline import MAX_BASELINE_IMAGES, _WEIGHT_DECAYS, fit_linear
+from cnnlab.training.baseline import MAX_BASELINE_IMAGES, WEIGHT_DECAYS, fit_linear, fixed_subset
 from cnnlab.training.callbacks import Callback
 
 __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "PixelBlend", "blend_best_checkpoint", "blend_seconds", "choose_blend",
@@ -50,7 +50,7 @@ def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     mean, std = X.mean(0), X.std(0).clamp(min=1e-3)
     X, Xv = (X - mean) / std, (Xv - mean) / std
     best = None
-    for weight_decay in _WEIGHT_DECAYS:
+    for weight_decay in WEIGHT_DECAYS:
         W, b = fit_linear(X, train_y, num_classes, weight_decay)
         loss = float(F.cross_entropy(Xv @ W.T + b, val_y))
         if best is None or loss < best[0]:
@@ -94,15 +94,6 @@ def _subset_size(features: int) -> int:
     return max(1, min(MAX_BASELINE_IMAGES, MAX_HEAD_VALUES // max(1, features)))
 
 
-def _training_subset(images: torch.Tensor, labels: torch.Tensor, features: int):
-    """A fixed random subset (the same on every run of these data) small enough for the head's fit."""
-    keep_count = _subset_size(features)
-    if len(labels) <= keep_count:
-        return images, labels
-    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:keep_count]
-    return images[keep.to(images.device)], labels[keep.to(labels.device)]
-
-
 def blend_best_checkpoint(run_dir, data, log=print) -> float:
     """Fit the pixel head for the run's best checkpoint on ``data``'s training images, choose its share on the
     validation split, and where it is above 0 write the blended model into the checkpoint (atomically). Returns
@@ -117,7 +108,7 @@ def blend_best_checkpoint(run_dir, data, log=print) -> float:
     if len(data.val_labels) == 0 or not hasattr(loaded.model, "pixel_head") or kwargs.get("pixel_blend"):
         return float(kwargs.get("pixel_blend") or 0.0)  # no validation split, another model, or blended already
     val_x, val_y = loaded.preprocess(data.val_images).cpu(), data.val_labels.cpu()
-    images, labels = _training_subset(data.train_images, data.train_labels, val_x[0].numel())
+    images, labels = fixed_subset(data.train_images, data.train_labels, _subset_size(val_x[0].numel()))
     num_classes = len(loaded.class_names)
     W, b = fit_pixel_head(loaded.preprocess(images).cpu(), labels.cpu(), val_x, val_y, num_classes)
     weight, alone, blended = choose_blend(_logits(loaded.model, val_x), val_x.flatten(1) @ W.T + b, val_y)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BASELINE_FILE", "MAX_BASELINE_IMAGES", "BaselineResult", "chance_warning", "describe_baseline",
-           "fit_linear", "linear_baseline", "read_baseline", "save_baseline"]
+__all__ = ["BASELINE_FILE", "MAX_BASELINE_IMAGES", "WEIGHT_DECAYS", "BaselineResult", "chance_warning",
+           "describe_baseline", "fit_linear", "fixed_subset", "linear_baseline", "read_baseline", "save_baseline"]
 
 BASELINE_FILE = "baseline.json"  # in the run folder, beside config.json
 
-_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # the L2 strengths tried; chosen on the validation split
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # the L2 strengths tried; chosen on the validation split
 # The most training images the baseline is fitted on (a fixed random subset above it): its L-BFGS costs time in
 # proportion. Measured on Fashion-MNIST as a folder (54,000 training images, 2-core Xeon): all of them took 18.8 s
 # (0.843), a third of a --budget 60s; 10,000 took 2.7 s (0.835), 5,000 1.8 s (0.825).
@@ -87,6 +87,15 @@ def _features(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(len(images), -1).to(torch.float32).cpu() / 255  # (N, C*H*W)
 
 
+def fixed_subset(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``count`` of the images with their labels (all where there are no more), the same every time: a
+    replayed or resumed run fits and scores the same."""
+    if len(labels) <= count:
+        return images, labels
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:count]
+    return images[keep.to(images.device)], labels[keep.to(labels.device)]
+
+
 def fit_linear(X: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
                max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax regression ``X @ W.T + b`` by full-batch L-BFGS with an L2 penalty on ``W`` (deterministic).
@@ -113,17 +122,14 @@ def linear_baseline(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.T
     """Fit the linear classifier on ``train`` (uint8 images, labels; a fixed random :data:`MAX_BASELINE_IMAGES`
     of them where there are more), pick its L2 strength on ``val``, and score it once on ``test``."""
     start = time.perf_counter()
-    images, labels = train
-    if len(labels) > MAX_BASELINE_IMAGES:  # the same subset every time: a replayed or resumed run scores the same
-        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:MAX_BASELINE_IMAGES]
-        images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
+    images, labels = fixed_subset(*train, MAX_BASELINE_IMAGES)
     X, y = _features(images), labels.cpu()
     mean, std = X.mean(0), X.std(0).clamp(min=1e-3)  # standardize: one L2 strength fits every pixel scale
     Xv, yv = (_features(val[0]) - mean) / std, val[1].cpu()
     Xt, yt = (_features(test[0]) - mean) / std, test[1].cpu()
     X = (X - mean) / std
     best = None
-    for wd in _WEIGHT_DECAYS:
+    for wd in WEIGHT_DECAYS:
         W, b = fit_linear(X, y, num_classes, wd)
         acc = float(((Xv @ W.T + b).argmax(1) == yv).float().mean())
         if best is None or acc > best[0]:
