@@ -47,9 +47,8 @@ def _accuracy(text: str) -> float:
 
 
 def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend(tmp_path, monkeypatch, capsys):
-    from image_sets import write_set
-
     from cnnlab.inference.loaded import evaluate_checkpoint
+    from image_sets import write_set
 
     monkeypatch.setenv("CNNLAB_BF16", "0")
     folder = str(write_set("fashion-28-200", tmp_path / "f"))

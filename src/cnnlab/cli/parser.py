@@ -94,9 +94,10 @@ def _add_images(p) -> None:
                    "1 if every image is grey, else 3")
     p.add_argument("--skip-bad", action="store_true", help="with --images: leave unreadable files out (counted) "
                    "instead of stopping with their list")
-    p.add_argument("--pixel-blend", action=argparse.BooleanOptionalAction, default=None, help="with --images: after "
-                   "training, average the net's probabilities with a linear classifier's on the pixels, with the share that "
-                   "lowers the validation loss (the automatic recipe's default; --no-pixel-blend: the net alone)")
+    p.add_argument("--pixel-blend", action=argparse.BooleanOptionalAction, default=None, help="with --images: "
+                   "after training, average the net's probabilities with a linear classifier's on the pixels, with "
+                   "the share that lowers the validation loss (the automatic recipe's default; --no-pixel-blend: the "
+                   "net alone)")
 
 
 def _add_train(sub) -> None:

@@ -22,9 +22,8 @@ probabilities. The automatic recipe fits the head after training and chooses ``w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -28,8 +28,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.nn.classifier import device_of, eval_mode, init_cnn
 from cnnlab.nn.ops import size_pair
 
-__all__ = ["builder_arguments", "cam_layer", "check_model_name", "create_model", "list_models", "model_recipe", "narrower_model",
-           "prepare_model", "register_model", "MODERN_RECIPE"]
+__all__ = ["builder_arguments", "cam_layer", "check_model_name", "create_model", "list_models", "model_recipe",
+           "narrower_model", "prepare_model", "register_model", "MODERN_RECIPE"]
 
 M = TypeVar("M", bound=nn.Module)
 Builder = Callable[..., nn.Module]

@@ -60,7 +60,8 @@ def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     return W, b - W @ mean
 
 
-def choose_blend(net_logits: torch.Tensor, head_logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+def choose_blend(net_logits: torch.Tensor, head_logits: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[float, float, float]:
     """The head's share of lowest validation log-loss (0 where none beats the net alone), with the net's log-loss
     and the chosen mixture's."""
     from cnnlab.models.fastnet import blend_logits
