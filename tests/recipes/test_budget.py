@@ -392,6 +392,26 @@ def test_a_real_budget_ends_within_budget_plus_2_percent_and_replays_bit_for_bit
 
 
 @pytest.mark.slow
+def test_an_automatic_budget_holds_its_pixel_blend_and_replays_it_bit_for_bit(tmp_path, data_dir):
+    folder = tmp_path / "fashion"
+    for split, limit in (("train", 1000), ("test", 500)):
+        assert main(["data", "export-folder", str(folder), "--split", split, "--limit", str(limit),
+                     "--data-dir", str(data_dir)]) == 0
+    done, wall = _cnnlab("cnnlab", "train", "--images", str(folder), "--budget", "30s", "--no-progress", "--out",
+                         str(tmp_path / "budget"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert wall <= 30 * 1.02, done.stdout
+    assert "(with the pixel blend after training" in done.stdout and "pixel blend: " in done.stdout
+    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(tmp_path / "budget"), "--no-progress", "--out",
+                        str(tmp_path / "replay"))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / name / "best.pt") for name in ("budget", "replay"))
+    assert a["model_kwargs"] == b["model_kwargs"] and a["model_state"].keys() == b["model_state"].keys()
+    for x, y in zip(a["model_state"].values(), b["model_state"].values(), strict=True):
+        assert torch.equal(x, y)  # the net, and the head where one was chosen
+
+
+@pytest.mark.slow
 def test_under_torchrun_the_ranks_agree_on_the_rate_and_the_step_to_stop_at(tmp_path, data_dir):
     done, wall = _cnnlab("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train",
                          "--model", "lenet-bn", "--budget", "45s", "--num-train", "4096", "--num-val", "1024",
