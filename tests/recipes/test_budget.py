@@ -382,13 +382,19 @@ def test_a_real_budget_ends_within_budget_plus_2_percent_and_replays_bit_for_bit
     assert done.returncode == 0, done.stderr[-2000:]
     assert wall <= 60 * 1.02, done.stdout
     assert "budget 60 s:" in done.stdout and "test accuracy" in done.stdout
-    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(tmp_path / "budget"), "--no-progress", "--out",
-                        str(tmp_path / "replay"))
-    assert replay.returncode == 0, replay.stderr[-2000:]
-    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("budget", "replay"))
+    a, b = _replayed(tmp_path / "budget", tmp_path / "replay", "last.pt")
     assert a["global_step"] == b["global_step"] > 0
+
+
+def _replayed(run, again, checkpoint: str) -> tuple[dict, dict]:
+    """``cnnlab train --replay run`` into ``again``; both runs' ``checkpoint``, whose weights must be equal."""
+    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(run), "--no-progress", "--out", str(again))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    a, b = load_checkpoint(run / checkpoint), load_checkpoint(again / checkpoint)
+    assert a["model_state"].keys() == b["model_state"].keys()
     for x, y in zip(a["model_state"].values(), b["model_state"].values(), strict=True):
         assert torch.equal(x, y)
+    return a, b
 
 
 @pytest.mark.slow
@@ -402,13 +408,8 @@ def test_an_automatic_budget_holds_its_pixel_blend_and_replays_it_bit_for_bit(tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert wall <= 30 * 1.02, done.stdout
     assert "(with the pixel blend after training" in done.stdout and "pixel blend: " in done.stdout
-    replay, _ = _cnnlab("cnnlab", "train", "--replay", str(tmp_path / "budget"), "--no-progress", "--out",
-                        str(tmp_path / "replay"))
-    assert replay.returncode == 0, replay.stderr[-2000:]
-    a, b = (load_checkpoint(tmp_path / name / "best.pt") for name in ("budget", "replay"))
-    assert a["model_kwargs"] == b["model_kwargs"] and a["model_state"].keys() == b["model_state"].keys()
-    for x, y in zip(a["model_state"].values(), b["model_state"].values(), strict=True):
-        assert torch.equal(x, y)  # the net, and the head where one was chosen
+    a, b = _replayed(tmp_path / "budget", tmp_path / "replay", "best.pt")  # the net, and the head if chosen
+    assert a["model_kwargs"] == b["model_kwargs"]
 
 
 @pytest.mark.slow
