@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cnnlab.training.baseline import MAX_BASELINE_IMAGES, WEIGHT_DECAYS, fit_linear, fixed_subset
+from cnnlab.training.baseline import MAX_BASELINE_IMAGES, fit_standardized, fixed_subset
 from cnnlab.training.callbacks import Callback
 
 __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "PixelBlend", "blend_best_checkpoint", "blend_seconds", "choose_blend",
@@ -46,16 +46,8 @@ def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     Shape:
         ``train_x`` (N, C, H, W), ``val_x`` (M, C, H, W) float -> ``W`` (K, C*H*W), ``b`` (K,).
     """
-    X, Xv = train_x.flatten(1).float(), val_x.flatten(1).float()
-    mean, std = X.mean(0), X.std(0).clamp(min=1e-3)
-    X, Xv = (X - mean) / std, (Xv - mean) / std
-    best = None
-    for weight_decay in WEIGHT_DECAYS:
-        W, b = fit_linear(X, train_y, num_classes, weight_decay)
-        loss = float(F.cross_entropy(Xv @ W.T + b, val_y))
-        if best is None or loss < best[0]:
-            best = (loss, W, b)
-    _, W, b = best
+    W, b, mean, std, _ = fit_standardized(train_x.flatten(1).float(), train_y, val_x.flatten(1).float(), val_y,
+                                          num_classes, lambda logits, labels: float(F.cross_entropy(logits, labels)))
     W = W / std  # folded in: the head then reads the net's own input
     return W, b - W @ mean
 
