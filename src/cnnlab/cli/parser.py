@@ -98,6 +98,9 @@ def _add_images(p) -> None:
                    "after training, average the net's probabilities with a linear classifier's on the pixels, with "
                    "the share that lowers the validation loss (the automatic recipe's default; --no-pixel-blend: the "
                    "net alone)")
+    p.add_argument("--white-balance", action=argparse.BooleanOptionalAction, default=None, help="with --images: "
+                   "remove each colour image's cast inside the model (default in the automatic recipe: where the "
+                   "training images' cast does not tell their class)")
 
 
 def _add_train(sub) -> None:

@@ -18,6 +18,8 @@ form; :data:`cnnlab.recipes.budget.MIN_BUDGET_EPOCHS`).
 the log of the mixture ``(1 - w) softmax(net) + w softmax(pixel_head)``, an average of the two models'
 probabilities. The automatic recipe fits the head after training and chooses ``w`` on the validation split
 (:mod:`cnnlab.recipes.blend`); on a few hundred images a linear model can hold what the net has not learned.
+With ``white_balance`` it first removes each colour image's cast (:func:`cnnlab.nn.layers.white_balance`), for
+folders whose colour does not tell the class (:mod:`cnnlab.recipes.colour`); net and head see the balanced image.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.registry import MODERN_RECIPE, prepare_model, register_model
+from cnnlab.nn import layers
 from cnnlab.nn.classifier import Classifier, init_cnn
 from cnnlab.nn.ops import size_pair
 
@@ -60,6 +63,7 @@ class FastNet(Classifier):
         pixel_features: with ``pixel_blend``, the size of a flattened input (``in_channels * H * W``).
         pixel_blend: in eval mode, the share ``w`` of a linear classifier on the flattened input
             (``pixel_head``) in the mixture of probabilities (:func:`blend_logits`); 0: the net alone.
+        white_balance: remove each image's colour cast before the net and the head (:meth:`balanced_input`).
 
     Shape:
         (N, in_channels, H, W) -> (N, num_classes); each group halves H and W (rounding up).
@@ -67,14 +71,14 @@ class FastNet(Classifier):
 
     def __init__(
         self, widths: Sequence[int] = FASTNET_WIDTHS, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1,
-        flip_tta: bool = False, pixel_features: int = 0, pixel_blend: float = 0.0,
+        flip_tta: bool = False, pixel_features: int = 0, pixel_blend: float = 0.0, white_balance: bool = False,
     ):
         super().__init__()
         if not 0 <= pixel_blend < 1 or (pixel_blend and pixel_features < 1):
             raise ValueError(f"pixel_blend must be in [0, 1) with pixel_features > 0, got {pixel_blend!r} with "
                              f"{pixel_features!r}")
         self.save_hyperparameters(widths=widths, lr=lr, num_classes=num_classes, in_channels=in_channels,
-                                  flip_tta=flip_tta, pixel_blend=pixel_blend)
+                                  flip_tta=flip_tta, pixel_blend=pixel_blend, white_balance=white_balance)
         layers = _conv_bn(in_channels, widths[0], pool=False)
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
             layers += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
@@ -90,7 +94,13 @@ class FastNet(Classifier):
             nn.init.zeros_(self.pixel_head.weight)
             nn.init.zeros_(self.pixel_head.bias)
 
+    def balanced_input(self, X: torch.Tensor) -> torch.Tensor:
+        """The input as the net and the pixel head read it: each image's colour cast removed with
+        ``white_balance`` (:func:`cnnlab.nn.layers.white_balance`), else as given."""
+        return layers.white_balance(X) if self.white_balance else X
+
     def forward(self, X):
+        X = self.balanced_input(X)
         if self.training:
             return self.net(X)
         # float32 before averaging: under bf16 autocast two bf16 logits can tie where their mean does not
@@ -186,11 +196,14 @@ def fastnet_auto(
     image_size: int | tuple[int, int] = 28,
     lr: float = 0.1,
     pixel_blend: float = 0.0,
+    white_balance: bool = False,
 ) -> FastNet:
     """FastNet sized to the input (:func:`sized_widths`), no flip averaging: the net of the automatic recipe for
     your own images (``cnnlab train --images DIR``, :mod:`cnnlab.recipes.auto`). ``pixel_blend``: the share of a
-    linear classifier on the input pixels in its eval-mode output (see :class:`FastNet`)."""
+    linear classifier on the input pixels in its eval-mode output; ``white_balance``: each image's colour cast
+    removed first (see :class:`FastNet`)."""
     height, width = size_pair(image_size)
     model = FastNet(sized_widths(image_size), lr=lr, num_classes=num_classes, in_channels=in_channels,
-                    pixel_features=in_channels * height * width, pixel_blend=pixel_blend)
+                    pixel_features=in_channels * height * width, pixel_blend=pixel_blend,
+                    white_balance=white_balance)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -27,6 +27,20 @@ class Conv2D(nn.Module):
         return corr2d(x, self.weight) + self.bias
 
 
+def white_balance(X: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each image's colour cast removed: every channel standardized over the image, then given the mean over
+    the channels of their means and standard deviations (a grey-world white balance that also evens the channels'
+    contrast). An image's overall brightness and contrast are kept; its channels become equal where they were
+    affine maps of one grey image (a tint). Computed in float32; idempotent up to ``eps``.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W).
+    """
+    x = X.float()
+    mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), correction=0, keepdim=True) + eps
+    return ((x - mean) / std * std.mean(1, keepdim=True) + mean.mean(1, keepdim=True)).to(X.dtype)
+
+
 # --- blocks ---
 
 

@@ -100,11 +100,13 @@ def blend_best_checkpoint(run_dir, data, log=print) -> float:
     kwargs = dict(loaded.state.get("model_kwargs") or {})
     if len(data.val_labels) == 0 or not hasattr(loaded.model, "pixel_head") or kwargs.get("pixel_blend"):
         return float(kwargs.get("pixel_blend") or 0.0)  # no validation split, another model, or blended already
-    val_x, val_y = loaded.preprocess(data.val_images).cpu(), data.val_labels.cpu()
+    val_in, val_y = loaded.preprocess(data.val_images).cpu(), data.val_labels.cpu()
+    val_x = loaded.model.balanced_input(val_in)  # the head reads what the net reads
     images, labels = fixed_subset(data.train_images, data.train_labels, _subset_size(val_x[0].numel()))
     num_classes = len(loaded.class_names)
-    W, b = fit_pixel_head(loaded.preprocess(images).cpu(), labels.cpu(), val_x, val_y, num_classes)
-    weight, alone, blended = choose_blend(_logits(loaded.model, val_x), val_x.flatten(1) @ W.T + b, val_y)
+    W, b = fit_pixel_head(loaded.model.balanced_input(loaded.preprocess(images).cpu()), labels.cpu(), val_x, val_y,
+                          num_classes)
+    weight, alone, blended = choose_blend(_logits(loaded.model, val_in), val_x.flatten(1) @ W.T + b, val_y)
     seconds = time.perf_counter() - start
     if weight == 0:
         if log is not None:

@@ -44,6 +44,9 @@ class TrainConfig:
     # After training, the net averaged with a linear classifier on its input pixels where the validation split
     # says so (cnnlab.recipes.blend); the automatic recipe's last step
     pixel_blend: bool | None = None
+    # Each colour image's cast removed inside the model (cnnlab.nn.layers.white_balance); the automatic recipe
+    # decides from the folder where not given (cnnlab.recipes.colour)
+    white_balance: bool | None = None
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -78,7 +81,8 @@ class TrainConfig:
 # default) are registered with the model: see `register_model` and :func:`model_defaults`.
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, passes=1,
-            normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0, pixel_blend=False)
+            normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0, pixel_blend=False,
+            white_balance=False)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -177,6 +181,9 @@ def validate_config(config: TrainConfig) -> None:
         (not config.pixel_blend or config.images is not None and "pixel_blend" in builder_arguments(config.model),
          f"--pixel-blend needs --images and a model with a pixel head (fastnet-auto, the automatic recipe's), "
          f"not {config.model}"),
+        (not config.white_balance or "white_balance" in builder_arguments(config.model),
+         f"--white-balance needs a model that removes a colour cast (fastnet-auto, the automatic recipe's), not "
+         f"{config.model}"),
         (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
          "a number of steps without the clock"),
     ]

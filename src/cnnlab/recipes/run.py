@@ -83,8 +83,9 @@ def build_model(config: TrainConfig, data):
     from cnnlab.models import create_model
 
     channels, height, width = data.image_shape
+    balance = {"white_balance": True} if config.white_balance else {}  # an argument of fastnet-auto alone
     model = create_model(config.model, num_classes=len(data.classes), in_channels=channels,
-                         image_size=(height, width) if height != width else height, lr=config.lr)
+                         image_size=(height, width) if height != width else height, lr=config.lr, **balance)
     model.label_smoothing = config.label_smoothing
     return model
 
