@@ -6,6 +6,7 @@ decisions are tested without training. The plan:
 
 - the net: FastNet sized to the input (``fastnet-auto``: BatchNorm, two conv groups up to 16 px, three above);
   images above 32 px are resized to 32 (the time goes into steps rather than pixels);
+- a colour set whose cast does not tell the class (:mod:`cnnlab.recipes.colour`) white-balanced image by image;
 - augmentations safe for any data: random crops of 2 px from 16 px up, Cutout (a square of a quarter of the side
   set to the mean) from 32 px, no mirror images unless the classes are mirror-symmetric (``--augment flip``), no
   flip averaging, no label smoothing;
@@ -246,13 +247,26 @@ def _draft(config: TrainConfig, log=print) -> tuple[TrainConfig, object]:
     data = _folder_data(config, image_size, val_split, flip=bool(config.flip), log=log)
     recipe = dict(model="fastnet-auto", image_size=image_size, val_split=val_split, normalize=True,
                   optimizer="momentum", momentum=0.9, weight_decay=5e-4, schedule="linear", label_smoothing=0.0,
-                  flip=bool(config.flip), pixel_blend=True)
+                  flip=bool(config.flip), pixel_blend=True, white_balance=_white_balance(config, data, log))
     # The user's options win over the recipe's (--weight-decay, --schedule, ...); the model is the recipe's, as
     # a model named on the command line does not come here.
     given = {k: v for k, v in config.to_dict().items() if v is not None and k != "model"}
     draft = resolve_config(TrainConfig(**{**recipe, **given, "lr": config.lr or 0.1}))
     data.batch_size = config.batch_size or plan_recipe(data_facts(data), flip=bool(config.flip)).batch_size
     return dataclasses.replace(draft, batch_size=data.batch_size), data
+
+
+def _white_balance(config: TrainConfig, data, log=None) -> bool:
+    """The user's ``--white-balance`` if given, else whether the colour cast of the training images is noise to
+    their classes (:mod:`cnnlab.recipes.colour`; grey images have none)."""
+    from cnnlab.recipes.colour import cast_test
+
+    if config.white_balance is not None or data.image_shape[0] == 1:
+        return bool(config.white_balance)
+    test = cast_test(data.train_images, data.train_labels)
+    if log is not None:
+        log(test.describe())
+    return test.cast_is_noise
 
 
 def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, AutoPlan]:
