@@ -126,7 +126,11 @@ def fit_standardized(X: torch.Tensor, y: torch.Tensor, Xv: torch.Tensor, yv: tor
     Returns:
         ``(W, b, mean, std, weight_decay)``: the logits of features ``F`` are ``((F - mean) / std) @ W.T + b``.
     """
-    mean, std = X.mean(0), X.std(0).clamp(min=1e-3)
+    # A feature that hardly varies (a corner pixel) is scaled as if it varied a hundredth as much as the median
+    # feature: standardized to unit spread, its rounding noise would take weights in the tens, whose products then
+    # cancel in float32 (an ONNX export of the head differed from PyTorch by 6e-4)
+    mean, std = X.mean(0), X.std(0)
+    std = std.clamp(min=max(1e-3, 0.01 * float(std.median())))
     X, Xv = (X - mean) / std, (Xv - mean) / std
     best = None
     for weight_decay in _WEIGHT_DECAYS:
