@@ -91,3 +91,26 @@ def test_a_pixel_blend_outside_zero_to_one_is_refused(weight):
 def test_without_a_pixel_blend_fastnet_auto_has_no_head():
     model = create_model("fastnet-auto")
     assert model.pixel_head is None and not any("pixel" in key for key in model.state_dict())
+
+
+def test_a_white_balanced_fastnet_reads_two_tints_of_one_image_alike_in_training_and_eval():
+    torch.manual_seed(0)
+    model = create_model("fastnet-auto", num_classes=3, in_channels=3, image_size=8, white_balance=True,
+                         pixel_blend=0.5)
+    torch.nn.init.normal_(model.pixel_head.weight)
+    grey = torch.rand(4, 1, 8, 8)
+    warm, cold = grey * torch.tensor([1.5, 1.0, 0.5]).view(1, 3, 1, 1), grey * torch.tensor([0.5, 1.0, 1.5]).view(
+        1, 3, 1, 1)  # the same mean gain: only the cast differs
+    with torch.no_grad():
+        for training in (False, True):  # training: BatchNorm of a batch of 4 magnifies the balance's rounding
+            model.train(training)
+            assert torch.allclose(model(warm), model(cold), atol=1e-3), training
+        model.eval()
+        plain = create_model("fastnet-auto", num_classes=3, in_channels=3, image_size=8, pixel_blend=0.5).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain(warm), plain(cold), atol=1e-2)  # without the balance the cast shows
+        # The head reads what the net reads; a checkpoint rebuilds the balance from the model's kwargs
+        assert model.model_kwargs["white_balance"] is True
+        again = create_model("fastnet-auto", **model.model_kwargs)
+        again.load_state_dict(model.state_dict())
+        assert torch.equal(again.eval()(warm), model.eval()(warm))

@@ -1,11 +1,11 @@
-"""cnnlab.nn.layers.Conv2D and the edge-detection experiment of d2l §7.2."""
+"""cnnlab.nn.layers: Conv2D and the edge-detection experiment of d2l §7.2; white_balance."""
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.cli import demo
 from cnnlab.nn import ops
-from cnnlab.nn.layers import Conv2D
+from cnnlab.nn.layers import Conv2D, white_balance
 
 
 def test_conv2d_layer_matches_f_conv2d_in_value_and_every_gradient():
@@ -57,3 +57,28 @@ def test_edge_demo_recovers_kernel_and_prints_every_two_epochs():
     assert [line.split(",")[0] for line in lines] == ["epoch 2", "epoch 4", "epoch 6", "epoch 8", "epoch 10"]
     assert losses[-1] < losses[0] / 10
     torch.testing.assert_close(kernel, torch.tensor([[1.0, -1.0]]), atol=0.15, rtol=0)
+
+
+def _grey_and_tinted(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    grey = torch.rand(4, 1, 8, 8, generator=g)
+    gains, shifts = torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1), torch.tensor([0.1, -0.3, 0.0]).view(1, 3, 1, 1)
+    return grey, grey * gains + shifts  # each channel an affine map of the one grey image: a tint
+
+
+def test_white_balance_makes_a_tinted_grey_images_channels_equal():
+    _, tinted = _grey_and_tinted()
+    balanced = white_balance(tinted)
+    assert torch.allclose(balanced[:, 0], balanced[:, 1], atol=1e-4)  # eps keeps a flat channel finite
+    assert torch.allclose(balanced[:, 1], balanced[:, 2], atol=1e-4)
+    assert not torch.allclose(tinted[:, 0], tinted[:, 1], atol=1e-2)  # the tint was there to remove
+
+
+def test_white_balance_keeps_brightness_and_contrast_and_leaves_grey_images_alone():
+    grey, tinted = _grey_and_tinted()
+    as_colour = grey.expand(-1, 3, -1, -1)
+    assert torch.allclose(white_balance(as_colour), as_colour, atol=1e-4)  # no cast: nothing to remove
+    # The same change to every channel stays: a brighter, flatter image is balanced to a brighter, flatter one
+    assert torch.allclose(white_balance(0.5 * tinted + 0.2), 0.5 * white_balance(tinted) + 0.2, atol=1e-5)
+    assert torch.allclose(white_balance(white_balance(tinted)), white_balance(tinted), atol=1e-4)
+    assert white_balance(tinted.bfloat16()).dtype == torch.bfloat16

@@ -79,11 +79,11 @@ class FastNet(Classifier):
                              f"{pixel_features!r}")
         self.save_hyperparameters(widths=widths, lr=lr, num_classes=num_classes, in_channels=in_channels,
                                   flip_tta=flip_tta, pixel_blend=pixel_blend, white_balance=white_balance)
-        layers = _conv_bn(in_channels, widths[0], pool=False)
+        blocks = _conv_bn(in_channels, widths[0], pool=False)
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
-            layers += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
+            blocks += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
         self.net = nn.Sequential(
-            *layers,
+            *blocks,
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),  # (N, widths[-1])
             nn.Linear(widths[-1], num_classes),
         )  # fmt: skip
