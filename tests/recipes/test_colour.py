@@ -79,6 +79,10 @@ def test_the_automatic_recipe_balances_a_randomly_tinted_folder_unless_told_not_
     with torch.no_grad():
         logits = loaded.model.eval()(loaded.preprocess(data.val_images))
     assert abs(float(torch.nn.functional.cross_entropy(logits, data.val_labels)) - reported) < 2e-3
+    # Resumed when finished, the model is rebuilt balanced from the run's config: the same score
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert float(capsys.readouterr().out.split("test accuracy ")[1].split()[0]) == accuracy
     # Told not to, it neither tests nor balances
     assert main(["train", "--images", folder, "--steps", "30", "--lr", "0.01", "--threads", "1", "--out",
                  str(tmp_path / "kept"), "--no-progress", "--no-pixel-blend", "--no-white-balance"]) == 0
