@@ -499,6 +499,32 @@ def test_with_an_lr_given_a_slow_step_still_cuts_the_plan_to_time(monkeypatch, t
     assert config.threads == 1 and plan.steps < 100 < STEP_FLOOR  # it was STEP_FLOOR steps, untimed
 
 
+def test_the_range_test_runs_on_the_default_threads_whatever_count_the_timing_chose(monkeypatch, tmp_path):
+    # 1 and 2 threads round the test's loss apart: the rate must not follow the timing's choice, which load flips
+    import cnnlab.recipes.budget
+    import cnnlab.training.lr_find
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        pytest.skip("one core: no other count to choose")
+    folder = str(_tiny_folder(tmp_path / "f"))
+    given, _, _ = auto_config(TrainConfig(images=folder, threads=threads, progress=False), log=None)
+    tested_on, real_lr_find = [], cnnlab.training.lr_find.lr_find
+
+    def counting_lr_find(*args, **kwargs):
+        tested_on.append(torch.get_num_threads())
+        return real_lr_find(*args, **kwargs)
+
+    monkeypatch.setattr(cnnlab.training.lr_find, "lr_find", counting_lr_find)
+    monkeypatch.setattr(cnnlab.recipes.budget, "choose_threads", lambda *args: (1, 1.0))  # one thread, 1 s a step
+    chosen, _, plan = auto_config(TrainConfig(images=folder, progress=False), log=None)
+    assert tested_on == [threads] and chosen.threads == 1
+    assert chosen.lr == given.lr  # the rate of the default count, as if no other had been timed faster
+    assert plan.steps < 100 < STEP_FLOOR  # the plan is cut by the chosen count's step, not the test's
+
+
 def test_the_peak_rate_is_half_the_descent_edge_and_capped_where_the_test_saw_no_rise():
     from cnnlab.training.lr_find import LRFinder
 
