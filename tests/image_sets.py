@@ -143,3 +143,18 @@ def write_set(name: str, out_dir: str | Path, seed: int = 0) -> Path:
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             Image.fromarray(x).save(out / split / names[y] / f"{i:05d}.png")
     return out
+
+
+
+def short_run(name: str, tmp_path: Path, capsys, steps: int, lr: float, *options: str, out: str = "run"):
+    """``cnnlab train --images`` on set ``name`` (written under ``tmp_path``) with the automatic recipe cut to
+    ``steps`` steps at ``lr`` on one thread (no range test, no thread timing), into ``tmp_path / out``; it must
+    exit 0. Returns the folder, the run folder and what the command printed."""
+    from cnnlab.cli.main import main
+
+    folder, run = str(write_set(name, tmp_path / name)), tmp_path / out
+    status = main(["train", "--images", folder, "--steps", str(steps), "--lr", str(lr), "--threads", "1", "--out",
+                   str(run), "--no-progress", *options])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    return folder, run, printed.out

@@ -48,15 +48,11 @@ def _accuracy(text: str) -> float:
 
 def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend(tmp_path, monkeypatch, capsys):
     from cnnlab.inference.loaded import evaluate_checkpoint
-    from image_sets import write_set
+    from image_sets import short_run
 
     monkeypatch.setenv("CNNLAB_BF16", "0")
-    folder = str(write_set("fashion-28-200", tmp_path / "f"))
-    run = tmp_path / "run"
     # 60 steps: a net that has not learned all it could, beside which the linear head has something to add
-    assert main(["train", "--images", folder, "--steps", "60", "--lr", "0.05", "--threads", "1", "--out", str(run),
-                 "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    _, run, out = short_run("fashion-28-200", tmp_path, capsys, 60, 0.05)
     assert "pixel blend: the net's probabilities averaged with a linear classifier's" in out
     weight = float(out.split("pixel blend: ")[1].split("weight ")[1].split()[0])
     state = load_checkpoint(run / "best.pt")
@@ -77,10 +73,7 @@ def test_an_automatic_run_blends_and_every_later_use_of_the_run_scores_the_blend
     assert f"weight {weight:g})" in again  # the resumed run's baseline line still says it
     assert load_checkpoint(run / "best.pt")["model_kwargs"]["pixel_blend"] == weight
     # --no-pixel-blend: the net alone, as trained
-    alone = tmp_path / "alone"
-    assert main(["train", "--images", folder, "--steps", "60", "--lr", "0.05", "--threads", "1", "--out", str(alone),
-                 "--no-progress", "--no-pixel-blend"]) == 0
-    alone_out = capsys.readouterr().out
+    _, alone, alone_out = short_run("fashion-28-200", tmp_path, capsys, 60, 0.05, "--no-pixel-blend", out="alone")
     assert "pixel blend" not in alone_out and "blended" not in alone_out
     assert "pixel_head.weight" not in load_checkpoint(alone / "best.pt")["model_state"]
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from cnnlab.cli.main import main
+from cnnlab.data.imagefolder import ImageFolderData
+from cnnlab.inference.loaded import evaluate_checkpoint, load_trained
 from cnnlab.recipes.colour import MIN_IMAGES, cast_test, chromaticity
+from cnnlab.training.checkpoint import load_checkpoint
+from image_sets import load_set, short_run, write_set
 
 
 def _tinted(count: int, tint_of_class: bool, seed: int = 0):
@@ -46,8 +51,6 @@ def test_too_few_images_keep_their_colour():
 def test_the_collections_colour_sets_are_told_apart():
     # Real images: photos-32's colour is its class (astronaut, cat, coffee, rocket); fashion-64-colour is
     # Fashion-MNIST under a random tint
-    from image_sets import load_set
-
     for name, noise in (("photos-32", False), ("fashion-64-colour", True)):
         train_x, train_y = load_set(name)[:2]
         images = torch.from_numpy(train_x).permute(0, 3, 1, 2)
@@ -55,18 +58,8 @@ def test_the_collections_colour_sets_are_told_apart():
 
 
 def test_the_automatic_recipe_balances_a_randomly_tinted_folder_unless_told_not_to(tmp_path, monkeypatch, capsys):
-    from cnnlab.cli.main import main
-    from cnnlab.data.imagefolder import ImageFolderData
-    from cnnlab.inference.loaded import evaluate_checkpoint, load_trained
-    from cnnlab.training.checkpoint import load_checkpoint
-    from image_sets import write_set
-
     monkeypatch.setenv("CNNLAB_BF16", "0")
-    folder = str(write_set("fashion-64-colour", tmp_path / "f"))
-    run = tmp_path / "run"
-    assert main(["train", "--images", folder, "--steps", "30", "--lr", "0.01", "--threads", "1", "--out", str(run),
-                 "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    folder, run, out = short_run("fashion-64-colour", tmp_path, capsys, 30, 0.01)
     assert "colour cast: noise, removed from every image" in out
     assert load_checkpoint(run / "best.pt")["model_kwargs"]["white_balance"] is True
     accuracy = float(out.split("test accuracy ")[1].split()[0])
@@ -84,16 +77,13 @@ def test_the_automatic_recipe_balances_a_randomly_tinted_folder_unless_told_not_
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert float(capsys.readouterr().out.split("test accuracy ")[1].split()[0]) == accuracy
     # Told not to, it neither tests nor balances
-    assert main(["train", "--images", folder, "--steps", "30", "--lr", "0.01", "--threads", "1", "--out",
-                 str(tmp_path / "kept"), "--no-progress", "--no-pixel-blend", "--no-white-balance"]) == 0
-    assert "colour cast" not in capsys.readouterr().out
-    assert not load_checkpoint(tmp_path / "kept" / "best.pt")["model_kwargs"].get("white_balance")
+    _, kept, out = short_run("fashion-64-colour", tmp_path, capsys, 30, 0.01, "--no-pixel-blend", "--no-white-balance",
+                             out="kept")
+    assert "colour cast" not in out
+    assert not load_checkpoint(kept / "best.pt")["model_kwargs"].get("white_balance")
 
 
 def test_a_white_balance_for_a_model_without_one_is_refused_in_one_line(tmp_path, capsys):
-    from cnnlab.cli.main import main
-    from image_sets import write_set
-
     folder = str(write_set("shapes-25", tmp_path / "f"))
     assert main(["train", "--images", folder, "--model", "lenet-bn", "--white-balance", "--out",
                  str(tmp_path / "r"), "--no-progress"]) == 2
