@@ -23,6 +23,18 @@ def test_the_head_reads_the_nets_own_input_with_its_standardization_folded_in():
     assert (predicted == labels[300:]).float().mean() >= 0.95
 
 
+def test_a_feature_that_hardly_varies_takes_no_weight_in_the_tens():
+    # A white-balanced corner pixel varies by 1e-4: standardized to unit spread, its noise took a weight in the
+    # model's units of the standardized one over 1e-4, and float32 sums of such products differ between runtimes
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    signal = labels.float() * 2 - 1
+    inputs = torch.stack([signal + torch.randn(400, generator=g), 1e-4 * torch.randn(400, generator=g),
+                          torch.randn(400, generator=g), torch.randn(400, generator=g)], 1).view(400, 1, 2, 2)
+    W, _ = fit_pixel_head(inputs[:300], labels[:300], inputs[300:], labels[300:], num_classes=2)
+    assert W[:, 1].abs().max() < 10 and W[:, 0].abs().min() > 0.5  # the signal's weight is the larger
+
+
 def test_the_share_is_the_one_of_lowest_validation_log_loss_and_none_where_the_head_does_not_help():
     labels = torch.arange(40) % 2
     right, wrong = 3 * torch.nn.functional.one_hot(labels, 2).float(), 3 * torch.nn.functional.one_hot(1 - labels,
