@@ -344,7 +344,7 @@ def test_a_diverged_automatic_run_restarts_at_a_quarter_of_the_lr(monkeypatch, t
         guard = callbacks[0]
         if len(calls) == 1:  # epoch 1 passes the guard, epoch 2 diverges: the restart starts from epoch 1
             guard.on_train_epoch_end(None, good, {"epoch": 1, "train_loss": 1.0, "val_loss": 1.0})
-            kept.append(float(good.weight))
+            kept.append(float(good.weight.detach()))
             with torch.no_grad():
                 good.weight.fill_(7.0)  # the weights go on changing after the copy
             guard.on_train_epoch_end(None, good, {"epoch": 2, "train_loss": 99.0, "val_loss": 1.0})
