@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
         else:
             config = resolve_config(config, args.recipe)
             if args.lr == "auto":
-                from cnnlab.recipes.auto import find_lr
+                from cnnlab.recipes.auto_lr import find_lr
 
                 config = dataclasses.replace(config, lr=find_lr(config))
             # --resume auto: or the continuation of the run in --out (cnnlab.recipes.resume); a --budget counts

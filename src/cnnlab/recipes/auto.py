@@ -10,7 +10,7 @@ decisions are tested without training. The plan:
 - augmentations safe for any data: random crops of 2 px from 16 px up, Cutout (a square of a quarter of the side
   set to the mean) from 32 px, no mirror images unless the classes are mirror-symmetric (``--augment flip``), no
   flip averaging, no label smoothing;
-- the learning rate from a range test (:mod:`cnnlab.training.lr_find`, :func:`peak_lr`), which also times a
+- the learning rate from a range test (:mod:`cnnlab.recipes.auto_lr`), which also times a
   step;
 - a schedule in optimizer steps: :data:`STEP_FLOOR` steps when the clock allows (a small folder gets many
   passes), fewer when :data:`TRAIN_SECONDS` would not hold them; warm-up then linear decay to zero;
@@ -35,22 +35,22 @@ import torch
 
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
+from cnnlab.recipes.auto_lr import LR_TEST_STEPS, MAX_PEAK_LR, model_and_threads, peak_lr, range_test
 from cnnlab.recipes.config import TrainConfig, resolve_config
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import save_baseline
 from cnnlab.training.callbacks import Callback
 
-__all__ = ["STEP_FLOOR", "TRAIN_SECONDS", "AutoPlan", "DataFacts", "DivergenceGuard", "RepeatedPasses",
-           "data_facts", "native_size", "plan_recipe", "run_auto"]
+__all__ = ["LR_TEST_STEPS", "MAX_PEAK_LR", "STEP_FLOOR", "TRAIN_SECONDS", "AutoPlan", "DataFacts", "DivergenceGuard",
+           "RepeatedPasses", "data_facts", "lr_find_for", "native_size", "peak_lr", "plan_recipe", "range_test",
+           "run_auto"]
 
 STEP_FLOOR = 1500  # optimizer steps a small folder gets when the clock allows (FastNet by hand: ~30 epochs)
 TRAIN_SECONDS = 40.0  # training time planned: with data, lr test, validation and test, ~60 s, 90 s if 1.5x slower
 MAX_SIDE = 32  # larger images are resized down to this
 VALIDATIONS = 12  # validation points (epochs of the trainer) over the run
-LR_TEST_STEPS = 60
 CUTOUT = 0.25  # Cutout's square, a fraction of the side (DeVries & Taylor: 8 px of CIFAR-100's 32)
 CUTOUT_FROM = 32  # the side from which it cuts out (measured: a gain at 32 px, 0.02 lost at 28, none at 16 or 25)
-MAX_PEAK_LR = 0.2  # --recipe fast's rate for FastNet at batch 256; the automatic recipe's batches are 16-64
 
 
 @dataclass(frozen=True)
@@ -180,66 +180,6 @@ def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, 
                            progress=config.progress and log is not None, log=log, flip=flip)
 
 
-def peak_lr(found) -> float:
-    """The peak rate of the automatic recipe's warm-up and decay from a range test: half the rate at which the
-    smoothed loss has done 90% of its fall (:func:`~cnnlab.training.lr_find.descent_edge`), at least the test's
-    own suggestion, at most :data:`MAX_PEAK_LR`.
-
-    Read where the curve flattens, not at its lowest point: the bottom is flat and noisy, and a third of its
-    argmin (this rule until December 2026) moved with the float rounding of the thread count, by 1.02 decades
-    at worst on 30 recorded tests (0.31 here); photos-32 at seed 1 got 0.049 on one thread and 0.0047 on two.
-    Measured over seeds 0-2 on the own-image collection (docs/own-images.md): half the edge met 20 of 24 goals,
-    the edge itself 17 (fashion-28-200's 200 images overfit at its rates, 0.688 on the mean), the argmin's
-    third 19.
-
-    The cap is for folders of a few dozen images, which the net memorizes within the test: the loss then falls
-    to its last step (lr 10): 10 images got 3.33 from the argmin's third, diverged at it and at its quarter and
-    stopped with exit 3 after the third try."""
-    return min(max(found.suggestion, found.edge / 2), MAX_PEAK_LR)
-
-
-def _model_and_threads(config: TrainConfig, data, log=None):
-    """The run's model as it will be built (seeded), its device, and its thread count with the seconds a
-    training step took: ``config.threads`` (seconds None), else on a CPU the faster of all cores' and half
-    (:func:`~cnnlab.recipes.budget.choose_threads`: the plan's seconds are then the run's)."""
-    from cnnlab.recipes.budget import choose_threads
-    from cnnlab.recipes.run import build_model
-    from cnnlab.training.distributed import env_world_size
-    from cnnlab.training.runtime import pick_device
-
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config, data).to(device)
-    if config.threads is None and device.type == "cpu" and env_world_size() == 1:
-        threads, seconds = choose_threads(model, data, bool(config.bf16), bool(config.channels_last), log)
-        return model, device, threads, seconds
-    return model, device, config.threads, None
-
-
-def range_test(config: TrainConfig, data, steps: int = LR_TEST_STEPS, log=None):
-    """The learning-rate range test of ``config``'s model and optimizer on ``data``'s training batches, with the
-    seconds a training step takes (on this machine under its present load) and the run's thread count
-    (:func:`_model_and_threads`). The test runs on ``--threads`` or torch's default count, not on the count timed
-    fastest: 1 and 2 threads round the loss apart, and the rate read off it moved up to 2x with that choice
-    (fashion-28-200 at seed 0: 0.0056 on one thread, 0.0114 on two). The run's own count is timed by that choice."""
-    from cnnlab.recipes.optim import make_optimizer
-    from cnnlab.training.lr_find import lr_find
-
-    model, device, threads, chosen_seconds = _model_and_threads(config, data, log)
-    threads_before = torch.get_num_threads()
-    tested = config.threads or threads_before
-    loader = data.train_dataloader()
-    loader.set_epoch(10_000)  # its own batches, not the first epoch's (which are no different in kind)
-    try:
-        torch.set_num_threads(tested)
-        result = lr_find(model, loader, make_optimizer(config), num_steps=steps, device=device,
-                         autocast_dtype=torch.bfloat16 if config.bf16 else None, channels_last=config.channels_last)
-    finally:
-        torch.set_num_threads(threads_before)
-    same = threads in (None, tested) or chosen_seconds is None
-    return result, result.seconds_per_step if same else chosen_seconds, threads
-
-
 def _draft(config: TrainConfig, log=print) -> tuple[TrainConfig, object]:
     """The automatic recipe before its range test: the config (lr 0.1 unless given, the plan's batch size) and
     the data module, not yet augmented; ``cnnlab lr-find --images`` tests exactly what the run will test."""
@@ -283,7 +223,7 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
         lr = peak_lr(found)
         source = "range test" if lr < MAX_PEAK_LR else f"range test, at its cap {MAX_PEAK_LR:g}"
     else:  # no range test: the thread choice times a step, so that a slow machine's plan is still cut to time
-        _, _, threads, seconds_per_step = _model_and_threads(draft, data, log)
+        _, _, threads, seconds_per_step = model_and_threads(draft, data, log)
     plan = plan_recipe(data_facts(data), flip=bool(config.flip), seconds_per_step=seconds_per_step)
     augment = plan.augment if config.augment is None else config.augment
     cutout = (plan.cutout if augment else 0.0) if config.cutout is None else config.cutout
@@ -387,14 +327,3 @@ def lr_find_for(config: TrainConfig, automatic: bool, steps: int = 100):
         return range_test(draft, data, steps)[0], draft
     config = resolve_config(config)
     return range_test(config, build_data(config), steps)[0], config
-
-
-def find_lr(config: TrainConfig, log=print) -> float:
-    """``--lr auto`` outside the automatic recipe: the range test's suggestion for ``config``, said in one line."""
-    from cnnlab.recipes.run import build_data
-
-    result = range_test(config, build_data(config), 100)[0]
-    if log is not None:
-        log(f"--lr auto: the range test suggests {result.suggestion:.3g} (steepest descent {result.steepest:.3g}, "
-            f"lowest loss at {result.minimum:.3g})")
-    return result.suggestion
