@@ -81,7 +81,11 @@ def explain(model: nn.Module, images: torch.Tensor, method: str = "gradcam", tar
                 from cnnlab.models import cam_layer
 
                 layer = cam_layer(model, image_size=(h, w))[1]
-            maps = attr.LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
+            # A model that averages test-time views (FastNet's flip_tta, shift_tta) runs the layer once per view,
+            # and the hook would keep the last view's activations (a mirror image's map): Grad-CAM reads the
+            # model on the image as given; the target stays the averaged model's prediction.
+            forward = getattr(model, "single_view", model)
+            maps = attr.LayerGradCam(forward, layer).attribute(x, target=target, relu_attributions=True)
             # Bilinear upsampling assumes the layer's cells tile the image evenly, as a same-padded net's do
             # (FastNet: 7x7 cells of 4 px); LeNet's valid convolutions centre its 5x5 cells at 4j + 5.5 px, up
             # to 3 px from where the upsampled map puts them (docs/explain.md, localization).

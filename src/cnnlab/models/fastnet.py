@@ -64,6 +64,9 @@ class FastNet(Classifier):
         pixel_blend: in eval mode, the share ``w`` of a linear classifier on the flattened input
             (``pixel_head``) in the mixture of probabilities (:func:`blend_logits`); 0: the net alone.
         white_balance: remove each image's colour cast before the net and the head (:meth:`balanced_input`).
+        shift_tta: in eval mode, the mean of the net's probabilities over every shift of the input by up to
+            this many pixels (:func:`cnnlab.nn.layers.shifted_views`; 1: nine views), for a net trained on random
+            crops; its log as logits. With ``flip_tta`` too, over their mirror images as well.
 
     Shape:
         (N, in_channels, H, W) -> (N, num_classes); each group halves H and W (rounding up).
@@ -72,13 +75,15 @@ class FastNet(Classifier):
     def __init__(
         self, widths: Sequence[int] = FASTNET_WIDTHS, lr: float = 0.1, num_classes: int = 10, in_channels: int = 1,
         flip_tta: bool = False, pixel_features: int = 0, pixel_blend: float = 0.0, white_balance: bool = False,
+        shift_tta: int = 0,
     ):
         super().__init__()
         if not 0 <= pixel_blend < 1 or (pixel_blend and pixel_features < 1):
             raise ValueError(f"pixel_blend must be in [0, 1) with pixel_features > 0, got {pixel_blend!r} with "
                              f"{pixel_features!r}")
         self.save_hyperparameters(widths=widths, lr=lr, num_classes=num_classes, in_channels=in_channels,
-                                  flip_tta=flip_tta, pixel_blend=pixel_blend, white_balance=white_balance)
+                                  flip_tta=flip_tta, pixel_blend=pixel_blend, white_balance=white_balance,
+                                  shift_tta=shift_tta)
         blocks = _conv_bn(in_channels, widths[0], pool=False)
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=False):
             blocks += _conv_bn(c_in, c_out, pool=True) + _conv_bn(c_out, c_out, pool=False)
@@ -103,8 +108,26 @@ class FastNet(Classifier):
         X = self.balanced_input(X)
         if self.training:
             return self.net(X)
+        return self._blended(X, self._test_time_logits(X))
+
+    def single_view(self, X: torch.Tensor) -> torch.Tensor:
+        """The eval-mode output on the input as given, with no test-time views: what Grad-CAM reads, as each
+        view runs the net's layers once (and a layer hook would keep the last view's activations)."""
+        X = self.balanced_input(X)
+        return self._blended(X, self.net(X))
+
+    def _test_time_logits(self, X: torch.Tensor) -> torch.Tensor:
+        """The net's logits, averaged over the test-time views (``shift_tta``, ``flip_tta``) where there are any."""
         # float32 before averaging: under bf16 autocast two bf16 logits can tie where their mean does not
-        logits = (self.net(X).float() + self.net(X.flip(-1)).float()) / 2 if self.flip_tta else self.net(X)
+        if self.shift_tta:  # one batch of all views, one pass of the net; the mean of their probabilities
+            views = layers.shifted_views(X, self.shift_tta)
+            views = torch.cat([views, views.flip(-1)]) if self.flip_tta else views
+            count = (2 * self.shift_tta + 1) ** 2 * (2 if self.flip_tta else 1)
+            log_probs = self.net(views).float().log_softmax(1).unflatten(0, (count, -1))
+            return log_probs.logsumexp(0) - math.log(count)
+        return (self.net(X).float() + self.net(X.flip(-1)).float()) / 2 if self.flip_tta else self.net(X)
+
+    def _blended(self, X: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.pixel_head is not None:
             return blend_logits(logits, self.pixel_head(X.flatten(1).float()), self.pixel_blend)
         return logits
@@ -197,13 +220,14 @@ def fastnet_auto(
     lr: float = 0.1,
     pixel_blend: float = 0.0,
     white_balance: bool = False,
+    shift_tta: int = 0,
 ) -> FastNet:
     """FastNet sized to the input (:func:`sized_widths`), no flip averaging: the net of the automatic recipe for
     your own images (``cnnlab train --images DIR``, :mod:`cnnlab.recipes.auto`). ``pixel_blend``: the share of a
     linear classifier on the input pixels in its eval-mode output; ``white_balance``: each image's colour cast
-    removed first (see :class:`FastNet`)."""
+    removed first; ``shift_tta``: eval-mode logits averaged over shifts of the input (see :class:`FastNet`)."""
     height, width = size_pair(image_size)
     model = FastNet(sized_widths(image_size), lr=lr, num_classes=num_classes, in_channels=in_channels,
                     pixel_features=in_channels * height * width, pixel_blend=pixel_blend,
-                    white_balance=white_balance)
+                    white_balance=white_balance, shift_tta=shift_tta)
     return prepare_model(model, in_channels=in_channels, image_size=image_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.nn.ops import corr2d
@@ -39,6 +40,22 @@ def white_balance(X: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     x = X.float()
     mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), correction=0, keepdim=True) + eps
     return ((x - mean) / std * std.mean(1, keepdim=True) + mean.mean(1, keepdim=True)).to(X.dtype)
+
+
+def shifted_views(X: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Every shift of each image by up to ``max_shift`` pixels down/up and right/left, the edge pixels repeated
+    into the gap: the views that test-time augmentation averages over a net trained on random crops. Stacked
+    along the batch, view-major: rows ``v * N`` to ``(v + 1) * N`` are view ``v``; the unshifted view is the
+    middle one.
+
+    Shape:
+        (N, C, H, W) -> ((2 * max_shift + 1) ** 2 * N, C, H, W).
+    """
+    s = max_shift
+    _, _, height, width = X.shape
+    padded = F.pad(X, (s, s, s, s), mode="replicate")
+    return torch.cat([padded[:, :, s + dy:s + dy + height, s + dx:s + dx + width]
+                      for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
 
 
 # --- blocks ---
