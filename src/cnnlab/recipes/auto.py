@@ -234,8 +234,10 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     # The plan as run, the options given included (its line said "augment crop" under --no-augment)
     plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
                                batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()))
+    # The net is tested on the shifts its crops taught it (cnnlab.recipes.blend), unless --no-shift-tta
+    shift_tta = bool(augment) if config.shift_tta is None else config.shift_tta
     final = dataclasses.replace(draft, lr=float(lr), epochs=epochs, passes=passes, augment=augment, cutout=cutout,
-                                threads=threads)
+                                threads=threads, shift_tta=shift_tta)
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan

@@ -47,6 +47,9 @@ class TrainConfig:
     # Each colour image's cast removed inside the model (cnnlab.nn.layers.white_balance); the automatic recipe
     # decides from the folder where not given (cnnlab.recipes.colour)
     white_balance: bool | None = None
+    # After training, best.pt's net scores each image as the mean of its predictions over the shifts of up to a
+    # pixel that its random crops taught it (FastNet's shift_tta); the automatic recipe's wherever it crops
+    shift_tta: bool | None = None
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -82,7 +85,7 @@ class TrainConfig:
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, passes=1,
             normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0, pixel_blend=False,
-            white_balance=False)
+            white_balance=False, shift_tta=False)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -184,6 +187,9 @@ def validate_config(config: TrainConfig) -> None:
         (not config.white_balance or "white_balance" in builder_arguments(config.model),
          f"--white-balance needs a model that removes a colour cast (fastnet-auto, the automatic recipe's), not "
          f"{config.model}"),
+        (not config.shift_tta or config.augment and "shift_tta" in builder_arguments(config.model),
+         f"--shift-tta needs a model trained on random crops (--augment) that averages shifted views "
+         f"(fastnet-auto, the automatic recipe's), not {config.model}{'' if config.augment else ' without crops'}"),
         (config.budget is None or config.steps is None, "give --budget or --steps, not both: --steps replays "
          "a number of steps without the clock"),
     ]

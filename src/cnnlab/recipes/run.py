@@ -16,7 +16,7 @@ import torch
 from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
-from cnnlab.recipes.blend import PixelBlend, blend_seconds
+from cnnlab.recipes.blend import FinishBest, blend_seconds
 from cnnlab.recipes.budget import (
     MIN_BUDGET_EPOCHS,
     TRAINING_SHARE,
@@ -224,12 +224,13 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
 
 
 def _final_pass_images(config: TrainConfig, data) -> int:
-    """How many images are scored after training: by the final test pass
+    """How many images are scored after training, each test-time view counted: by the final test pass
     (:func:`cnnlab.inference.loaded.evaluate_checkpoint`), and by the pixel blend's validation pass."""
+    views = 9 if config.shift_tta else 1  # FastNet's shift_tta=1: every shift by up to a pixel
     if config.images is not None:
         blend = len(data.val_labels) if config.pixel_blend else 0
-        return len(data.test_labels if data.has_test else data.val_labels) + blend
-    return 10_000  # Fashion-MNIST's whole test set, whatever --num-val kept for validation
+        return (len(data.test_labels if data.has_test else data.val_labels) + blend) * views
+    return 10_000 * views  # Fashion-MNIST's whole test set, whatever --num-val kept for validation
 
 
 def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
@@ -306,8 +307,8 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
         from cnnlab.training.tensorboard import TensorBoardLogger
 
         callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
-    if config.pixel_blend:  # here, not in the automatic recipe alone: a resumed or replayed run blends too
-        callbacks = [*callbacks, PixelBlend(data, log)]
+    if config.pixel_blend or config.shift_tta:  # here, not in the automatic recipe: a resumed run finishes too
+        callbacks = [*callbacks, FinishBest(data, log, shift_tta=bool(config.shift_tta), blend=config.pixel_blend)]
     steps_per_epoch = len(data.train_dataloader())
     pace = build_pace(config, steps_per_epoch)
     if isinstance(pace, ClockProgress):
