@@ -54,6 +54,24 @@ def test_every_model_has_a_cam_layer_that_gradcam_explains(name):
     assert maps.shape == (2, size, size) and torch.isfinite(maps).all() and (maps >= 0).all()
 
 
+@pytest.mark.parametrize("tta", [{"name": "fastnet-flip"}, {"name": "fastnet-auto", "shift_tta": 1}])
+def test_gradcam_of_a_test_time_averaged_net_maps_the_image_as_given(tta):
+    # The averaged net runs the block once per view (the mirror image, the shifts); Grad-CAM reads the image
+    # itself: before, a flip-averaged net's map was the mirror image's (its last view)
+    torch.manual_seed(0)
+    kwargs = dict(tta)
+    model = create_model(kwargs.pop("name"), **kwargs).eval()
+    single = create_model(model.model_name, **{**model.model_kwargs, "flip_tta": False} if "flip_tta" in
+                          model.model_kwargs else {**model.model_kwargs, "shift_tta": 0}).eval()
+    single.load_state_dict(model.state_dict())
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 5:12, 3:10] = 3.0  # a patch in the upper left: its mirror image is elsewhere
+    target = torch.tensor([0])
+    maps = explain(model, x, "gradcam", target=target)
+    assert maps.shape == (1, 28, 28) and maps.abs().sum() > 0
+    assert torch.allclose(maps, explain(single, x, "gradcam", target=target), atol=1e-6)
+
+
 def test_every_method_on_colour_images_and_a_given_target():
     torch.manual_seed(0)
     model = create_model("lenet-relu", in_channels=3).eval()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnnlab.models import create_model
 from cnnlab.recipes import RECIPES, TrainConfig, resolve_config
@@ -114,3 +115,22 @@ def test_a_white_balanced_fastnet_reads_two_tints_of_one_image_alike_in_training
         again = create_model("fastnet-auto", **model.model_kwargs)
         again.load_state_dict(model.state_dict())
         assert torch.equal(again.eval()(warm), model.eval()(warm))
+
+
+def test_shift_tta_is_the_mean_of_the_probabilities_over_the_nine_shifts_in_eval_only():
+    torch.manual_seed(0)
+    model = create_model("fastnet-auto", num_classes=4, in_channels=3, image_size=12, shift_tta=1)
+    x = torch.rand(5, 3, 12, 12)
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    with torch.no_grad():
+        model.eval()
+        by_hand = torch.stack([model.net(padded[:, :, 1 + dy:13 + dy, 1 + dx:13 + dx]).softmax(1)
+                               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).mean(0)
+        assert torch.allclose(model(x).exp(), by_hand, atol=1e-6)
+        assert not torch.allclose(model.net(x).softmax(1), by_hand, atol=1e-3)  # the views change the answer
+        assert torch.equal(model.single_view(x), model.net(x))
+        again = create_model("fastnet-auto", **model.model_kwargs)  # a checkpoint rebuilds it
+        again.load_state_dict(model.state_dict())
+        assert again.model_kwargs["shift_tta"] == 1 and torch.equal(again.eval()(x), model(x))
+        model.train()
+        assert torch.equal(model(x), model.net(x))  # training reads one view: the crops are the data's

@@ -1,11 +1,11 @@
-"""cnnlab.nn.layers: Conv2D and the edge-detection experiment of d2l §7.2; white_balance."""
+"""cnnlab.nn.layers: Conv2D and the edge-detection experiment of d2l §7.2; white_balance; shifted_views."""
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.cli import demo
 from cnnlab.nn import ops
-from cnnlab.nn.layers import Conv2D, white_balance
+from cnnlab.nn.layers import Conv2D, shifted_views, white_balance
 
 
 def test_conv2d_layer_matches_f_conv2d_in_value_and_every_gradient():
@@ -82,3 +82,14 @@ def test_white_balance_keeps_brightness_and_contrast_and_leaves_grey_images_alon
     assert torch.allclose(white_balance(0.5 * tinted + 0.2), 0.5 * white_balance(tinted) + 0.2, atol=1e-5)
     assert torch.allclose(white_balance(white_balance(tinted)), white_balance(tinted), atol=1e-4)
     assert white_balance(tinted.bfloat16()).dtype == torch.bfloat16
+
+
+def test_shifted_views_are_every_shift_with_the_edge_repeated():
+    X = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    views = shifted_views(X, 2)
+    assert len(views) == 25 and all(view.shape == X.shape for view in views)
+    assert torch.equal(views[12], X)  # the middle view is the image itself
+    rows, cols = torch.arange(5), torch.arange(6)
+    for view, (dy, dx) in zip(views, [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)], strict=True):
+        # pixel (i, j) of view (dy, dx) is the image's pixel (i + dy, j + dx), clamped to the image
+        assert torch.equal(view, X[:, :, (rows + dy).clamp(0, 4)][:, :, :, (cols + dx).clamp(0, 5)]), (dy, dx)

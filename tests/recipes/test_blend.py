@@ -1,5 +1,5 @@
-"""The automatic recipe's pixel blend (cnnlab.recipes.blend): the head's fit, the share chosen on the validation
-split, and a run whose best.pt, evaluation, export and resume all carry the blend."""
+"""The automatic recipe's last step (cnnlab.recipes.blend): the pixel blend (the head's fit, the share chosen on the
+validation split) and the test-time shifts, and runs whose best.pt, evaluation, export and resume all carry them."""
 
 from __future__ import annotations
 
@@ -98,3 +98,54 @@ def test_a_pixel_blend_for_a_model_without_a_head_is_refused_in_one_line(tmp_pat
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pixel-blend needs --images and a model with a pixel head" in err[0]
+
+
+def test_a_run_on_crops_is_scored_on_its_shifts_and_so_is_every_later_use_of_the_run(tmp_path, monkeypatch, capsys):
+    from cnnlab.inference.loaded import evaluate_checkpoint
+    from cnnlab.recipes import read_run_config
+    from image_sets import short_run
+
+    monkeypatch.setenv("CNNLAB_BF16", "0")
+    _, run, out = short_run("shapes-25", tmp_path, capsys, 40, 0.05, "--no-pixel-blend")
+    assert "test-time shifts: each image scored as the mean of the net's predictions over its 9 shifts" in out
+    assert read_run_config(run).shift_tta is True  # so a resumed or replayed run finishes the same way
+    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 1
+    accuracy = _accuracy(out)
+    assert evaluate_checkpoint(run)[1].accuracy == pytest.approx(accuracy, abs=1e-4)
+    # ONNX: the shifted views exported too, checked against PyTorch by onnxruntime within the export's bar
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: scored again, not shifted twice
+    again = capsys.readouterr().out
+    assert "test-time shifts" not in again and _accuracy(again) == pytest.approx(accuracy, abs=1e-4)
+    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 1
+    _, plain, plain_out = short_run("shapes-25", tmp_path, capsys, 40, 0.05, "--no-pixel-blend", "--no-shift-tta",
+                                    out="plain")
+    assert "test-time shifts" not in plain_out and load_checkpoint(plain / "best.pt")["model_kwargs"]["shift_tta"] == 0
+
+
+def test_the_automatic_recipe_shifts_where_it_crops_and_nowhere_else(tmp_path):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+    from image_sets import write_set
+
+    for name, crops in (("digits-8", False), ("shapes-25", True)):
+        folder = str(write_set(name, tmp_path / name))
+        config, _, plan = auto_config(TrainConfig(images=folder, lr=0.1, threads=1, progress=False), log=None)
+        assert plan.augment is crops and config.shift_tta is crops, name
+    config, _, _ = auto_config(TrainConfig(images=folder, lr=0.1, threads=1, augment=False, progress=False),
+                               log=None)
+    assert config.shift_tta is False  # no crops taught it the shifts
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--no-augment", "--shift-tta"], "--shift-tta needs a model trained on random crops (--augment)"),
+    (["--model", "lenet-bn", "--augment", "crop", "--shift-tta"], "that averages shifted views (fastnet-auto"),
+])
+def test_shifts_without_crops_or_for_a_model_without_them_are_refused_in_one_line(tmp_path, capsys, options, message):
+    from image_sets import write_set
+
+    folder = str(write_set("shapes-25", tmp_path / "f"))
+    assert main(["train", "--images", folder, *options, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -42,20 +42,20 @@ def white_balance(X: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return ((x - mean) / std * std.mean(1, keepdim=True) + mean.mean(1, keepdim=True)).to(X.dtype)
 
 
-def shifted_views(X: torch.Tensor, max_shift: int) -> torch.Tensor:
+def shifted_views(X: torch.Tensor, max_shift: int) -> list[torch.Tensor]:
     """Every shift of each image by up to ``max_shift`` pixels down/up and right/left, the edge pixels repeated
-    into the gap: the views that test-time augmentation averages over a net trained on random crops. Stacked
-    along the batch, view-major: rows ``v * N`` to ``(v + 1) * N`` are view ``v``; the unshifted view is the
-    middle one.
+    into the gap: the views that test-time augmentation averages over a net trained on random crops. In
+    row-major order of the shift ``(dy, dx)``, from ``(-max_shift, -max_shift)``; the unshifted view is the middle
+    one. Pixel ``(i, j)`` of view ``(dy, dx)`` is the image's pixel ``(i + dy, j + dx)``, clamped to the image.
 
     Shape:
-        (N, C, H, W) -> ((2 * max_shift + 1) ** 2 * N, C, H, W).
+        (N, C, H, W) -> a list of ``(2 * max_shift + 1) ** 2`` tensors (N, C, H, W).
     """
     s = max_shift
     _, _, height, width = X.shape
     padded = F.pad(X, (s, s, s, s), mode="replicate")
-    return torch.cat([padded[:, :, s + dy:s + dy + height, s + dx:s + dx + width]
-                      for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
+    return [padded[:, :, s + dy:s + dy + height, s + dx:s + dx + width]
+            for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
 
 
 # --- blocks ---

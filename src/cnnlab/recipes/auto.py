@@ -76,6 +76,7 @@ class AutoPlan:
     augment: bool
     flip: bool
     cutout: float = 0.0
+    shift_tta: bool = False  # the net tested on the nine shifts by up to a pixel (cnnlab.recipes.blend)
 
     def describe(self, model: str, lr: float, source: str = "range test") -> str:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
@@ -84,7 +85,7 @@ class AutoPlan:
         side, passes = self.image_size, f"{self.passes_per_epoch} pass{'es' if self.passes_per_epoch > 1 else ''}"
         return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {self.steps:,} "
                 f"steps ({self.epochs} epochs of {passes}), lr {lr:.3g} ({source}), "
-                f"warm-up + linear decay, augment {augment}")
+                f"warm-up + linear decay, augment {augment}" + (", tested on 9 shifts" if self.shift_tta else ""))
 
 
 def native_size(root: str | os.PathLike, sample: int = 32) -> tuple[int, int]:
@@ -231,11 +232,12 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     epochs = config.epochs or plan.epochs
     # An epoch of several passes (validated a dozen times in all) unless --epochs counts the epochs itself
     passes = plan.passes_per_epoch if epochs == plan.epochs else 1
-    # The plan as run, the options given included (its line said "augment crop" under --no-augment)
-    plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
-                               batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()))
     # The net is tested on the shifts its crops taught it (cnnlab.recipes.blend), unless --no-shift-tta
     shift_tta = bool(augment) if config.shift_tta is None else config.shift_tta
+    # The plan as run, the options given included (its line said "augment crop" under --no-augment)
+    plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
+                               batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()),
+                               shift_tta=shift_tta)
     final = dataclasses.replace(draft, lr=float(lr), epochs=epochs, passes=passes, augment=augment, cutout=cutout,
                                 threads=threads, shift_tta=shift_tta)
     if log is not None:
