@@ -110,6 +110,29 @@ def test_features_show_each_conv_stage_with_its_shape(run_dir, loaded, fashion_t
     assert fig.predicted_class == int(logits.argmax())
 
 
+@pytest.mark.parametrize("views", [{"name": "fastnet-flip"}, {"name": "fastnet-auto", "shift_tta": 1}])
+def test_the_features_of_a_test_time_averaged_net_are_the_image_as_given(views):
+    # It runs each stage once per view, and the hook kept the last: a flip-averaged net drew the mirror image's maps
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = dict(views)
+    model = create_model(kwargs.pop("name"), **kwargs).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 5:12, 3:10] = 3.0  # a patch in the upper left: its mirror image and its shifts are elsewhere
+    expected = {}
+    handles = [module.register_forward_hook(lambda m, i, out, name=name: expected.setdefault(name, out))
+               for name, module in viz.feature_stages(model)]
+    with torch.no_grad():
+        model.net(x)  # the plain net, once, on the image alone
+        for handle in handles:
+            handle.remove()
+        maps = viz.stage_outputs(model, x)
+    assert list(maps) == list(expected) and len(maps) >= 5
+    for name in maps:
+        assert torch.equal(maps[name], expected[name]), name
+
+
 def test_features_out_of_range_is_a_clear_error(run_dir, capsys):
     assert main(["viz", "features", str(run_dir), "--test-index", "10000"]) == 2
     err = capsys.readouterr().err

@@ -22,7 +22,7 @@ from cnnlab.visual.plotting import MAX_KERNEL_TILES
 
 __all__ = [
     "KernelFigure", "FeatureFigure", "MistakesFigure", "feature_stages", "predict_probabilities",
-    "plot_layer_kernels", "plot_test_features", "plot_test_mistakes",
+    "plot_layer_kernels", "plot_test_features", "plot_test_mistakes", "stage_outputs",
 ]
 
 # Above this many (out, in) pairs a layer is drawn as one mean-over-inputs tile per output channel, and above
@@ -137,6 +137,30 @@ def picture(image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def stage_outputs(model: torch.nn.Module, X: torch.Tensor, stages=None) -> dict[str, torch.Tensor]:
+    """Each stage's output (:func:`feature_stages`, or the ``(name, module)`` pairs given) for the input ``X``,
+    by forward hooks, detached.
+
+    A model that averages test-time views (FastNet's ``flip_tta``, ``shift_tta``) runs each stage once per view
+    and a hook keeps the last (a mirror image's maps, before December 2026): these are the maps of ``X`` as
+    given (``single_view``).
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            captured[name] = output.detach()
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in stages or feature_stages(model)]
+    try:
+        getattr(model, "single_view", model)(X)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, index: int,
                        path: str | os.PathLike, max_channels: int = 16) -> FeatureFigure:
     """Run test image ``index`` through the model and draw the maps after each stage (forward hooks).
@@ -152,21 +176,10 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
     check_test_index(index, len(images))
     model = loaded.model
     stages = feature_stages(model)
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            captured[name] = output.detach()
-        return hook
-
-    handles = [module.register_forward_hook(keep(name)) for name, module in stages]
-    try:
-        with eval_mode(model):
-            X = loaded.preprocess(images[index:index + 1]).to(device_of(model))  # (1, C, h, w)
-            probs = torch.softmax(model(X).float(), dim=1)[0].cpu()
-    finally:
-        for handle in handles:
-            handle.remove()
+    with eval_mode(model), torch.no_grad():
+        X = loaded.preprocess(images[index:index + 1]).to(device_of(model))  # (1, C, h, w)
+        captured = stage_outputs(model, X, stages)
+        probs = torch.softmax(model(X).float(), dim=1)[0].cpu()  # the class as the model, views and all, says
     rows, shapes = [], []
     for name, module in stages:
         out = captured.get(name)
