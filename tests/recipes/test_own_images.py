@@ -597,3 +597,9 @@ def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path
     config, data, plan = auto_config(TrainConfig(images=folder, lr=0.1, epochs=3, progress=False), log=lines.append)
     assert (config.epochs, config.passes, plan.steps) == (3, 1, 3 * len(data.train_dataloader()))
     assert f"{plan.steps} steps (3 epochs of 1 pass)" in lines[-1], lines[-1]
+    # --steps and --budget decide the length, and the line says so (it said the plan's steps, which did not run)
+    for given, said in [({"steps": 120}, "batch 16, 120 steps (--steps), lr"),
+                        ({"budget": 30.0}, "batch 16, as many steps as fit in --budget 30s, lr")]:
+        lines = []
+        auto_config(TrainConfig(images=folder, lr=0.1, progress=False, **given), log=lines.append)
+        assert said in lines[-1], lines[-1]

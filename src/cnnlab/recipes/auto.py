@@ -77,15 +77,17 @@ class AutoPlan:
     flip: bool
     cutout: float = 0.0
     shift_tta: bool = False  # the net tested on the nine shifts by up to a pixel (cnnlab.recipes.blend)
+    length: str | None = None  # what decides the length instead of the plan (--steps, --budget), as the line says
 
     def describe(self, model: str, lr: float, source: str = "range test") -> str:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
         if self.augment and self.cutout:
             augment += f"+cutout {self.cutout:g}"
+        augment += ", tested on 9 shifts" if self.shift_tta else ""
         side, passes = self.image_size, f"{self.passes_per_epoch} pass{'es' if self.passes_per_epoch > 1 else ''}"
-        return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {self.steps:,} "
-                f"steps ({self.epochs} epochs of {passes}), lr {lr:.3g} ({source}), "
-                f"warm-up + linear decay, augment {augment}" + (", tested on 9 shifts" if self.shift_tta else ""))
+        length = self.length or f"{self.steps:,} steps ({self.epochs} epochs of {passes})"
+        return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {length}, "
+                f"lr {lr:.3g} ({source}), warm-up + linear decay, augment {augment}")
 
 
 def native_size(root: str | os.PathLike, sample: int = 32) -> tuple[int, int]:
@@ -237,12 +239,21 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     # The plan as run, the options given included (its line said "augment crop" under --no-augment)
     plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
                                batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()),
-                               shift_tta=shift_tta)
+                               shift_tta=shift_tta, length=_length_given(config))
     final = dataclasses.replace(draft, lr=float(lr), epochs=epochs, passes=passes, augment=augment, cutout=cutout,
                                 threads=threads, shift_tta=shift_tta)
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan
+
+
+def _length_given(config: TrainConfig) -> str | None:
+    """The run's length where an option decides it rather than the plan (the line said the plan's steps)."""
+    if config.steps is not None:
+        return f"{config.steps:,} steps (--steps)"
+    if config.budget is not None:
+        return f"as many steps as fit in --budget {config.budget:g}s"
+    return None
 
 
 def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -> dict:
