@@ -8,6 +8,8 @@ Environment:
         CNNLAB_TEST_DIE_HOW=exit (default) exits with status 1, hang sleeps for an hour, kill sends itself
         SIGKILL, sigint sends itself SIGINT (Ctrl-C) once. Only in torchrun's first attempt: the workers an
         elastic restart (--max-restarts) starts again run to the end.
+    CNNLAB_TEST_DIVERGE_ONCE: the first training of each process says at the end of its first epoch (after its
+        checkpoints) that the run diverged, as the automatic recipe's guard does, on every rank alike.
 """
 
 import dataclasses
@@ -23,6 +25,8 @@ import cnnlab.recipes as recipes
 import cnnlab.recipes.auto as auto
 import cnnlab.recipes.run as recipe_run
 from cnnlab.cli.main import run
+from cnnlab.errors import TrainingDiverged
+from cnnlab.training.callbacks import Callback
 
 RANK = int(os.environ.get("RANK", "0"))
 
@@ -60,9 +64,19 @@ def _die_after(steps: int):
 
 
 _run_training, _build_model, _range_test = recipes.run_training, recipes.build_model, auto.range_test
+_diverged = []
+
+
+class DivergeOnce(Callback):
+    def on_train_epoch_end(self, trainer, model, row):
+        if not _diverged:
+            _diverged.append(trainer.epoch)
+            raise TrainingDiverged(f"epoch {trainer.epoch}: (a test) the run diverged")
 
 
 def run_training(config, resume=None, log=print, on_epoch_end=None, callbacks=(), spent=0.0, **more):
+    if os.environ.get("CNNLAB_TEST_DIVERGE_ONCE"):
+        callbacks = [*callbacks, DivergeOnce()]
     return _run_training(config, resume, log=log, on_epoch_end=_dump, callbacks=callbacks, spent=spent, **more)
 
 

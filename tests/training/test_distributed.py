@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.cli.main import main
+from cnnlab.recipes import read_run_config
 from cnnlab.training import distributed
 from cnnlab.training.checkpoint import load_checkpoint
 
@@ -266,17 +267,23 @@ def test_torchrun_full_run_ends_cleanly_20_times(tmp_path, data_dir, i):
     _torchrun_train(tmp_path, data_dir, i)
 
 
-def test_torchrun_ranks_of_the_automatic_recipe_train_rank_zeros_plan(tmp_path):
-    # Each rank plans alone (its range test, its timing of a step): skewed here so that rank 0 plans a short run
-    # and rank 1 a long one at 4x the rate. Unreconciled, rank 1 trained apart and then hung at rank 0's end.
+def _two_shades(root):
+    """A folder of 8x8 grey images, 20 training and 4 test images of each of two shades."""
     from PIL import Image
 
     for split, n in (("train", 20), ("test", 4)):
         for k, name in enumerate(("dark", "light")):
-            (tmp_path / "f" / split / name).mkdir(parents=True)
+            (root / split / name).mkdir(parents=True)
             for i in range(n):
                 pixels = torch.full((8, 8), 40 + 150 * k + i, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(tmp_path / "f" / split / name / f"{i}.png")
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_torchrun_ranks_of_the_automatic_recipe_train_rank_zeros_plan(tmp_path):
+    # Each rank plans alone (its range test, its timing of a step): skewed here so that rank 0 plans a short run
+    # and rank 1 a long one at 4x the rate. Unreconciled, rank 1 trained apart and then hung at rank 0's end.
+    _two_shades(tmp_path / "f")
     run, dump = tmp_path / "run", tmp_path / "dump"
     dump.mkdir()
     proc = _torchrun(tmp_path, "train", "--images", str(tmp_path / "f"), "--out", str(run), "--no-progress",
@@ -288,6 +295,19 @@ def test_torchrun_ranks_of_the_automatic_recipe_train_rank_zeros_plan(tmp_path):
     assert "after 51 steps" in proc.stdout  # rank 0's plan: 50 steps at least, in whole passes of 3 steps
     a, b = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_ranks_of_the_automatic_recipe_restart_together_after_a_divergence(tmp_path):
+    # The restart at a quarter of the lr is a new run in the same --out folder; under torchrun that folder's last.pt
+    # was taken for an elastic restart's, of other settings, and both ranks stopped with exit 2
+    folder, run = _two_shades(tmp_path / "f"), tmp_path / "run"
+    proc = _torchrun(tmp_path, "train", "--images", str(folder), "--lr", "0.04", "--out", str(run), "--no-progress",
+                     entry=(WORKER,), timeout=180, CNNLAB_TEST_DIVERGE_ONCE=1, CNNLAB_DIST_TIMEOUT=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("restarting from epoch 1's weights (the last good state) with a quarter of the learning "
+                             "rate, 0.01") == 1
+    assert len(re.findall(r"^test accuracy", proc.stdout, re.M)) == 1  # rank 0 alone prints it
+    assert read_run_config(run).lr == 0.01 and load_checkpoint(run / "last.pt")["epoch"] >= 1
 
 
 def test_two_launchers_like_two_machines_train_write_once_and_resume(tmp_path, data_dir):

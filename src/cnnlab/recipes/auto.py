@@ -37,6 +37,7 @@ from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.auto_lr import LR_TEST_STEPS, MAX_PEAK_LR, model_and_threads, peak_lr, range_test
 from cnnlab.recipes.config import TrainConfig, resolve_config
+from cnnlab.recipes.resume import NEW
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import save_baseline
 from cnnlab.training.callbacks import Callback
@@ -274,7 +275,9 @@ def run_auto(config: TrainConfig, log=print, callbacks=(), spent: float = 0.0) -
     guard, start_from, start_epoch = DivergenceGuard(len(data.classes)), None, 0
     for attempt in range(3):
         try:  # spent: everything before this attempt, earlier attempts included
-            summary = run_training(config, log=log, data=RepeatedPasses(data, config.passes),
+            # A restart is a new run in the diverged attempt's folder, not torchrun's elastic continuation of it
+            summary = run_training(config, resume=NEW if attempt else None, log=log,
+                                   data=RepeatedPasses(data, config.passes),
                                    spent=spent + time.perf_counter() - start, startup=spent,
                                    callbacks=[guard, _SaveBaseline(baseline), *callbacks], initial_state=start_from)
             break

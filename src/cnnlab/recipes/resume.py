@@ -17,9 +17,12 @@ from cnnlab.recipes.config import TrainConfig
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.runfolder import RunFolder
 
-__all__ = ["AUTO", "config_differences", "decided_by_budget", "folder_to_resume"]
+__all__ = ["AUTO", "NEW", "config_differences", "decided_by_budget", "folder_to_resume"]
 
 AUTO = "auto"
+# A new run in --out whatever it holds, even under torchrun: the automatic recipe's restart after a divergence,
+# whose folder holds the diverged attempt (taken for an elastic restart's, of another lr, it was refused)
+NEW = "new"
 
 # Settings that may differ between a run and its continuation: how it is shown and where it was named from.
 _FREE = ("progress", "out")

@@ -28,7 +28,7 @@ from cnnlab.recipes.budget import (
 )
 from cnnlab.recipes.config import TrainConfig, read_run_config, validate_config
 from cnnlab.recipes.optim import make_optimizer, make_scheduler, progress_shape
-from cnnlab.recipes.resume import AUTO, folder_to_resume
+from cnnlab.recipes.resume import AUTO, NEW, folder_to_resume
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
@@ -245,11 +245,11 @@ def _finished(state: dict, config: TrainConfig, steps_per_epoch: int) -> bool:
 def _start(config: TrainConfig | None, resume) -> tuple[TrainConfig, Path | None, RunFolder | None, dict | None]:
     """What this start continues: ``(config, resume folder or None, run folder or None, checkpoint state)``.
 
-    A folder is None for a new run without ``--out`` (rank 0 then creates a default-named one).
-    """
+    A folder is None for a new run without ``--out`` (rank 0 then creates a default-named one); ``resume`` NEW: a
+    new run whatever ``--out`` holds."""
     if resume == AUTO or (resume is None and config is not None):
         resume = folder_to_resume(config, resume)  # an elastic restart (torchrun) or --resume auto
-    if resume is None:
+    if resume in (None, NEW):
         validate_config(config)
         return config, None, RunFolder(config.out) if config.out else None, None
     config = read_run_config(resume)
