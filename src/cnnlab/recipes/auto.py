@@ -36,6 +36,7 @@ import torch
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.auto_lr import LR_TEST_STEPS, MAX_PEAK_LR, model_and_threads, peak_lr, range_test
+from cnnlab.recipes.blend import TEST_VIEWS
 from cnnlab.recipes.config import TrainConfig, resolve_config
 from cnnlab.recipes.resume import NEW
 from cnnlab.training import distributed as dist_utils
@@ -84,7 +85,7 @@ class AutoPlan:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
         if self.augment and self.cutout:
             augment += f"+cutout {self.cutout:g}"
-        augment += ", tested on 9 shifts" if self.shift_tta else ""
+        augment += f", tested on {TEST_VIEWS} shifts" if self.shift_tta else ""
         side, passes = self.image_size, f"{self.passes_per_epoch} pass{'es' if self.passes_per_epoch > 1 else ''}"
         length = self.length or f"{self.steps:,} steps ({self.epochs} epochs of {passes})"
         return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {length}, "

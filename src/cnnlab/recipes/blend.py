@@ -31,9 +31,13 @@ import torch.nn.functional as F
 from cnnlab.training.baseline import MAX_BASELINE_IMAGES, fit_standardized, fixed_subset
 from cnnlab.training.callbacks import Callback
 
-__all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "FinishBest", "blend_seconds", "choose_blend", "finish_best_checkpoint",
-           "fit_pixel_head"]
+__all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TEST_SHIFT", "TEST_VIEWS", "FinishBest", "blend_seconds",
+           "choose_blend", "finish_best_checkpoint", "fit_pixel_head"]
 
+# The test-time shifts, in pixels each way (FastNet's shift_tta), within the crops' 2: its nine views scored above
+# the five of a plus sign (docs/own-images.md)
+TEST_SHIFT = 1
+TEST_VIEWS = (2 * TEST_SHIFT + 1) ** 2
 BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the head's shares tried besides none: never more than the net's
 # Training inputs x features the head is fitted on at most: its L-BFGS fits cost time in proportion (with the
 # classes). Of grey 28 px images a random 5,102, of 32 px colour ones 1,302.
@@ -111,11 +115,11 @@ def finish_best_checkpoint(run_dir, data, log=print, *, shift_tta: bool = False,
         return float(kwargs.get("pixel_blend") or 0.0)  # finished already (a finished run resumed)
     model = loaded.model
     if shift_tta and "shift_tta" in kwargs:
-        model = create_model(loaded.state["model_name"], **{**kwargs, "shift_tta": 1})
+        model = create_model(loaded.state["model_name"], **{**kwargs, "shift_tta": TEST_SHIFT})
         model.load_state_dict(loaded.model.state_dict())
         if log is not None:
-            log("test-time shifts: each image scored as the mean of the net's predictions over its 9 shifts by up "
-                "to a pixel (the random crops it trained on)")
+            log(f"test-time shifts: each image scored as the mean of the net's predictions over its {TEST_VIEWS} "
+                f"shifts by up to a pixel (the random crops it trained on)")
     weight = 0.0
     if blend and len(data.val_labels) and "pixel_blend" in kwargs:
         model, weight = _blend(model, loaded, data, log, start)
