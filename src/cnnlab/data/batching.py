@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["BatchLoader", "SplitLoaders", "check_fraction", "move_splits", "stratified_split"]
+__all__ = ["CROP_PADDING", "BatchLoader", "SplitLoaders", "check_fraction", "move_splits", "stratified_split"]
 
-_PAD = 2  # random-crop padding, in pixels of the 28x28 image
+CROP_PADDING = 2  # random crops: an image moves by up to this many pixels each way (zeros fill the gap)
 _CHUNK_ELEMENTS = 1 << 20  # output floats built at once (4 MB, cache-sized): 10 batches of 128 at 28x28
 
 
@@ -128,7 +128,7 @@ class BatchLoader:
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         shifts = flips = centres = None
         if self.augment:  # drawn after the permutation, so the permutation matches the documented formula
-            shifts = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=generator)
+            shifts = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator)
             flips = (torch.rand(n, generator=generator) < 0.5) & self.flip
             if self.cutout:  # drawn last, and only when asked: a run without cutout keeps its crops and flips
                 centres = torch.rand(n, 2, generator=generator)
@@ -236,10 +236,11 @@ def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> to
     """Random crop from a zero-padded copy and random horizontal flip, for a whole batch at once.
 
     Shape:
-        ``x`` (B, H, W), ``shifts`` (B, 2) offsets in ``[0, 2 * _PAD]``, ``flips`` (B,) bool -> (B, H, W).
+        ``x`` (B, H, W), ``shifts`` (B, 2) offsets in ``[0, 2 * CROP_PADDING]``, ``flips`` (B,) bool -> (B, H, W).
     """
     b, h, w = x.shape
-    padded = F.pad(x, (_PAD, _PAD, _PAD, _PAD))  # (B, H + 4, W + 4), zeros are the background
+    pad = CROP_PADDING
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, H + 4, W + 4), zeros are the background
     rows = shifts[:, 0, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = shifts[:, 1, None] + torch.arange(w, device=x.device)  # (B, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
