@@ -107,9 +107,9 @@ def test_a_run_on_crops_is_scored_on_its_shifts_and_so_is_every_later_use_of_the
 
     monkeypatch.setenv("CNNLAB_BF16", "0")
     _, run, out = short_run("shapes-25", tmp_path, capsys, 40, 0.05, "--no-pixel-blend")
-    assert "test-time shifts: each image scored as the mean of the net's predictions over its 9 shifts" in out
-    assert read_run_config(run).shift_tta is True  # so a resumed or replayed run finishes the same way
-    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 1
+    assert "the mean of the net's predictions over its 25 shifts by up to 2 pixels" in out
+    assert read_run_config(run).shift_tta == 2  # so a resumed or replayed run finishes the same way
+    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 2
     accuracy = _accuracy(out)
     assert evaluate_checkpoint(run)[1].accuracy == pytest.approx(accuracy, abs=1e-4)
     # ONNX: the shifted views exported too, checked against PyTorch by onnxruntime within the export's bar
@@ -118,7 +118,10 @@ def test_a_run_on_crops_is_scored_on_its_shifts_and_so_is_every_later_use_of_the
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: scored again, not shifted twice
     again = capsys.readouterr().out
     assert "test-time shifts" not in again and _accuracy(again) == pytest.approx(accuracy, abs=1e-4)
-    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 1
+    assert load_checkpoint(run / "best.pt")["model_kwargs"]["shift_tta"] == 2
+    # A run folder of the days when the setting was a yes or no (yes: one pixel) reads as that pixel
+    (run / "config.json").write_text((run / "config.json").read_text().replace('"shift_tta": 2', '"shift_tta": true'))
+    assert read_run_config(run).shift_tta == 1
     _, plain, plain_out = short_run("shapes-25", tmp_path, capsys, 40, 0.05, "--no-pixel-blend", "--no-shift-tta",
                                     out="plain")
     assert "test-time shifts" not in plain_out and load_checkpoint(plain / "best.pt")["model_kwargs"]["shift_tta"] == 0
@@ -132,10 +135,44 @@ def test_the_automatic_recipe_shifts_where_it_crops_and_nowhere_else(tmp_path):
     for name, crops in (("digits-8", False), ("shapes-25", True)):
         folder = str(write_set(name, tmp_path / name))
         config, _, plan = auto_config(TrainConfig(images=folder, lr=0.1, threads=1, progress=False), log=None)
-        assert plan.augment is crops and config.shift_tta is crops, name
+        # No step timed (--threads): every shift the crops taught, 2 pixels each way
+        assert plan.augment is crops and config.shift_tta == plan.shift_tta == (2 if crops else 0), name
     config, _, _ = auto_config(TrainConfig(images=folder, lr=0.1, threads=1, augment=False, progress=False),
                                log=None)
-    assert config.shift_tta is False  # no crops taught it the shifts
+    assert config.shift_tta == 0  # no crops taught it the shifts
+
+
+@pytest.mark.parametrize("seconds_per_step, budget, shift, said", [
+    (0.016, None, 2, "tested on 25 shifts"),  # 96 images x 25 views at 1 ms: 2.4 s
+    (0.16, None, 1, "tested on 9 shifts"),  # 10 ms an image: 25 views 24 s, over the 15 s; 9 views 8.6 s
+    (1.0, None, 0, "augment crop"),  # 62 ms: 9 views 54 s; one view
+    (0.016, 20.0, 1, "tested on 9 shifts"),  # a --budget 20s spends at most 2 s on them: 25 views 2.4 s, 9 0.9 s
+])
+def test_the_automatic_recipe_takes_the_shifts_its_clock_allows(tmp_path, monkeypatch, seconds_per_step, budget,
+                                                                  shift, said):
+    from cnnlab.recipes import TrainConfig
+    from cnnlab.recipes.auto import auto_config
+    from image_sets import write_set
+
+    # shapes-25: 80 test images and 16 for validation, batches of 16; a step timed as given
+    monkeypatch.setattr("cnnlab.recipes.auto.model_and_threads", lambda *args: (None, None, 1, seconds_per_step))
+    folder = str(write_set("shapes-25", tmp_path / "f"))
+    lines = []
+    config, _, plan = auto_config(TrainConfig(images=folder, lr=0.1, budget=budget, progress=False),
+                                  log=lines.append)
+    assert config.shift_tta == plan.shift_tta == shift and lines[-1].endswith(said), lines[-1]
+    given, _, _ = auto_config(TrainConfig(images=folder, lr=0.1, shift_tta=2, progress=False), log=None)
+    assert given.shift_tta == 2  # --shift-tta 2 wins over the clock
+
+
+def test_the_views_fit_the_seconds_given():
+    from cnnlab.recipes.blend import tta_shift, tta_views
+
+    assert [tta_views(s) for s in (0, 1, 2)] == [1, 9, 25]
+    assert tta_shift(520, 0.53e-3) == 2  # photos-32's test and validation images at its training step's pace
+    assert tta_shift(10_400, 0.45e-3) == 0  # 10,000 test images: nine views would take ~42 s
+    assert tta_shift(2_000, 0.5e-3) == 1 and tta_shift(2_000, 0.5e-3, seconds=5) == 0
+    assert tta_shift(10**6, None) == 2  # no step timed: every shift
 
 
 @pytest.mark.parametrize("options, message", [
@@ -149,3 +186,12 @@ def test_shifts_without_crops_or_for_a_model_without_them_are_refused_in_one_lin
     assert main(["train", "--images", folder, *options, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_shift_tta_takes_the_crops_pixels_unless_told_how_many():
+    from cnnlab.cli.parser import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--shift-tta"]).shift_tta == 2  # every shift of the crops' 2-pixel padding
+    assert parse(["train", "--shift-tta", "1"]).shift_tta == 1
+    assert parse(["train", "--no-shift-tta"]).shift_tta == 0 and parse(["train"]).shift_tta is None

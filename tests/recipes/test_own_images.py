@@ -584,8 +584,8 @@ def test_options_given_beside_the_automatic_recipe_win_over_its_choices(tmp_path
     # At 32 px the recipe crops and cuts out; --no-augment and --cutout win, and the plan line says what runs
     # (it printed the plan's "augment crop" whatever --no-augment said)
     folder = str(_tiny_folder(tmp_path / "g", side=32))
-    for given, augment, cutout, said in [({}, True, CUTOUT, "augment crop+cutout 0.25, tested on 9 shifts"),
-                                         ({"cutout": 0.0}, True, 0.0, "augment crop, tested on 9 shifts"),
+    for given, augment, cutout, said in [({}, True, CUTOUT, "augment crop+cutout 0.25, tested on 25 shifts"),
+                                         ({"cutout": 0.0}, True, 0.0, "augment crop, tested on 25 shifts"),
                                          ({"cutout": 0.0, "shift_tta": False}, True, 0.0, "augment crop"),
                                          ({"augment": False}, False, 0.0, "augment none")]:
         lines = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.data.batching import CROP_PADDING
+
 __all__ = ["build_parser"]
 
 
@@ -138,9 +140,11 @@ def _add_train(sub) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="no augmentation")
     p.add_argument("--cutout", type=_finite_float, metavar="F", help="with augmentation, also Cutout: a square of "
                    "the share F of the image side set to the mean (the automatic recipe: 0.25; 0: none)")
-    p.add_argument("--shift-tta", action=argparse.BooleanOptionalAction, default=None, help="with crops: after "
-                   "training, score each image as the mean of the net's predictions over its shifts of up to a "
-                   "pixel (fastnet-auto; the automatic recipe's default wherever it crops)")
+    p.add_argument("--shift-tta", nargs="?", const=CROP_PADDING, type=_nonneg_int, metavar="PIXELS",
+                   help="with crops: after training, score each image as the mean of the net's predictions over "
+                   f"its shifts by up to PIXELS each way (default {CROP_PADDING}, the crops'; fastnet-auto; the "
+                   "automatic recipe's wherever it crops, as many as fit its clock)")
+    p.add_argument("--no-shift-tta", dest="shift_tta", action="store_const", const=0, help="score each image once")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     _add_speed(p)
     p.add_argument("--seed", type=_nonneg_int, default=0)

@@ -36,7 +36,7 @@ import torch
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.auto_lr import LR_TEST_STEPS, MAX_PEAK_LR, model_and_threads, peak_lr, range_test
-from cnnlab.recipes.blend import TEST_VIEWS
+from cnnlab.recipes.blend import TTA_BUDGET_SHARE, TTA_SECONDS, tta_shift, tta_views
 from cnnlab.recipes.config import TrainConfig, resolve_config
 from cnnlab.recipes.resume import NEW
 from cnnlab.training import distributed as dist_utils
@@ -78,14 +78,14 @@ class AutoPlan:
     augment: bool
     flip: bool
     cutout: float = 0.0
-    shift_tta: bool = False  # the net tested on the nine shifts by up to a pixel (cnnlab.recipes.blend)
+    shift_tta: int = 0  # the net tested on its shifts by up to this many pixels (cnnlab.recipes.blend)
     length: str | None = None  # what decides the length instead of the plan (--steps, --budget), as the line says
 
     def describe(self, model: str, lr: float, source: str = "range test") -> str:
         augment = ("crop+flip" if self.flip else "crop") if self.augment else "none"
         if self.augment and self.cutout:
             augment += f"+cutout {self.cutout:g}"
-        augment += f", tested on {TEST_VIEWS} shifts" if self.shift_tta else ""
+        augment += f", tested on {tta_views(self.shift_tta)} shifts" if self.shift_tta else ""
         side, passes = self.image_size, f"{self.passes_per_epoch} pass{'es' if self.passes_per_epoch > 1 else ''}"
         length = self.length or f"{self.steps:,} steps ({self.epochs} epochs of {passes})"
         return (f"automatic recipe: {model} at {side}x{side}, batch {self.batch_size}, {length}, "
@@ -236,8 +236,7 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     epochs = config.epochs or plan.epochs
     # An epoch of several passes (validated a dozen times in all) unless --epochs counts the epochs itself
     passes = plan.passes_per_epoch if epochs == plan.epochs else 1
-    # The net is tested on the shifts its crops taught it (cnnlab.recipes.blend), unless --no-shift-tta
-    shift_tta = bool(augment) if config.shift_tta is None else config.shift_tta
+    shift_tta = _shift_tta(config, data, augment, seconds_per_step)
     # The plan as run, the options given included (its line said "augment crop" under --no-augment)
     plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
                                batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()),
@@ -247,6 +246,19 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     if log is not None:
         log(plan.describe(final.model, final.lr, source))
     return final, data, plan
+
+
+def _shift_tta(config: TrainConfig, data, augment: bool, seconds_per_step: float | None) -> int:
+    """The test-time shift in pixels: ``--shift-tta N`` / ``--no-shift-tta`` if given; else, where the net trains
+    on random crops, the largest whose views of the test and validation images fit the clock
+    (:func:`cnnlab.recipes.blend.tta_shift`; under a ``--budget``, a tenth of it at most); else none."""
+    if config.shift_tta is not None:
+        return config.shift_tta
+    if not augment:
+        return 0
+    scored = len(data.test_labels if data.has_test else data.val_labels) + len(data.val_labels)
+    seconds = TTA_SECONDS if config.budget is None else min(TTA_SECONDS, TTA_BUDGET_SHARE * config.budget)
+    return tta_shift(scored, seconds_per_step and seconds_per_step / data.batch_size, seconds)
 
 
 def _length_given(config: TrainConfig) -> str | None:

@@ -3,14 +3,15 @@ classifier on its input pixels where the validation split says the average is be
 baseline on the raw pixels).
 
 A net trained on random crops of up to 2 pixels scores a test image better as the mean of its predictions over
-the image shifted by up to a pixel (nine views, :func:`cnnlab.nn.layers.shifted_views`): the training's own
-augmentation, so safe for any data that it was (airbench averages such translations too). Over the collection's
-30 cropped runs the means rose on every Fashion-MNIST set, and no run lost more than four test images
-(docs/own-images.md).
+the image shifted by up to 2 pixels each way (25 views, :func:`cnnlab.nn.layers.shifted_views`): the training's
+own augmentation, so safe for any data that it was (airbench averages such translations too). Over the
+collection's 30 cropped runs the means rose on every set that was not already at 1.000 (docs/own-images.md).
+Each view is a pass of the net, so :func:`tta_shift` keeps to the views that the clock allows: a large test
+split gets fewer, or one.
 
 On a few hundred images a CNN may fall short of a linear model on the pixels (200 Fashion-MNIST images at 28 px:
 the net 0.723-0.747, the linear model 0.740-0.777), and the two err on different images, so the mean of their
-probabilities beats both. After training, :class:`PixelBlend` fits softmax regression on the training images as
+probabilities beats both. After training, :class:`FinishBest` fits softmax regression on the training images as
 the net sees them (:func:`~cnnlab.training.baseline.fit_linear`, its L2 strength chosen on the validation split),
 then the head's share ``w`` of the mixture from :data:`BLEND_WEIGHTS` by the validation split's log-loss (a
 finer measure than its accuracy on a split of 20 images). Where no share lowers it the net stays alone. A chosen
@@ -28,16 +29,19 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.batching import CROP_PADDING
 from cnnlab.training.baseline import MAX_BASELINE_IMAGES, fit_standardized, fixed_subset
 from cnnlab.training.callbacks import Callback
 
-__all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TEST_SHIFT", "TEST_VIEWS", "FinishBest", "blend_seconds",
-           "choose_blend", "finish_best_checkpoint", "fit_pixel_head"]
+__all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TTA_BUDGET_SHARE", "TTA_SECONDS", "FinishBest", "blend_seconds",
+           "choose_blend", "finish_best_checkpoint", "fit_pixel_head", "tta_shift", "tta_views"]
 
-# The test-time shifts, in pixels each way (FastNet's shift_tta), within the crops' 2: its nine views scored above
-# the five of a plus sign (docs/own-images.md)
-TEST_SHIFT = 1
-TEST_VIEWS = (2 * TEST_SHIFT + 1) ** 2
+# Seconds the test-time views may take (the final pass and the blend's validation pass, every view counted), at
+# most, or this share of a --budget. photos-32 (400 test and 120 validation images at 32 px): 25 views, estimated
+# at ~7 s, its test pass timed at 3.5 s (AMD EPYC, 2 cores); 10,000 test images at 28 px: one view (~4.5 s),
+# where nine took ~45 s.
+TTA_SECONDS = 15.0
+TTA_BUDGET_SHARE = 0.1
 BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the head's shares tried besides none: never more than the net's
 # Training inputs x features the head is fitted on at most: its L-BFGS fits cost time in proportion (with the
 # classes). Of grey 28 px images a random 5,102, of 32 px colour ones 1,302.
@@ -47,6 +51,26 @@ MAX_HEAD_VALUES = 4_000_000
 # separates or gives up on sooner, 0.5 s); 2,604 random 32 px colour ones with 100 classes took 1.9x the time of 10
 # classes. Times the square root of a tenth of the classes, from 10 up.
 SECONDS_PER_HEAD_VALUE = 6.5e-7
+
+
+def tta_views(shift: int) -> int:
+    """The views of a test-time shift of up to ``shift`` pixels each way: ``(2 * shift + 1) ** 2`` (0: one)."""
+    return (2 * shift + 1) ** 2
+
+
+def tta_shift(images: int, seconds_per_image: float | None, seconds: float = TTA_SECONDS) -> int:
+    """The test-time shift for a net trained on random crops: the largest, up to the crops' own
+    :data:`~cnnlab.data.batching.CROP_PADDING` (every shift they taught it; 25 views scored above 9, and 9 above
+    5, docs/own-images.md), whose views of ``images`` images take at most ``seconds``; 0 (one view) if none.
+
+    ``seconds_per_image``: a training step's time per image, which a view's fp32 pass took 0.3-0.7x of (photos-32
+    at 32 px, fashion-16 at 16; AMD EPYC, 2 cores): an estimate that errs long. None (no step was timed: a GPU,
+    ``--threads``, torchrun): every shift, as the plan's steps are then not cut to the clock either.
+    """
+    for shift in range(CROP_PADDING, 0, -1):
+        if seconds_per_image is None or tta_views(shift) * images * seconds_per_image <= seconds:
+            return shift
+    return 0
 
 
 def fit_pixel_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -98,12 +122,12 @@ def _subset_size(features: int) -> int:
     return max(1, min(MAX_BASELINE_IMAGES, MAX_HEAD_VALUES // max(1, features)))
 
 
-def finish_best_checkpoint(run_dir, data, log=print, *, shift_tta: bool = False, blend: bool = True) -> float:
+def finish_best_checkpoint(run_dir, data, log=print, *, shift_tta: int = 0, blend: bool = True) -> float:
     """The run's best checkpoint made what the test pass scores: with ``shift_tta`` its net averages the shifted
-    views its crops taught it (FastNet's ``shift_tta=1``); with ``blend`` the pixel head is fitted on ``data``'s
-    training images and its share chosen on the validation split (after the shifts: the head joins the net as
-    tested). Where either changed the model, it is written into the checkpoint (atomically). Returns the head's
-    share (0: none). ``data``: the run's data module (an image folder's, for the blend)."""
+    views by up to ``shift_tta`` pixels that its crops taught it (FastNet's own); with ``blend`` the pixel head is
+    fitted on ``data``'s training images and its share chosen on the validation split (after the shifts: the head
+    joins the net as tested). Where either changed the model, it is written into the checkpoint (atomically).
+    Returns the head's share (0: none). ``data``: the run's data module (an image folder's, for the blend)."""
     from cnnlab.inference.loaded import load_trained
     from cnnlab.models import create_model
     from cnnlab.training.checkpoint import save_checkpoint
@@ -115,11 +139,12 @@ def finish_best_checkpoint(run_dir, data, log=print, *, shift_tta: bool = False,
         return float(kwargs.get("pixel_blend") or 0.0)  # finished already (a finished run resumed)
     model = loaded.model
     if shift_tta and "shift_tta" in kwargs:
-        model = create_model(loaded.state["model_name"], **{**kwargs, "shift_tta": TEST_SHIFT})
+        model = create_model(loaded.state["model_name"], **{**kwargs, "shift_tta": int(shift_tta)})
         model.load_state_dict(loaded.model.state_dict())
         if log is not None:
-            log(f"test-time shifts: each image scored as the mean of the net's predictions over its {TEST_VIEWS} "
-                f"shifts by up to a pixel (the random crops it trained on)")
+            log(f"test-time shifts: each image scored as the mean of the net's predictions over its "
+                f"{tta_views(shift_tta)} shifts by up to {shift_tta} pixel{'s' if shift_tta > 1 else ''} (the "
+                f"random crops it trained on)")
     weight = 0.0
     if blend and len(data.val_labels) and "pixel_blend" in kwargs:
         model, weight = _blend(model, loaded, data, log, start)
@@ -157,7 +182,7 @@ def _blend(model, loaded, data, log, start: float) -> tuple[torch.nn.Module, flo
 class FinishBest(Callback):
     """Runs :func:`finish_best_checkpoint` when the fit ends, before the test split is scored (rank 0 alone)."""
 
-    def __init__(self, data, log=print, *, shift_tta: bool = False, blend: bool = True):
+    def __init__(self, data, log=print, *, shift_tta: int = 0, blend: bool = True):
         self.data, self.log, self.shift_tta, self.blend = data, log, shift_tta, blend
 
     def on_fit_end(self, trainer, model) -> None:

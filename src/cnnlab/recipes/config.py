@@ -47,9 +47,10 @@ class TrainConfig:
     # Each colour image's cast removed inside the model (cnnlab.nn.layers.white_balance); the automatic recipe
     # decides from the folder where not given (cnnlab.recipes.colour)
     white_balance: bool | None = None
-    # After training, best.pt's net scores each image as the mean of its predictions over the shifts of up to a
-    # pixel that its random crops taught it (FastNet's shift_tta); the automatic recipe's wherever it crops
-    shift_tta: bool | None = None
+    # After training, best.pt's net scores each image as the mean of its predictions over its shifts by up to
+    # this many pixels, which its random crops taught it (FastNet's shift_tta; 0: one view); the automatic
+    # recipe's wherever it crops, as many as the clock allows (cnnlab.recipes.blend.tta_shift)
+    shift_tta: int | None = None
     normalize: bool | None = None
     bf16: bool | None = None
     channels_last: bool | None = None
@@ -85,7 +86,7 @@ class TrainConfig:
 BASE = dict(epochs=10, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=0.0,
             schedule="constant", label_smoothing=0.0, image_size=28, augment=False, cutout=0.0, passes=1,
             normalize=False, bf16=None, channels_last=True, compile=False, min_steps=0, pixel_blend=False,
-            white_balance=False, shift_tta=False)
+            white_balance=False, shift_tta=0)
 
 
 # Validation images of a budgeted Fashion-MNIST run (see resolve_config).
@@ -181,6 +182,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
         (config.passes >= 1, f"passes (over the training images per epoch) must be at least 1, got {config.passes}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
+        (not config.shift_tta or config.shift_tta >= 0, f"--shift-tta must be 0 or more, got {config.shift_tta}"),
         (not config.pixel_blend or config.images is not None and "pixel_blend" in builder_arguments(config.model),
          f"--pixel-blend needs --images and a model with a pixel head (fastnet-auto, the automatic recipe's), "
          f"not {config.model}"),
@@ -226,6 +228,8 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
         # A run folder written before a setting existed resumes with that setting's base value (min_steps: 0); one
         # written before a setting was renamed was read under today's names (resize: image_size) by read_config.
         values = {**{k: v for k, v in BASE.items() if k not in values and v is not None}, **values}
+        if isinstance(values.get("shift_tta"), bool):  # a yes or no before December 2026: yes was one pixel
+            values["shift_tta"] = int(values["shift_tta"])
     try:
         config = TrainConfig(**values)
     except TypeError as exc:

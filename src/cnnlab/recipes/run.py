@@ -16,7 +16,7 @@ import torch
 from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
-from cnnlab.recipes.blend import TEST_VIEWS, FinishBest, blend_seconds
+from cnnlab.recipes.blend import FinishBest, blend_seconds, tta_views
 from cnnlab.recipes.budget import (
     MIN_BUDGET_EPOCHS,
     TRAINING_SHARE,
@@ -226,7 +226,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
 def _final_pass_images(config: TrainConfig, data) -> int:
     """How many images are scored after training, each test-time view counted: by the final test pass
     (:func:`cnnlab.inference.loaded.evaluate_checkpoint`), and by the pixel blend's validation pass."""
-    views = TEST_VIEWS if config.shift_tta else 1
+    views = tta_views(config.shift_tta or 0)
     if config.images is not None:
         blend = len(data.val_labels) if config.pixel_blend else 0
         return (len(data.test_labels if data.has_test else data.val_labels) + blend) * views
@@ -308,7 +308,7 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
 
         callbacks = [*callbacks, TensorBoardLogger(folder.path / "tensorboard", class_names=data.classes)]
     if config.pixel_blend or config.shift_tta:  # here, not in the automatic recipe: a resumed run finishes too
-        callbacks = [*callbacks, FinishBest(data, log, shift_tta=bool(config.shift_tta), blend=config.pixel_blend)]
+        callbacks = [*callbacks, FinishBest(data, log, shift_tta=config.shift_tta or 0, blend=config.pixel_blend)]
     steps_per_epoch = len(data.train_dataloader())
     pace = build_pace(config, steps_per_epoch)
     if isinstance(pace, ClockProgress):
