@@ -38,7 +38,7 @@ __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TTA_BUDGET_SHARE", "TTA_SECONDS"
 
 # Seconds the test-time views may take (the final pass and the blend's validation pass, every view counted), at
 # most, or this share of a --budget. photos-32 (400 test and 120 validation images at 32 px): 25 views, estimated
-# at ~7 s, its test pass timed at 3.5 s (AMD EPYC, 2 cores); 10,000 test images at 28 px: one view (~4.5 s),
+# at 8.3 s, its test pass timed at 3.5 s (AMD EPYC, 2 cores); 10,000 test images at 28 px: one view (~4.5 s),
 # where nine took ~45 s.
 TTA_SECONDS = 15.0
 TTA_BUDGET_SHARE = 0.1
@@ -63,8 +63,8 @@ def tta_shift(images: int, seconds_per_image: float | None, seconds: float = TTA
     :data:`~cnnlab.data.batching.CROP_PADDING` (every shift they taught it; 25 views scored above 9, and 9 above
     5, docs/own-images.md), whose views of ``images`` images take at most ``seconds``; 0 (one view) if none.
 
-    ``seconds_per_image``: a training step's time per image, which a view's fp32 pass took 0.3-0.7x of (photos-32
-    at 32 px, fashion-16 at 16; AMD EPYC, 2 cores): an estimate that errs long. None (no step was timed: a GPU,
+    ``seconds_per_image``: a training step's time per image, which a view's fp32 pass took 0.4-0.6x of (fashion-16
+    at 16 px 0.4, photos-32 at 32 px 0.55; AMD EPYC, 2 cores): an estimate that errs long. None (no step was timed: a GPU,
     ``--threads``, torchrun): every shift, as the plan's steps are then not cut to the clock either.
     """
     for shift in range(CROP_PADDING, 0, -1):
