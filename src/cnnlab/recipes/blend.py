@@ -5,7 +5,7 @@ baseline on the raw pixels).
 A net trained on random crops of up to 2 pixels scores a test image better as the mean of its predictions over
 the image shifted by up to 2 pixels each way (25 views, :func:`cnnlab.nn.layers.shifted_views`): the training's
 own augmentation, so safe for any data that it was (airbench averages such translations too). Over the
-collection's 30 cropped runs the means rose on every set that was not already at 1.000 (docs/own-images.md).
+collection's 30 cropped runs the means rose over one view's on every set not already at 1.000 (docs/own-images.md).
 Each view is a pass of the net, so :func:`tta_shift` keeps to the views that the clock allows: a large test
 split gets fewer, or one.
 
@@ -64,8 +64,8 @@ def tta_shift(images: int, seconds_per_image: float | None, seconds: float = TTA
     5, docs/own-images.md), whose views of ``images`` images take at most ``seconds``; 0 (one view) if none.
 
     ``seconds_per_image``: a training step's time per image, which a view's fp32 pass took 0.4-0.6x of (fashion-16
-    at 16 px 0.4, photos-32 at 32 px 0.55; AMD EPYC, 2 cores): an estimate that errs long. None (no step was timed: a GPU,
-    ``--threads``, torchrun): every shift, as the plan's steps are then not cut to the clock either.
+    at 16 px 0.4, photos-32 at 32 px 0.55; AMD EPYC, 2 cores): an estimate that errs long. None (no step was
+    timed: a GPU, ``--threads``, torchrun): every shift, as the plan's steps are then not cut to the clock either.
     """
     for shift in range(CROP_PADDING, 0, -1):
         if seconds_per_image is None or tta_views(shift) * images * seconds_per_image <= seconds:
