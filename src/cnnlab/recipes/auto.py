@@ -36,7 +36,7 @@ import torch
 from cnnlab.data.passes import RepeatedPasses
 from cnnlab.errors import TrainingDiverged
 from cnnlab.recipes.auto_lr import LR_TEST_STEPS, MAX_PEAK_LR, model_and_threads, peak_lr, range_test
-from cnnlab.recipes.blend import TTA_BUDGET_SHARE, TTA_SECONDS, tta_shift, tta_views
+from cnnlab.recipes.blend import TTA_BUDGET_SHARE, TTA_SECONDS, scored_after_training, tta_shift, tta_views
 from cnnlab.recipes.config import TrainConfig, resolve_config
 from cnnlab.recipes.resume import NEW
 from cnnlab.training import distributed as dist_utils
@@ -236,7 +236,7 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     epochs = config.epochs or plan.epochs
     # An epoch of several passes (validated a dozen times in all) unless --epochs counts the epochs itself
     passes = plan.passes_per_epoch if epochs == plan.epochs else 1
-    shift_tta = _shift_tta(config, data, augment, seconds_per_step)
+    shift_tta = _shift_tta(config, data, augment, seconds_per_step, blend=bool(draft.pixel_blend))
     # The plan as run, the options given included (its line said "augment crop" under --no-augment)
     plan = dataclasses.replace(plan, augment=augment, cutout=cutout, epochs=epochs, passes_per_epoch=passes,
                                batch_size=data.batch_size, steps=epochs * passes * len(data.train_dataloader()),
@@ -248,7 +248,7 @@ def auto_config(config: TrainConfig, log=print) -> tuple[TrainConfig, object, Au
     return final, data, plan
 
 
-def _shift_tta(config: TrainConfig, data, augment: bool, seconds_per_step: float | None) -> int:
+def _shift_tta(config: TrainConfig, data, augment: bool, seconds_per_step: float | None, blend: bool) -> int:
     """The test-time shift in pixels: ``--shift-tta N`` / ``--no-shift-tta`` if given; else, where the net trains
     on random crops, the largest whose views of the test and validation images fit the clock
     (:func:`cnnlab.recipes.blend.tta_shift`; under a ``--budget``, a tenth of it at most); else none."""
@@ -256,9 +256,9 @@ def _shift_tta(config: TrainConfig, data, augment: bool, seconds_per_step: float
         return config.shift_tta
     if not augment:
         return 0
-    scored = len(data.test_labels if data.has_test else data.val_labels) + len(data.val_labels)
     seconds = TTA_SECONDS if config.budget is None else min(TTA_SECONDS, TTA_BUDGET_SHARE * config.budget)
-    return tta_shift(scored, seconds_per_step and seconds_per_step / data.batch_size, seconds)
+    return tta_shift(scored_after_training(data, blend), seconds_per_step and seconds_per_step / data.batch_size,
+                     seconds)
 
 
 def _length_given(config: TrainConfig) -> str | None:

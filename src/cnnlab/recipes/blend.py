@@ -34,7 +34,8 @@ from cnnlab.training.baseline import MAX_BASELINE_IMAGES, fit_standardized, fixe
 from cnnlab.training.callbacks import Callback
 
 __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TTA_BUDGET_SHARE", "TTA_SECONDS", "FinishBest", "blend_seconds",
-           "choose_blend", "finish_best_checkpoint", "fit_pixel_head", "tta_shift", "tta_views"]
+           "choose_blend", "finish_best_checkpoint", "fit_pixel_head", "scored_after_training", "tta_shift",
+           "tta_views"]
 
 # Seconds the test-time views may take (the final pass and the blend's validation pass, every view counted), at
 # most, or this share of a --budget. photos-32 (400 test and 120 validation images at 32 px): 25 views, estimated
@@ -51,6 +52,13 @@ MAX_HEAD_VALUES = 4_000_000
 # separates or gives up on sooner, 0.5 s); 2,604 random 32 px colour ones with 100 classes took 1.9x the time of 10
 # classes. Times the square root of a tenth of the classes, from 10 up.
 SECONDS_PER_HEAD_VALUE = 6.5e-7
+
+
+def scored_after_training(data, blend: bool) -> int:
+    """The images an image folder's run scores after training, once per test-time view: its test split (its
+    validation split where it has none) and, with ``blend``, the pixel blend's validation pass."""
+    test = data.test_labels if data.has_test else data.val_labels
+    return len(test) + (len(data.val_labels) if blend else 0)
 
 
 def tta_views(shift: int) -> int:

@@ -182,7 +182,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.steps is None or config.steps >= 1, f"--steps must be at least 1, got {config.steps}"),
         (config.passes >= 1, f"passes (over the training images per epoch) must be at least 1, got {config.passes}"),
         (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
-        (not config.shift_tta or config.shift_tta >= 0, f"--shift-tta must be 0 or more, got {config.shift_tta}"),
+        ((config.shift_tta or 0) >= 0, f"--shift-tta must be 0 or more, got {config.shift_tta}"),
         (not config.pixel_blend or config.images is not None and "pixel_blend" in builder_arguments(config.model),
          f"--pixel-blend needs --images and a model with a pixel head (fastnet-auto, the automatic recipe's), "
          f"not {config.model}"),

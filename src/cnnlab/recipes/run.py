@@ -16,7 +16,7 @@ import torch
 from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
-from cnnlab.recipes.blend import FinishBest, blend_seconds, tta_views
+from cnnlab.recipes.blend import FinishBest, blend_seconds, scored_after_training, tta_views
 from cnnlab.recipes.budget import (
     MIN_BUDGET_EPOCHS,
     TRAINING_SHARE,
@@ -228,8 +228,7 @@ def _final_pass_images(config: TrainConfig, data) -> int:
     (:func:`cnnlab.inference.loaded.evaluate_checkpoint`), and by the pixel blend's validation pass."""
     views = tta_views(config.shift_tta or 0)
     if config.images is not None:
-        blend = len(data.val_labels) if config.pixel_blend else 0
-        return (len(data.test_labels if data.has_test else data.val_labels) + blend) * views
+        return scored_after_training(data, bool(config.pixel_blend)) * views
     return 10_000 * views  # Fashion-MNIST's whole test set, whatever --num-val kept for validation
 
 
