@@ -24,6 +24,7 @@ from dataclasses import replace
 import torch
 
 from cnnlab.bench import add_arguments, load_average, run
+from cnnlab.training.runtime import eval_batch_size
 
 
 def _optimizer(config, kind: str):
@@ -50,7 +51,7 @@ TECHNIQUES = {
     "SGD for-loop": dict(optimizer="loop"),
     "SGD fused": dict(optimizer="fused"),
     "torch.compile": dict(compile=True),
-    "val batch 128": dict(val_batch_size=128),
+    "val batch 1024": dict(val_batch_size=1024),
     "channels_last + bf16": dict(channels_last=True, bf16=True),
     "channels_last + compile": dict(channels_last=True, compile=True),
     "cl + bf16 + compile": dict(channels_last=True, bf16=True, compile=True),
@@ -70,7 +71,7 @@ class _Variant:
         self.data = FashionMNIST(batch_size=config.batch_size, resize=config.image_size, normalize=config.normalize,
                                  augment=config.augment, seed=config.seed,
                                  num_train=min(60_000, steps * config.batch_size), num_val=num_val,
-                                 val_batch_size=change.get("val_batch_size", 1024))
+                                 val_batch_size=change.get("val_batch_size", eval_batch_size("cpu")))
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.data)
         optimizer = _optimizer(config, change["optimizer"]) if "optimizer" in change else make_optimizer(config)
@@ -119,7 +120,8 @@ def techniques(args) -> int:
           f"load average {load_average()} at start")
     print(f"{args.model} recipe: channels_last={config.channels_last}, bf16={config.bf16}, "
           f"{config.optimizer} (foreach), batch {config.batch_size}, {config.image_size}x{config.image_size}; "
-          f"{args.steps} steps per epoch, validation on {args.num_val:,} images in batches of 1024")
+          f"{args.steps} steps per epoch, validation on {args.num_val:,} images in batches of "
+          f"{eval_batch_size('cpu')}")
     variants = [_Variant(name, TECHNIQUES[name], config, args.steps, args.num_val, args.rounds) for name in names]
     for _ in range(args.rounds + 1):  # the first round is the warm-up (and compile) epoch
         for variant in variants:

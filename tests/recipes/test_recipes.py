@@ -180,6 +180,16 @@ def _old_names(settings):
     return {("resize" if k == "image_size" else k): v for k, v in settings.items() if k != "min_steps"}
 
 
+def test_a_cpu_runs_validation_and_the_test_pass_in_batches_of_128(tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet-relu", "--epochs", "1", "--device", "cpu", "--data-dir", str(data_dir),
+                 *TINY, "--out", str(run)]) == 0
+    assert load_checkpoint(run / "best.pt")["data_settings"]["val_batch_size"] == 128
+    loader = load_trained(run).test_loader()
+    assert loader.batch_size == 128 and len(loader) == -(-10_000 // 128)
+    assert "test accuracy" in capsys.readouterr().out
+
+
 def test_a_run_folder_from_before_the_rename_to_image_size_loads_and_resumes(tmp_path, data_dir):
     run = tmp_path / "run"
     # A constant schedule, so that one more epoch can be asked of the finished run through its config.json.

@@ -19,7 +19,7 @@ from cnnlab import (
 )
 from cnnlab.nn.classifier import Classifier
 from cnnlab.training.evaluation import best_two_validation_mean, evaluate, within_one_standard_error
-from cnnlab.training.runtime import pick_device
+from cnnlab.training.runtime import CPU_EVAL_BATCH_SIZE, GPU_EVAL_BATCH_SIZE, eval_batch_size, pick_device
 
 QUIET = Display(progress=False, log=None)
 
@@ -239,6 +239,12 @@ def test_pick_device_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             pick_device("cuda")
+
+
+def test_evaluation_batches_128_images_on_a_cpu_and_1024_on_a_gpu(monkeypatch):
+    assert eval_batch_size("cpu") == eval_batch_size(None) == CPU_EVAL_BATCH_SIZE == 128
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_batch_size("cuda") == eval_batch_size("auto") == GPU_EVAL_BATCH_SIZE == 1024
 
 
 def test_trainer_rejects_bad_epochs():

@@ -18,6 +18,7 @@ from cnnlab.data.batching import BatchLoader
 from cnnlab.inference.loaded import LoadedModel, check_test_index
 from cnnlab.nn.classifier import device_of, eval_mode
 from cnnlab.nn.summary import find_conv
+from cnnlab.training.runtime import eval_batch_size
 from cnnlab.visual.plotting import MAX_KERNEL_TILES
 
 __all__ = [
@@ -207,7 +208,7 @@ def plot_test_features(loaded: LoadedModel, images: torch.Tensor, labels: torch.
 
 @torch.inference_mode()
 def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
-                       batch_size: int = 1024) -> torch.Tensor:
+                       batch_size: int | None = None) -> torch.Tensor:
     """Class probabilities ``(N, num_classes)`` of every image, batched as ``cnnlab evaluate`` batches them.
 
     The images are prepared by the same :class:`BatchLoader` (resize, normalization, batch size) that
@@ -215,7 +216,8 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor, labels: tor
     """
     model = loaded.model
     device = device_of(model)
-    loader = BatchLoader(images, labels, batch_size, image_size=loaded.image_size, normalize=loaded.normalization())
+    loader = BatchLoader(images, labels, batch_size or eval_batch_size(device), image_size=loaded.image_size,
+                         normalize=loaded.normalization())
     with eval_mode(model):
         probs = [torch.softmax(model(X.to(device)).float(), dim=1).cpu() for X, _ in loader]
     return torch.cat(probs)

@@ -28,6 +28,7 @@ from cnnlab.training.checkpoint import (
     resolve_checkpoint,
 )
 from cnnlab.training.evaluation import evaluate
+from cnnlab.training.runtime import eval_batch_size
 
 __all__ = ["LoadedModel", "check_test_index", "evaluate_checkpoint", "evaluate_loaded", "load_trained", "load_image",
            "top_k"]
@@ -85,14 +86,17 @@ class LoadedModel:
 
         return MEAN, STD
 
-    def test_data(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
+    def test_data(self, data_dir: str | os.PathLike | None = None, batch_size: int | None = None):
         """The data module of the test split, with the input settings the model trained with.
 
         Args:
             data_dir: the Fashion-MNIST folder; default the run's own ``--data-dir``, then the usual places.
                 For an image-folder run, its folder (the training run's by default).
+            batch_size: images per batch; default what evaluation batches on the model's device
+                (:func:`~cnnlab.training.runtime.eval_batch_size`).
         """
         config = self.run_config
+        batch_size = batch_size or eval_batch_size(device_of(self.model))
         if self.is_image_folder:
             from cnnlab.data.imagefolder import ImageFolderData
 
@@ -104,8 +108,10 @@ class LoadedModel:
         root = data_dir if data_dir is not None else config.get("data_dir")
         return FashionMNIST(batch_size=batch_size, resize=self.image_size, root=root, normalize=self.normalize)
 
-    def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int = 1024):
-        """The test split's loader (an image folder without ``test/``: its validation split)."""
+    def test_loader(self, data_dir: str | os.PathLike | None = None, batch_size: int | None = None):
+        """The test split's loader (an image folder without ``test/``: its validation split), batched as
+        :meth:`test_data`."""
+        batch_size = batch_size or eval_batch_size(device_of(self.model))
         folder_test = self._folder_test_split(data_dir)
         if folder_test is not None:
             from cnnlab.data.batching import BatchLoader
@@ -258,8 +264,9 @@ def evaluate_loaded(loaded: LoadedModel, data_dir: str | os.PathLike | None = No
                     device: str | torch.device = "cpu"):
     """The test pass of a loaded model (fp32), its weights laid out as its run trained them: channels_last where
     the run's config says so, on a CPU or GPU. On a CPU that halves the pass: FastNet on the 10,000 test images
-    with one thread (Intel Xeon, the other core busy) took 12.6 s against 24.1 s contiguous."""
+    with one thread (Intel Xeon, the other core busy) took 12.6 s against 24.1 s contiguous. Batches are of
+    :func:`~cnnlab.training.runtime.eval_batch_size` images: 128 on a CPU, 1,024 on a GPU."""
     device = torch.device(device)
     if loaded.run_config.get("channels_last") and device.type in ("cpu", "cuda"):
         loaded.model.to(memory_format=torch.channels_last)
-    return evaluate(loaded.model, loaded.test_loader(data_dir), device)
+    return evaluate(loaded.model, loaded.test_loader(data_dir, eval_batch_size(device)), device)

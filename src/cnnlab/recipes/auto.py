@@ -42,6 +42,7 @@ from cnnlab.recipes.resume import NEW
 from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import save_baseline
 from cnnlab.training.callbacks import Callback
+from cnnlab.training.runtime import eval_batch_size
 
 __all__ = ["LR_TEST_STEPS", "MAX_PEAK_LR", "STEP_FLOOR", "TRAIN_SECONDS", "AutoPlan", "DataFacts", "DivergenceGuard",
            "RepeatedPasses", "data_facts", "lr_find_for", "native_size", "peak_lr", "plan_recipe", "range_test",
@@ -181,8 +182,8 @@ def _folder_data(config: TrainConfig, image_size: int, val_split: float | None, 
 
     return ImageFolderData(config.images, batch_size=config.batch_size or 16, image_size=image_size,
                            channels=config.channels, normalize=True, augment=False, seed=config.seed,
-                           val_split=val_split, val_batch_size=1024, skip_bad=config.skip_bad,
-                           progress=config.progress and log is not None, log=log, flip=flip)
+                           val_split=val_split, val_batch_size=eval_batch_size(config.device),
+                           skip_bad=config.skip_bad, progress=config.progress and log is not None, log=log, flip=flip)
 
 
 def _draft(config: TrainConfig, log=print) -> tuple[TrainConfig, object]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from cnnlab.data.batching import CROP_PADDING
 from cnnlab.training.baseline import MAX_BASELINE_IMAGES, fit_standardized, fixed_subset
 from cnnlab.training.callbacks import Callback
+from cnnlab.training.runtime import eval_batch_size
 
 __all__ = ["BLEND_WEIGHTS", "MAX_HEAD_VALUES", "TTA_BUDGET_SHARE", "TTA_SECONDS", "FinishBest", "blend_seconds",
            "choose_blend", "finish_best_checkpoint", "fit_pixel_head", "scored_after_training", "tta_shift",
@@ -121,8 +122,9 @@ def blend_seconds(data) -> float:
 
 
 @torch.no_grad()
-def _logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     model.eval()
+    batch_size = eval_batch_size(inputs.device)
     return torch.cat([model(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)])
 
 

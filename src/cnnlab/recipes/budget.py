@@ -107,14 +107,15 @@ def plan_budget(total: float, spent: float, validation: float, final: float) -> 
 
 
 def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device, autocast_dtype=None,
-                           channels_last: bool = False, batches: int = 2) -> float:
-    """Seconds an evaluation pass spends per image on this machine: a few of ``loader``'s batches, timed after one
-    untimed warm-up batch (the model as it will be evaluated, flip averaging included); a loader of one batch is
-    timed on that batch again."""
-    taken = []
+                           channels_last: bool = False, images: int = 2048) -> float:
+    """Seconds an evaluation pass spends per image on this machine: ``loader``'s batches, enough for ``images``
+    images (or all there are), timed after one untimed warm-up batch (the model as it will be evaluated, flip
+    averaging included); a loader of one batch is timed on that batch again."""
+    taken, count = [], 0
     for X, y in loader:
         taken.append((X, y))
-        if len(taken) > batches:
+        count += y.shape[0] if len(taken) > 1 else 0
+        if count >= images:
             break
     timed, images = 0.0, 0
     with eval_mode(model), torch.inference_mode(), autocast(device, autocast_dtype):

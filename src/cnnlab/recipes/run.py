@@ -34,13 +34,12 @@ from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.options import Display, Optimization, Speed
 from cnnlab.training.runfolder import RunFolder
-from cnnlab.training.runtime import pick_device
+from cnnlab.training.runtime import eval_batch_size, pick_device
 from cnnlab.training.schedules import ClockProgress, ReplayProgress, StepProgress
 from cnnlab.training.trainer import Trainer
 
 __all__ = ["build_data", "build_model", "build_pace", "build_trainer", "default_run_dir", "describe_run",
            "run_training"]
-
 
 
 # A run counted in steps or on the clock validates (and checkpoints) at the first epoch's end after this many
@@ -60,7 +59,8 @@ def build_data(config: TrainConfig):
         main = dist_utils.current().is_main  # under torchrun rank 0 alone says what it decoded
         data = ImageFolderData(config.images, batch_size=config.batch_size, image_size=config.image_size,
                                channels=config.channels, normalize=config.normalize, augment=config.augment,
-                               seed=config.seed, val_split=config.val_split, val_batch_size=1024,
+                               seed=config.seed, val_split=config.val_split,
+                               val_batch_size=eval_batch_size(config.device),
                                skip_bad=config.skip_bad, progress=config.progress and main,
                                log=print if main else None, flip=config.flip is not False)
     else:
@@ -69,7 +69,7 @@ def build_data(config: TrainConfig):
         data = FashionMNIST(batch_size=config.batch_size, resize=config.image_size, root=config.data_dir,
                             normalize=config.normalize, augment=config.augment, seed=config.seed,
                             num_train=config.num_train, num_val=config.num_val, val_split=config.val_split,
-                            val_batch_size=1024)
+                            val_batch_size=eval_batch_size(config.device))
     data.cutout = config.cutout or 0.0
     if config.passes and config.passes > 1:  # the automatic recipe's epochs of several passes, resumed or replayed
         from cnnlab.data.passes import RepeatedPasses

@@ -16,8 +16,8 @@ import torch
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["pick_device", "bf16_is_fast", "bf16_default", "epoch_seed", "seed_everything", "set_deterministic",
-           "torch_flags", "autocast"]
+__all__ = ["CPU_EVAL_BATCH_SIZE", "GPU_EVAL_BATCH_SIZE", "eval_batch_size", "pick_device", "bf16_is_fast",
+           "bf16_default", "epoch_seed", "seed_everything", "set_deterministic", "torch_flags", "autocast"]
 
 
 def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -> torch.device:
@@ -44,6 +44,19 @@ def pick_device(device: str | torch.device | None = "auto", num_gpus: int = 0) -
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device} was asked for but MPS is not available here; use --device cpu")
     return device
+
+
+# Images per evaluation batch (validation, the test pass, predictions). On a CPU a conv net's pass over 128
+# images at a time ran 1.3-1.75x faster than over 1,024 (channels_last, fp32 and bf16; FastNet at 28 px, the
+# automatic recipe's at 16-32 px, ResNet-18; AMD EPYC, 2 cores): a smaller batch's activations stay in the
+# cache. A GPU wants large batches to fill it.
+CPU_EVAL_BATCH_SIZE = 128
+GPU_EVAL_BATCH_SIZE = 1024
+
+
+def eval_batch_size(device: str | torch.device | None) -> int:
+    """Images per evaluation batch on ``device`` (a name as :func:`pick_device` takes it, or None: the CPU)."""
+    return CPU_EVAL_BATCH_SIZE if pick_device(device).type == "cpu" else GPU_EVAL_BATCH_SIZE
 
 
 def bf16_is_fast(device: str | torch.device) -> bool:
