@@ -241,7 +241,7 @@ def budget_epochs(step_seconds: float, batch_size: int, seconds_left: float, tra
 class BudgetKeeper(Callback):
     """Plans the budget when training starts and re-plans the training time left after every epoch's end.
 
-    At the start it times this model's evaluation on a few validation batches, plans (:func:`plan_budget`), sets
+    At the start it times this model's evaluation on 2,048 validation images, plans (:func:`plan_budget`), sets
     the trainer's :class:`~cnnlab.training.schedules.ClockProgress` to the planned training time and prints the
     plan. After each epoch's end (validation, checkpoints, plots: everything after the clock paused) it measures
     what that took and spreads the progress left over the seconds left, so an estimate that was off, or a machine
