@@ -20,6 +20,7 @@ from cnnlab.recipes.budget import (
     fastest_threads,
     parse_duration,
     plan_budget,
+    seconds_per_eval_image,
 )
 from cnnlab.recipes.optim import make_scheduler
 from cnnlab.training.checkpoint import load_checkpoint
@@ -102,6 +103,23 @@ def test_a_plan_adds_up_and_a_budget_too_small_names_the_costs():
     assert plan.margin <= 0.025 * 60 + 1.0  # a run ends at most ~4% early at 60 s, ~2.6% at 15 min
     with pytest.raises(ConfigError, match="start-up and data.*give at least"):
         plan_budget(10.0, spent=8.0, validation=1.5, final=3.0)
+
+
+@pytest.mark.parametrize("batch, drawn", [(128, 17), (1024, 3), (5000, 1)])
+def test_the_evaluation_is_timed_on_2048_images_whatever_the_batch(batch, drawn):
+    """One warm-up batch, then batches until 2,048 images are timed: the estimate rests on as many images with
+    a CPU's batches of 128 as it did with 1,024; a loader of one batch is timed on that batch again."""
+    images, labels = torch.rand(5000, 1, 28, 28), torch.randint(0, 10, (5000,))
+    seen = []
+
+    def loader():
+        for i in range(0, len(labels), batch):
+            seen.append(i)
+            yield images[i:i + batch], labels[i:i + batch]
+
+    model = create_model("lenet-bn", num_classes=10)
+    assert seconds_per_eval_image(model, loader(), torch.device("cpu")) > 0
+    assert len(seen) == drawn
 
 
 def test_a_budget_with_a_fake_clock_ends_its_schedule_at_zero_and_leaves_time_for_the_last_passes(data_dir):

@@ -111,13 +111,13 @@ def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device,
     """Seconds an evaluation pass spends per image on this machine: ``loader``'s batches, enough for ``images``
     images (or all there are), timed after one untimed warm-up batch (the model as it will be evaluated, flip
     averaging included); a loader of one batch is timed on that batch again."""
-    taken, count = [], 0
+    taken, to_time = [], 0
     for X, y in loader:
         taken.append((X, y))
-        count += y.shape[0] if len(taken) > 1 else 0
-        if count >= images:
+        to_time += y.shape[0] if len(taken) > 1 else 0
+        if to_time >= images:
             break
-    timed, images = 0.0, 0
+    timed, timed_images = 0.0, 0
     with eval_mode(model), torch.inference_mode(), autocast(device, autocast_dtype):
         for i, (X, y) in enumerate(taken if len(taken) > 1 else taken * 2):
             X = X.to(device)
@@ -128,8 +128,8 @@ def seconds_per_eval_image(model: torch.nn.Module, loader, device: torch.device,
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i > 0:  # the first batch warms up (allocations, kernel choice)
-                timed, images = timed + time.perf_counter() - start, images + y.shape[0]
-    return timed / max(images, 1)
+                timed, timed_images = timed + time.perf_counter() - start, timed_images + y.shape[0]
+    return timed / max(timed_images, 1)
 
 
 def time_training_steps(model: torch.nn.Module, batch, autocast_dtype=None, channels_last: bool = False,
