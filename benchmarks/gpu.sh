@@ -5,7 +5,10 @@
 # the book's sizes and recipes (AlexNet and NiN at 224, GoogLeNet, DenseNet and RegNetX-32 at 96, the BatchNorm
 # LeNets at 28; ZOO=0 skips them, ZOO_PARALLEL=3 runs them as 3 processes sharing the GPU), and the
 # time-to-accuracy recipes `fast` and `fast-long` (RECIPES=0 skips them; goal there: >= 0.94 in <= 30 s,
-# whole command). The order is ResNet-18, VGG, the recipes, the zoo: the most wanted first. Prints seconds
+# whole command). First of all, the budgets of issue 23: `cnnlab train --recipe R --budget B` for B in
+# $BUDGETS (default "15s 30s"; BUDGETS= skips them), R in $BUDGET_RECIPES (default "fast fast-long"), seeds 0 to
+# $BUDGET_SEEDS-1 (default 3), each timed start to exit, with where its seconds went (goal: >= 0.94 in 15 s, whole
+# command). Then ResNet-18, VGG (MODELS=0 skips both), the recipes, the zoo: the most wanted first. Prints seconds
 # per epoch, training images/s and test accuracy of each. Goal: ResNet-18 >= 0.93 test accuracy in <= 60 s of training.
 # Run on an H200 on 2026-11-30 (ZOO_PARALLEL=3): the figures are in the README, the log in
 # benchmarks/results/gpu_h200.log. Also checked end to end on a CPU with DEVICE=cpu, below.
@@ -15,6 +18,8 @@
 #   COMPILE=1 bash benchmarks/gpu.sh               # also torch.compile the model (costs its compile time)
 #   EXTRA="--batch-size 256 --lr 0.1" bash ...     # more options for both `cnnlab train` runs
 #   DEVICE=cpu EXTRA="--num-train 512 --num-val 512" RESNET_EPOCHS=1 VGG_EPOCHS=1 bash ...  # test the script
+#   BUDGETS=15s BUDGET_SEEDS=1 MODELS=0 RECIPES=0 ZOO=0 bash benchmarks/gpu.sh   # one budgeted run per recipe
+#   DEVICE=cpu BUDGETS=20s BUDGET_SEEDS=1 BUDGET_RECIPES=fast MODELS=0 RECIPES=0 ZOO=0 bash ...  # test that part
 #
 # Python: the first of $PYTHON, .venv/bin/python and python3 whose torch sees a CUDA GPU; cnnlab is imported
 # from src/ when it is not installed. With no such Python it makes .venv (`pip install torch -e .`), which
@@ -126,9 +131,43 @@ zoo_stream() {  # the chapter-8 models named, one after another
   done
 }
 
+budget_run() {  # $1: recipe, $2: budget, $3: seed; the user's command as typed, bf16 and the rest by default
+  local name="budget-$1-$2-seed$3" out="runs/gpu-budget-$1-$2-$3" start end
+  rm -rf "$out" "$out.log"
+  mkdir -p runs
+  echo
+  echo "== $name: cnnlab train --recipe $1 --budget $2 --seed $3 --device $DEVICE $EXTRA"
+  start=$(date +%s%N)
+  # shellcheck disable=SC2086  # EXTRA holds several options
+  "$PY" -m cnnlab train --recipe "$1" --budget "$2" --seed "$3" --device "$DEVICE" --no-progress \
+    --data-dir "$DATA" --out "$out" $EXTRA | tee "$out.log"
+  end=$(date +%s%N)
+  "$PY" - "$name" "$out" "$start" "$end" <<'EOF' | tee -a runs/gpu-budgets.txt
+import json, sys
+name, run_dir, wall = sys.argv[1], sys.argv[2], (int(sys.argv[4]) - int(sys.argv[3])) / 1e9
+epochs = sum(json.loads(line)["seconds"] for line in open(f"{run_dir}/metrics.jsonl"))
+last = [line for line in open(f"{run_dir}.log") if line.startswith("test accuracy ")][-1].split("; files")[0]
+print(f"{name}: {wall:.1f} s whole command, {epochs:.1f} s in the epochs (training and validation), "
+      f"{wall - epochs:.1f} s outside them (start-up, data, planning, final test pass, exit); {last}")
+EOF
+}
+
 # Most wanted first, so a run cut short by a time limit still has them.
-train resnet18 --model resnet18 --image-size 96 --epochs "$RESNET_EPOCHS"
-train vgg-small --model vgg-small --image-size 224 --epochs "$VGG_EPOCHS"
+rm -f runs/gpu-budgets.txt
+for budget in ${BUDGETS-15s 30s}; do
+  for recipe in ${BUDGET_RECIPES:-fast fast-long}; do
+    for ((seed = 0; seed < ${BUDGET_SEEDS:-3}; seed++)); do budget_run "$recipe" "$budget" "$seed"; done
+  done
+done
+if [ -f runs/gpu-budgets.txt ]; then
+  echo
+  echo "== the budgets, one line a run"
+  cat runs/gpu-budgets.txt
+fi
+if [ "${MODELS:-1}" = 1 ]; then
+  train resnet18 --model resnet18 --image-size 96 --epochs "$RESNET_EPOCHS"
+  train vgg-small --model vgg-small --image-size 224 --epochs "$VGG_EPOCHS"
+fi
 if [ "${RECIPES:-1}" = 1 ]; then
   train fast --recipe fast
   train fast-long --recipe fast-long
