@@ -1,5 +1,6 @@
 """The `cnnlab` command line: a tiny real run through a subprocess, then evaluate, predict and the errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -237,3 +238,29 @@ def test_ctrl_c_says_what_the_run_folder_holds_and_claims_nothing_more(tmp_path,
     assert line == (f"cnnlab: interrupted before the first epoch was saved; {run} holds only the run's settings "
                     f"(--resume {run} starts it again)")
     assert (run / "config.json").is_file() and not (run / "last.pt").exists()
+
+
+def test_a_new_run_in_the_folder_of_an_earlier_one_shows_nothing_of_it(data_dir, tmp_path, capsys):
+    # A --recipe run with the --out of an earlier automatic run printed that run's linear baseline (0.53 on its 400
+    # photos) beside its own Fashion-MNIST accuracy; until its first epoch it also held the earlier best.pt.
+    run = tmp_path / "run"
+    args = ["train", "--model", "lenet-relu", "--epochs", "1", "--data-dir", str(data_dir), "--num-train", "256",
+            "--num-val", "256", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    earlier = {"accuracy": 0.53, "count": 400, "weight_decay": 0.1, "seconds": 1.7, "fit_on": 1080,
+               "train_images": 1080}
+    (run / "baseline.json").write_text(json.dumps(earlier))
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"the earlier run's")
+    (run / "model.onnx").write_bytes(b"the user's export")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # a resume continues the run: nothing removed
+    out = capsys.readouterr().out
+    assert "removed" not in out and "on the same 400 images" in out and (run / "tensorboard").is_dir()
+    assert main([*args, "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (f"a new run in {run}: the earlier run's last.pt, best.pt, metrics.csv, metrics.jsonl, curves.png, "
+            "baseline.json, tensorboard/ removed") in out
+    assert "linear baseline" not in out and not (run / "baseline.json").exists()
+    assert not (run / "tensorboard").exists() and (run / "model.onnx").read_bytes() == b"the user's export"
+    assert json.loads((run / "config.json").read_text())["seed"] == 1 and (run / "best.pt").is_file()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged, UserError
+from cnnlab.errors import CheckpointError, ConfigError, RunInterrupted, TrainingDiverged
 from cnnlab.inference.loaded import evaluate_checkpoint
 from cnnlab.models import narrower_model
 from cnnlab.recipes.blend import FinishBest, blend_seconds, scored_after_training, tta_views
@@ -33,7 +33,7 @@ from cnnlab.training import distributed as dist_utils
 from cnnlab.training.baseline import chance_warning
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.options import Display, Optimization, Speed
-from cnnlab.training.runfolder import RunFolder
+from cnnlab.training.runfolder import RunFolder, set_up_run_folder
 from cnnlab.training.runtime import eval_batch_size, pick_device
 from cnnlab.training.schedules import ClockProgress, ReplayProgress, StepProgress
 from cnnlab.training.trainer import Trainer
@@ -301,7 +301,8 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
         torch.set_num_threads(config.threads)  # run_training gives the process its own count back
     if initial_state is not None:
         model.load_state_dict(initial_state)
-    holder[0] = folder = _set_up_run_folder(holder[0], config if new else None, state, ctx)
+    holder[0] = folder = set_up_run_folder(holder[0], config.to_dict() if new else None,
+                                           default_run_dir(config.model), state, ctx, log)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
 
@@ -363,37 +364,3 @@ def _fit_batch_to_budget(config: TrainConfig, data, step_seconds: float, seconds
             f"machine ({step_seconds * 1000:.0f} ms each), and a short run gains more from more, smaller steps")
     data.batch_size = batch
     return dataclasses.replace(config, batch_size=batch)
-
-
-def _set_up_run_folder(folder: RunFolder | None, new_config: TrainConfig | None, state: dict | None,
-                       ctx: dist_utils.DistContext) -> RunFolder:
-    """Rank 0 creates and locks the run folder (and writes ``config.json`` for a new run); every rank learns its path.
-
-    ``folder`` None: a new run without ``--out``, in a default-named folder that rank 0 chooses.
-    """
-    error, path = None, None
-    if ctx.is_main:
-        values = new_config.to_dict() if new_config is not None else None
-        try:
-            if folder is None:  # a default name: taken exclusively, the next free one on a collision
-                folder = RunFolder.create_new(default_run_dir(new_config.model), values)
-            else:
-                folder.create(values)
-            path = str(folder.path)
-        except UserError as exc:
-            error = exc
-    # One exchange settles the set-up for all ranks: rank 0's folder (the default name holds a timestamp that
-    # could differ between ranks), whether rank 0 could create it (so no rank waits for a rank 0 that gave
-    # up), and which checkpoint epoch each rank loaded (they must all resume from the same one).
-    seen = dist_utils.all_gather_object((path, error, state.get("epoch") if state else None), ctx)
-    if seen[0][1] is not None:
-        raise seen[0][1]
-    if not ctx.is_main:
-        folder = RunFolder(seen[0][0])
-    epochs = [epoch for _, _, epoch in seen]
-    if len(set(epochs)) > 1:
-        folder.release()  # run_training never learns of this folder: let go of it here
-        raise CheckpointError(f"the processes of this run found different checkpoints in {folder.path} (epoch "
-                              f"by rank: {epochs}); on several machines the run folder must be on a filesystem "
-                              "they all share, at the same path")
-    return folder

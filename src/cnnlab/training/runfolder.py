@@ -15,21 +15,30 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from cnnlab.atomic import atomic_write
-from cnnlab.errors import RunFolderError
+from cnnlab.errors import CheckpointError, RunFolderError, UserError
+from cnnlab.training import distributed as dist_utils
 from cnnlab.training import runlock
+from cnnlab.training.baseline import BASELINE_FILE
 from cnnlab.training.callbacks import Callback
 from cnnlab.training.checkpoint import current_names, resolve_checkpoint, save_checkpoint
 
-__all__ = ["RunFolder", "METRIC_FIELDS"]
+__all__ = ["RunFolder", "METRIC_FIELDS", "RUN_FILES", "RUN_FOLDERS", "set_up_run_folder"]
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "elapsed")
 # During training curves.png is redrawn at most this often: a draw costs ~0.25 s on 2 CPU cores (12 validations
 # of a 25 s automatic run spent 3 s drawing); the first epoch's and the finished run's curves are always drawn.
 CURVES_EVERY_S = 10.0
+# What a run writes into its folder and reads back. A new run in a folder that holds an earlier run's removes
+# them before it writes its config.json: the earlier baseline printed beside the new accuracy, the earlier
+# best.pt scored (or last.pt resumed) under the new config before the new run's first epoch replaced them, or
+# two runs' TensorBoard events drawn as one, are answers that belong to another run.
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "metrics.jsonl", "curves.png", BASELINE_FILE)
+RUN_FOLDERS = ("tensorboard",)
 
 
 class RunFolder(Callback):
@@ -44,6 +53,7 @@ class RunFolder(Callback):
         self._saved_finished = True  # whether the last.pt this object wrote knew that the run had finished
         self._curves_drawn_at: float | None = None  # time.monotonic() of this object's last draw of curves.png
         self._curves_rows = 0  # the epochs that draw showed
+        self.replaced: list[str] = []  # what create() removed of an earlier run in this folder
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -67,6 +77,9 @@ class RunFolder(Callback):
 
         The lock (:mod:`cnnlab.training.runlock`) is taken before anything is written and held until
         :meth:`release`, or until the process ends, however it ends.
+
+        A new run's ``config`` first removes an earlier run's files (:data:`RUN_FILES`, :data:`RUN_FOLDERS`),
+        listed in :attr:`replaced`.
 
         Args:
             config: the run's settings for ``config.json`` (None: keep the one there, as a resume does).
@@ -93,6 +106,7 @@ class RunFolder(Callback):
             probe.write_bytes(b"ok")
             probe.unlink()
             if config is not None:
+                self.replaced = self._remove_earlier_run()
                 with atomic_write(self.config_file, "w") as f:  # a kill never leaves half a config
                     f.write(json.dumps(config, indent=2) + "\n")
         except OSError as exc:
@@ -101,6 +115,19 @@ class RunFolder(Callback):
             raise RunFolderError(f"cannot write into run folder {self.path}: {reason}; choose another --out "
                                  "folder") from None
         return self
+
+    def _remove_earlier_run(self) -> list[str]:
+        """Remove the files and folders an earlier run wrote here; their names."""
+        removed = []
+        for name in RUN_FILES:
+            if (self.path / name).is_file() or (self.path / name).is_symlink():
+                (self.path / name).unlink()
+                removed.append(name)
+        for name in RUN_FOLDERS:
+            if (self.path / name).is_dir() and not (self.path / name).is_symlink():
+                shutil.rmtree(self.path / name)
+                removed.append(name + "/")
+        return removed
 
     @classmethod
     def create_new(cls, base: str | os.PathLike, config: dict | None = None) -> RunFolder:
@@ -212,3 +239,41 @@ class RunFolder(Callback):
             self._saved_finished = True
         if trainer.is_main and self._curves_rows < len(trainer.history):
             self.draw_curves(trainer.history)
+
+
+def set_up_run_folder(folder: RunFolder | None, config: dict | None, default_dir: Path, state: dict | None,
+                      ctx: dist_utils.DistContext, log=None) -> RunFolder:
+    """Rank 0 creates and locks the run folder (and writes ``config.json`` for a new run, whose ``config`` is
+    given); every rank learns its path.
+
+    ``folder`` None: a new run without ``--out``, in a folder named after ``default_dir`` that rank 0 chooses.
+    Where a new run replaces an earlier one in its folder, ``log`` says what was removed.
+    """
+    error, path = None, None
+    if ctx.is_main:
+        try:
+            if folder is None:  # a default name: taken exclusively, the next free one on a collision
+                folder = RunFolder.create_new(default_dir, config)
+            else:
+                folder.create(config)
+            path = str(folder.path)
+        except UserError as exc:
+            error = exc
+        if folder is not None and folder.replaced and log is not None:
+            log(f"a new run in {folder.path}: the earlier run's {', '.join(folder.replaced)} removed (`cnnlab "
+                f"train --resume {folder.path}` continues a run instead)")
+    # One exchange settles the set-up for all ranks: rank 0's folder (the default name holds a timestamp that
+    # could differ between ranks), whether rank 0 could create it (so no rank waits for a rank 0 that gave
+    # up), and which checkpoint epoch each rank loaded (they must all resume from the same one).
+    seen = dist_utils.all_gather_object((path, error, state.get("epoch") if state else None), ctx)
+    if seen[0][1] is not None:
+        raise seen[0][1]
+    if not ctx.is_main:
+        folder = RunFolder(seen[0][0])
+    epochs = [epoch for _, _, epoch in seen]
+    if len(set(epochs)) > 1:
+        folder.release()  # the caller never learns of this folder: let go of it here
+        raise CheckpointError(f"the processes of this run found different checkpoints in {folder.path} (epoch "
+                              f"by rank: {epochs}); on several machines the run folder must be on a filesystem "
+                              "they all share, at the same path")
+    return folder
