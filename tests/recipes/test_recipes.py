@@ -300,3 +300,20 @@ def test_a_run_config_is_checked_field_by_field_against_trainconfigs_own_annotat
         read_run_config(tmp_path)
     folder.create({**config.to_dict(), "lr": 1, "num_val": None, "augment": True})
     assert read_run_config(tmp_path).lr == 1
+
+
+def test_the_automatic_recipes_restart_replaces_its_attempt_without_the_new_run_note(tmp_path, data_dir):
+    # A restart after divergence is a new run (resume NEW) in the diverged attempt's folder: the attempt's files
+    # go, as for any new run there, but the restart's own line says what happens, not a note about --resume.
+    from cnnlab.recipes.resume import NEW
+    from cnnlab.recipes.run import run_training
+
+    config = resolve_config(TrainConfig(model="lenet-relu", epochs=1, data_dir=str(data_dir), num_train=256,
+                                        num_val=256, progress=False, out=str(tmp_path / "run")))
+    said = []
+    run_training(config, log=said.append)
+    (tmp_path / "run" / "baseline.json").write_text("{}")
+    run_training(config, resume=NEW, log=said.append)
+    assert not any("a new run in" in line for line in said) and not (tmp_path / "run" / "baseline.json").exists()
+    run_training(config, log=said.append)
+    assert sum("a new run in" in line for line in said) == 1

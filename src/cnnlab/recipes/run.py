@@ -175,6 +175,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     automatic recipe's restart from a last good state). Ctrl-C is raised as
     :class:`~cnnlab.errors.RunInterrupted`, which names the run folder."""
     start = time.perf_counter()
+    restart = resume == NEW  # the automatic recipe's restart, which says itself what it does
     config, resume, folder, state = _start(config, resume)
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
@@ -191,7 +192,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
                                                     clock=lambda: spent + time.perf_counter() - start,
                                                     startup=spent if startup is None else startup, log=log,
                                                     callbacks=callbacks, on_epoch_end=on_epoch_end,
-                                                    initial_state=initial_state)
+                                                    initial_state=initial_state, restart=restart)
         except RuntimeError as exc:
             # Under torchrun a failed collective (gloo: "Connection reset by peer" when a rank died, "Timed out
             # waiting" when one hangs) is a plain RuntimeError; its first line goes into the message.
@@ -277,7 +278,7 @@ def _check_schedule_unchanged(config: TrainConfig, state: dict | None, resume) -
 
 def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: dist_utils.DistContext,
          device: torch.device, *, data=None, clock, startup: float, log, callbacks,
-         on_epoch_end, initial_state: dict | None = None) -> tuple[TrainConfig, Trainer, int]:
+         on_epoch_end, initial_state: dict | None = None, restart: bool = False) -> tuple[TrainConfig, Trainer, int]:
     """Build data, model and trainer, set up the run folder (into ``holder[0]``) and fit.
 
     Returns:
@@ -302,7 +303,7 @@ def _fit(config: TrainConfig, holder: list, state: dict | None, new: bool, ctx: 
     if initial_state is not None:
         model.load_state_dict(initial_state)
     holder[0] = folder = set_up_run_folder(holder[0], config.to_dict() if new else None,
-                                           default_run_dir(config.model), state, ctx, log)
+                                           default_run_dir(config.model), state, ctx, None if restart else log)
     if config.tensorboard:
         from cnnlab.training.tensorboard import TensorBoardLogger
 
