@@ -174,8 +174,7 @@ def run_training(config: TrainConfig | None, resume: str | os.PathLike | None = 
     ``initial_state``: the model's weights to start from instead of its initialization (a state dict: the
     automatic recipe's restart from a last good state). Ctrl-C is raised as
     :class:`~cnnlab.errors.RunInterrupted`, which names the run folder."""
-    start = time.perf_counter()
-    restart = resume == NEW  # the automatic recipe's restart, which says itself what it does
+    start, restart = time.perf_counter(), resume == NEW  # restart: the automatic recipe's, which says what it does
     config, resume, folder, state = _start(config, resume)
     device = pick_device(config.device)
     ctx = dist_utils.DistContext(world_size=dist_utils.env_world_size())
