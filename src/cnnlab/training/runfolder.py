@@ -120,12 +120,14 @@ class RunFolder(Callback):
         """Remove the files and folders an earlier run wrote here; their names."""
         removed = []
         for name in RUN_FILES:
-            if (self.path / name).is_file() or (self.path / name).is_symlink():
-                (self.path / name).unlink()
+            path = self.path / name
+            if path.is_file() or path.is_symlink():
+                path.unlink()
                 removed.append(name)
         for name in RUN_FOLDERS:
-            if (self.path / name).is_dir() and not (self.path / name).is_symlink():
-                shutil.rmtree(self.path / name)
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():  # a link's target is not the run's to delete
+                shutil.rmtree(path)
                 removed.append(name + "/")
         return removed
 
